@@ -1,0 +1,289 @@
+"""Shared parts of every price model: input validation, the result object, the model protocol.
+
+Every model is a frozen dataclass of annualised parameters (``dt`` in years), validated on
+construction, with
+
+- ``Model.fit(prices, dt=1/252) -> FitResult`` (classmethod, maximum likelihood),
+- ``model.simulate(n_steps, n_paths=1, s0=100.0, dt=1/252, seed=None)`` -> array
+  ``(n_steps + 1, n_paths)`` whose first row is ``s0``,
+- ``model.stepper(s0, dt)`` -> :class:`Stepper`, the streaming form: state for ``n`` paths
+  (symbols) advanced one step at a time by externally supplied standard-normal shocks, so
+  that a market can correlate the shocks across symbols.
+
+This module imports numpy only; models never import anything above them (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from quoteflow.errors import DataError
+
+__all__ = [
+    "MIN_OBSERVATIONS",
+    "FitResult",
+    "FloatArray",
+    "PriceModel",
+    "Stepper",
+    "validate_prices",
+]
+
+#: 1-D float array, e.g. a price series of shape ``(n,)``.
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+#: Anything a fit accepts as prices: a 1-D array, list or pandas Series.
+PriceLike: TypeAlias = "npt.ArrayLike"
+
+#: Fewer prices than this cannot identify a model's parameters with any confidence.
+MIN_OBSERVATIONS = 30
+
+
+def validate_prices(prices: Any, *, name: str = "prices", min_obs: int = MIN_OBSERVATIONS) -> FloatArray:
+    """Return ``prices`` as a clean 1-D float64 array, or raise a clear :class:`DataError`.
+
+    Parameters
+    ----------
+    prices
+        1-D array, list or pandas Series of strictly positive prices.
+    name
+        What to call the input in error messages.
+    min_obs
+        Minimum number of prices.
+
+    Raises
+    ------
+    DataError
+        (a ``ValueError``) naming the problem and the index of the first bad value: not 1-D,
+        non-numeric, NaN, inf, zero or negative values, too few points, constant series.
+    """
+    index: Sequence[Any] | None = None
+    if hasattr(prices, "index") and hasattr(prices, "to_numpy"):  # pandas Series
+        index = list(prices.index)
+        prices = prices.to_numpy()
+    try:
+        arr = np.asarray(prices, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be numeric: {exc}") from None
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be 1-D, got an array of shape {arr.shape}")
+
+    def where(i: int) -> str:
+        label = f" ({index[i]})" if index is not None else ""
+        return f"index {i}{label}"
+
+    bad = np.flatnonzero(np.isnan(arr))
+    if bad.size:
+        raise DataError(f"{name} contain NaN at {where(int(bad[0]))} ({bad.size} NaN values in all)")
+    bad = np.flatnonzero(np.isinf(arr))
+    if bad.size:
+        raise DataError(f"{name} contain inf at {where(int(bad[0]))}")
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        raise DataError(
+            f"{name} must be positive: value {float(arr[bad[0]])!r} at {where(int(bad[0]))}"
+        )
+    if arr.size < min_obs:
+        raise DataError(f"{name} too short: {arr.size} values, need at least {min_obs}")
+    if np.all(arr == arr[0]):
+        raise DataError(f"{name} are constant ({float(arr[0])!r}): no returns to fit")
+    return arr
+
+
+class Stepper(ABC):
+    """Streaming state of ``n`` independent paths of one model.
+
+    ``prices`` holds the current price of each path (shape ``(n,)``). :meth:`step` advances
+    every path by one step of length ``dt`` years using the given standard-normal shocks and
+    returns the new prices. Models whose innovations are not normal map the normal shock
+    through the normal CDF and their own inverse CDF (a Gaussian copula), so correlation
+    applied to the normal shocks carries over.
+    """
+
+    prices: FloatArray
+    dt: float
+
+    @abstractmethod
+    def step(self, z: FloatArray) -> FloatArray:
+        """Advance one step with standard-normal shocks ``z`` (shape ``(n,)``); return new prices."""
+
+
+class PriceModel(ABC):
+    """Protocol of the price models. Subclasses are frozen dataclasses of their parameters."""
+
+    #: Short name used on the command line and in JSON: "gbm", "meanrev", "garch".
+    name: ClassVar[str]
+    #: Parameter names in the order of ``FitResult.params``.
+    param_names: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, prices: Any, dt: float = 1 / 252) -> FitResult:
+        """Maximum-likelihood fit on a price series (see the subclass for the likelihood)."""
+
+    @abstractmethod
+    def simulate(
+        self,
+        n_steps: int,
+        n_paths: int = 1,
+        s0: float = 100.0,
+        dt: float = 1 / 252,
+        seed: int | np.random.Generator | None = None,
+    ) -> FloatArray:
+        """Simulate price paths, shape ``(n_steps + 1, n_paths)``, first row ``s0``."""
+
+    @abstractmethod
+    def stepper(self, s0: float | FloatArray, dt: float) -> Stepper:
+        """Streaming state for ``len(s0)`` paths starting at ``s0``."""
+
+    def params(self) -> dict[str, float]:
+        """Parameters as a plain dict (JSON-safe floats; strings for categorical ones)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def with_params(self, **changes: Any) -> PriceModel:
+        """A copy with some parameters changed (validated like a new model)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {sorted(unknown)} for {self.name}; "
+                f"known: {[f.name for f in dataclasses.fields(self)]}"  # type: ignore[arg-type]
+            )
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "nan"
+    return f"{x:.6g}"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of a maximum-likelihood fit.
+
+    Attributes
+    ----------
+    model
+        The fitted model, ready to simulate or stream.
+    params, std_err
+        Estimates and their standard errors, keyed by parameter name.
+    loglik
+        Maximised log-likelihood (of the returns / log-price transitions, see the model).
+    nobs
+        Number of observations in the likelihood.
+    converged
+        False when the optimiser did not converge (a warning is issued too).
+    dt
+        Time step of the data in years.
+    extra
+        Model-specific results (e.g. GARCH conditional volatility); JSON-unsafe values are
+        left out of :meth:`to_dict`.
+    """
+
+    model: PriceModel
+    params: Mapping[str, float]
+    std_err: Mapping[str, float]
+    loglik: float
+    nobs: int
+    converged: bool = True
+    dt: float = 1 / 252
+    notes: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.params)
+
+    @property
+    def aic(self) -> float:
+        """Akaike information criterion, ``-2 loglik + 2 k``."""
+        return -2.0 * self.loglik + 2.0 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        """Bayesian information criterion, ``-2 loglik + k log(nobs)``."""
+        return -2.0 * self.loglik + self.n_params * math.log(self.nobs)
+
+    def conf_int(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
+        """Wald confidence intervals ``estimate ± z * std_err``."""
+        from scipy.stats import norm
+
+        z = float(norm.ppf(0.5 + level / 2))
+        return {k: (v - z * self.std_err[k], v + z * self.std_err[k]) for k, v in self.params.items()}
+
+    def summary(self) -> str:
+        """Plain-text table: model, fit statistics and parameters with std errors and t-stats."""
+        title = f"{type(self.model).__name__} fit ({self.model.name})"
+        lines = [
+            title,
+            "=" * 64,
+            f"{'observations':<16}{self.nobs:>12d}    {'log-likelihood':<16}{self.loglik:>12.4f}",
+            f"{'AIC':<16}{self.aic:>12.4f}    {'BIC':<16}{self.bic:>12.4f}",
+            f"{'converged':<16}{self.converged!s:>12}    {'dt (years)':<16}{self.dt:>12.6g}",
+            "-" * 64,
+            f"{'parameter':<12}{'estimate':>14}{'std err':>14}{'t':>10}{'95% CI':>14}",
+        ]
+        ci = self.conf_int()
+        for k, v in self.params.items():
+            se = self.std_err.get(k, math.nan)
+            t = v / se if se and math.isfinite(se) and se > 0 else math.nan
+            lo, hi = ci[k]
+            lines.append(f"{k:<12}{_fmt(v):>14}{_fmt(se):>14}{_fmt(t):>10}  [{_fmt(lo)}, {_fmt(hi)}]")
+        lines.append("=" * 64)
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td><td>{_fmt(self.std_err.get(k, math.nan))}</td></tr>"
+            for k, v in self.params.items()
+        )
+        notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in self.notes)
+        return (
+            f"<div class='quoteflow-fit'><strong>{html.escape(type(self.model).__name__)} fit</strong> "
+            f"({self.nobs} obs, log-lik {self.loglik:.4f}, AIC {self.aic:.4f}, BIC {self.bic:.4f}, "
+            f"converged: {self.converged})"
+            "<table><thead><tr><th>parameter</th><th>estimate</th><th>std err</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{notes}</div>"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (non-finite floats become ``None``)."""
+
+        def clean(x: Any) -> Any:
+            if isinstance(x, float | np.floating):
+                return float(x) if math.isfinite(x) else None
+            if isinstance(x, np.integer):
+                return int(x)
+            return x
+
+        out: dict[str, Any] = {
+            "model": self.model.name,
+            "params": {k: clean(v) for k, v in self.params.items()},
+            "std_err": {k: clean(v) for k, v in self.std_err.items()},
+            "loglik": clean(self.loglik),
+            "aic": clean(self.aic),
+            "bic": clean(self.bic),
+            "nobs": self.nobs,
+            "converged": self.converged,
+            "dt": self.dt,
+            "notes": list(self.notes),
+        }
+        for k, v in self.extra.items():
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError):
+                continue
+            out[k] = v
+        return out

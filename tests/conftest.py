@@ -1,0 +1,43 @@
+"""Shared test helpers.
+
+``require_executable`` is how a test asks for a real external part (chromium,
+redis-server, nginx, go): missing locally -> skip with the install command; missing in CI
+(``CI=true``) -> fail, because a skipped test must never hide a missing part.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def require_executable(name: str, apt_package: str | None = None) -> str:
+    """Path of executable ``name``; skip locally / fail in CI when it is missing."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        msg = f"{name} not found: apt-get install {apt_package or name}"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
