@@ -51,7 +51,11 @@ def test_read_csv_ok(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "column", "message"),
     [
-        ("Date,Close\n2020-01-02,10\n", "Price", "no column 'Price'; columns: \\['Date', 'Close'\\]"),
+        (
+            "Date,Close\n2020-01-02,10\n",
+            "Price",
+            "no column 'Price'; columns: \\['Date', 'Close'\\]",
+        ),
         ("Date,Close\nyesterday,10\n", "Close", "cannot parse date 'yesterday' .* line 2"),
         ("Date,Close\n2020-01-02,10\n2020-01-03,\n", "Close", "missing value \\(NaN\\) at line 3"),
         ("Date,Close\n2020-01-02,10\n2020-01-03,-1\n", "Close", "must be positive: -1.0 at line 3"),

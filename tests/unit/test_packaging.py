@@ -51,18 +51,48 @@ def test_binder_installs_the_package_with_notebook_extra() -> None:
 # Dependency direction (DESIGN.md "Layout"): models <- market/sources <- broker <- server;
 # client depends on nothing but errors; nothing imports notebook or cli.
 FORBIDDEN = {
-    "quoteflow/models": ("quoteflow.market", "quoteflow.sources", "quoteflow.broker",
-                         "quoteflow.server", "quoteflow.client", "quoteflow.notebook",
-                         "quoteflow.cli", "quoteflow.data", "tornado", "bokeh"),
-    "quoteflow/market.py": ("quoteflow.broker", "quoteflow.server", "quoteflow.notebook", "quoteflow.cli"),
-    "quoteflow/sources.py": ("quoteflow.broker", "quoteflow.server", "quoteflow.notebook", "quoteflow.cli"),
+    "quoteflow/models": (
+        "quoteflow.market",
+        "quoteflow.sources",
+        "quoteflow.broker",
+        "quoteflow.server",
+        "quoteflow.client",
+        "quoteflow.notebook",
+        "quoteflow.cli",
+        "quoteflow.data",
+        "tornado",
+        "bokeh",
+    ),
+    "quoteflow/market.py": (
+        "quoteflow.broker",
+        "quoteflow.server",
+        "quoteflow.notebook",
+        "quoteflow.cli",
+    ),
+    "quoteflow/sources.py": (
+        "quoteflow.broker",
+        "quoteflow.server",
+        "quoteflow.notebook",
+        "quoteflow.cli",
+    ),
     "quoteflow/broker": ("quoteflow.server", "quoteflow.notebook", "quoteflow.cli"),
     "quoteflow/server": ("quoteflow.notebook", "quoteflow.cli"),
-    "quoteflow/client.py": ("quoteflow.models", "quoteflow.market", "quoteflow.sources",
-                            "quoteflow.broker", "quoteflow.server", "quoteflow.notebook",
-                            "quoteflow.cli"),
-    "quoteflow/data": ("quoteflow.market", "quoteflow.broker", "quoteflow.server",
-                       "quoteflow.notebook", "quoteflow.cli"),
+    "quoteflow/client.py": (
+        "quoteflow.models",
+        "quoteflow.market",
+        "quoteflow.sources",
+        "quoteflow.broker",
+        "quoteflow.server",
+        "quoteflow.notebook",
+        "quoteflow.cli",
+    ),
+    "quoteflow/data": (
+        "quoteflow.market",
+        "quoteflow.broker",
+        "quoteflow.server",
+        "quoteflow.notebook",
+        "quoteflow.cli",
+    ),
 }
 
 
