@@ -1,0 +1,214 @@
+"""Price models and their calibration: GBM, mean reversion (exponential OU), GARCH(1,1).
+
+Every model scores the same data, the log returns ``r_i = log S_i - log S_{i-1}`` of the
+price series (conditionally on the previous price where the model needs it), so their
+log-likelihoods, AIC and BIC are directly comparable; :func:`compare` ranks them.
+See docs/models.md for the likelihoods, standard errors and known biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quoteflow.errors import ConfigError
+from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
+from quoteflow.models.gbm import GBM
+from quoteflow.models.meanrev import MeanReversion
+try:  # TEMPORARY until garch.py lands
+    from quoteflow.models.garch import GARCH
+except ImportError:  # pragma: no cover
+    GARCH = GBM  # type: ignore[misc,assignment]
+
+__all__ = [
+    "GARCH",
+    "GBM",
+    "MODELS",
+    "Comparison",
+    "FitResult",
+    "MeanReversion",
+    "PriceModel",
+    "Stepper",
+    "compare",
+    "model_from_spec",
+]
+
+#: Model classes by their short name (command line, TOML config, JSON).
+MODELS: dict[str, type[PriceModel]] = {"gbm": GBM, "meanrev": MeanReversion, "garch": GARCH}
+
+
+def model_from_spec(name: str, **params: Any) -> PriceModel:
+    """Build a model from its short name and parameters (TOML config, ``PUT /symbols``, CLI).
+
+    Parameters
+    ----------
+    name
+        Short model name, one of :data:`MODELS` (case-insensitive).
+    **params
+        The model's constructor parameters, e.g. ``mu=0.05, sigma=0.2`` for ``"gbm"``.
+
+    Returns
+    -------
+    PriceModel
+        The validated model.
+
+    Raises
+    ------
+    ConfigError
+        (a ``ValueError``) naming an unknown model (and listing the known ones), an unknown
+        or missing parameter (listing the model's parameters) or a value out of range.
+    """
+    key = str(name).strip().lower()
+    cls = MODELS.get(key)
+    if cls is None:
+        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {', '.join(unknown)} for model {key!r}; "
+            f"its parameters: {', '.join(names)}"
+        )
+    required = [
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [n for n in required if n not in params]
+    if missing:
+        raise ConfigError(
+            f"missing parameter(s) {', '.join(missing)} for model {key!r}; "
+            f"its parameters: {', '.join(names)}"
+        )
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad parameter for model {key!r}: {exc}") from None
+
+
+#: What compare() fits: label -> fit function.
+_CANDIDATES: dict[str, Callable[[Any, float], FitResult]] = {
+    "gbm": lambda p, dt: GBM.fit(p, dt=dt),
+    "meanrev": lambda p, dt: MeanReversion.fit(p, dt=dt),
+    "garch-normal": lambda p, dt: GARCH.fit(p, dt=dt, dist="normal"),
+    "garch-t": lambda p, dt: GARCH.fit(p, dt=dt, dist="t"),
+}
+
+_COLUMNS = ["model", "loglik", "k", "aic", "bic", "delta_aic", "converged", "nobs", "error"]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of :func:`compare`: a ranked table plus the fits themselves.
+
+    Attributes
+    ----------
+    table
+        One row per candidate, ranked by AIC (best first; failed fits last), columns
+        ``model, loglik, k, aic, bic, delta_aic, converged, nobs, error``. ``error`` holds
+        the message of a fit that failed on this data, or the warnings a fit raised.
+    fits
+        The successful fits by label (``"gbm"``, ``"meanrev"``, ``"garch-normal"``,
+        ``"garch-t"``).
+    """
+
+    table: pd.DataFrame
+    fits: dict[str, FitResult] = field(default_factory=dict)
+
+    @property
+    def best(self) -> FitResult:
+        """The fit with the lowest AIC."""
+        if not self.fits:
+            raise ValueError("no model could be fitted to these prices; see .table['error']")
+        return self.fits[str(self.table.iloc[0]["model"])]
+
+    def __str__(self) -> str:
+        return self.table.to_string(index=False, float_format=lambda x: f"{x:.4f}")
+
+    def _repr_html_(self) -> str:
+        head = "<p><strong>Model comparison</strong> (ranked by AIC; lower is better)</p>"
+        return head + self.table.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict: the ranking as a list of rows (non-finite floats become ``None``)."""
+        rows: list[dict[str, Any]] = []
+        for rec in self.table.to_dict(orient="records"):
+            row: dict[str, Any] = {}
+            for k, v in rec.items():
+                if isinstance(v, float | np.floating):
+                    row[str(k)] = float(v) if math.isfinite(v) else None
+                elif isinstance(v, np.integer | np.bool_):
+                    row[str(k)] = v.item()
+                else:
+                    row[str(k)] = v
+            rows.append(row)
+        return {"ranking": rows}
+
+
+def compare(prices: Any, dt: float = 1 / 252) -> Comparison:
+    """Fit every model to ``prices`` and rank them by AIC.
+
+    Candidates: GBM, mean reversion, GARCH(1,1) with normal and with Student-t
+    innovations. All four log-likelihoods are of the same data, the log returns
+    (see docs/models.md), so AIC ``= -2 loglik + 2k`` (Akaike 1974) and BIC
+    ``= -2 loglik + k log(nobs)`` (Schwarz 1978) are comparable across the table.
+
+    Parameters
+    ----------
+    prices
+        1-D array, list or pandas Series of positive prices.
+    dt
+        Time between two prices in years.
+
+    Returns
+    -------
+    Comparison
+        ``.table`` ranked by AIC; a model that cannot be fitted to this data (e.g. mean
+        reversion on a trending series) is listed last with its error instead of raising.
+        Warnings raised by a fit (e.g. non-convergence) are recorded in the ``error`` column
+        rather than emitted.
+
+    Raises
+    ------
+    DataError
+        If the prices themselves are unusable (NaN, non-positive, too short, ...).
+    """
+    p = validate_prices(prices)
+    rows: list[dict[str, Any]] = []
+    fits: dict[str, FitResult] = {}
+    for label, fit in _CANDIDATES.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                res = fit(p, dt)
+            except (ValueError, ArithmeticError, RuntimeError, np.linalg.LinAlgError) as exc:
+                rows.append({"model": label, "converged": False, "error": str(exc)})
+                continue
+        fits[label] = res
+        rows.append(
+            {
+                "model": label,
+                "loglik": res.loglik,
+                "k": res.n_params,
+                "aic": res.aic,
+                "bic": res.bic,
+                "converged": bool(res.converged),
+                "nobs": res.nobs,
+                "error": "; ".join(str(w.message) for w in caught),
+            }
+        )
+    table = pd.DataFrame(rows).reindex(columns=_COLUMNS)
+    table = table.sort_values("aic", na_position="last", kind="stable").reset_index(drop=True)
+    table["delta_aic"] = table["aic"] - table["aic"].min()
+    table["k"] = table["k"].astype("Int64")
+    table["nobs"] = table["nobs"].astype("Int64")
+    table["error"] = table["error"].fillna("")
+    return Comparison(table=table, fits=fits)

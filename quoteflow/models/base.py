@@ -47,7 +47,9 @@ PriceLike: TypeAlias = "npt.ArrayLike"
 MIN_OBSERVATIONS = 30
 
 
-def validate_prices(prices: Any, *, name: str = "prices", min_obs: int = MIN_OBSERVATIONS) -> FloatArray:
+def validate_prices(
+    prices: Any, *, name: str = "prices", min_obs: int = MIN_OBSERVATIONS
+) -> FloatArray:
     """Return ``prices`` as a clean 1-D float64 array, or raise a clear :class:`DataError`.
 
     Parameters
@@ -82,7 +84,9 @@ def validate_prices(prices: Any, *, name: str = "prices", min_obs: int = MIN_OBS
 
     bad = np.flatnonzero(np.isnan(arr))
     if bad.size:
-        raise DataError(f"{name} contain NaN at {where(int(bad[0]))} ({bad.size} NaN values in all)")
+        raise DataError(
+            f"{name} contain NaN at {where(int(bad[0]))} ({bad.size} NaN values in all)"
+        )
     bad = np.flatnonzero(np.isinf(arr))
     if bad.size:
         raise DataError(f"{name} contain inf at {where(int(bad[0]))}")
@@ -114,6 +118,23 @@ class Stepper(ABC):
     @abstractmethod
     def step(self, z: FloatArray) -> FloatArray:
         """Advance one step with standard-normal shocks ``z`` (shape ``(n,)``); return new prices."""
+
+    def set_model(self, model: PriceModel) -> None:
+        """Continue the current paths with the parameters of ``model`` from the next step on.
+
+        The market calls this when parameters change while streaming (notebook sliders,
+        ``PUT /symbols``). Current prices are kept; only the dynamics change. ``model`` must
+        be of the same class as the stepper's model (to switch class, build a new stepper
+        from ``new_model.stepper(stepper.prices, stepper.dt)``). Implementations make the
+        swap a single attribute assignment so a concurrent :meth:`step` sees either the old
+        or the new parameters, never a mix.
+
+        Raises
+        ------
+        TypeError
+            If ``model`` is of another model class.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support changing parameters")
 
 
 class PriceModel(ABC):
@@ -217,7 +238,9 @@ class FitResult:
         from scipy.stats import norm
 
         z = float(norm.ppf(0.5 + level / 2))
-        return {k: (v - z * self.std_err[k], v + z * self.std_err[k]) for k, v in self.params.items()}
+        return {
+            k: (v - z * self.std_err[k], v + z * self.std_err[k]) for k, v in self.params.items()
+        }
 
     def summary(self) -> str:
         """Plain-text table: model, fit statistics and parameters with std errors and t-stats."""
@@ -236,7 +259,9 @@ class FitResult:
             se = self.std_err.get(k, math.nan)
             t = v / se if se and math.isfinite(se) and se > 0 else math.nan
             lo, hi = ci[k]
-            lines.append(f"{k:<12}{_fmt(v):>14}{_fmt(se):>14}{_fmt(t):>10}  [{_fmt(lo)}, {_fmt(hi)}]")
+            lines.append(
+                f"{k:<12}{_fmt(v):>14}{_fmt(se):>14}{_fmt(t):>10}  [{_fmt(lo)}, {_fmt(hi)}]"
+            )
         lines.append("=" * 64)
         lines.extend(self.notes)
         return "\n".join(lines)

@@ -130,10 +130,7 @@ def mint_token(
     admin
         Whether the token may change parameters (``PUT /symbols/...``).
     """
-    if not secret:
-        raise ValueError(
-            "an auth secret is needed to mint a token (--secret or QUOTEFLOW_AUTH_SECRET)"
-        )
+    check_secret(secret)
     issued = time.time() if now is None else now
     payload: dict[str, Any] = {"iat": int(issued), "exp": int(issued + ttl)}
     if symbols is not None:
