@@ -20,12 +20,9 @@ import pandas as pd
 
 from quoteflow.errors import ConfigError
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
+from quoteflow.models.garch import GARCH
 from quoteflow.models.gbm import GBM
 from quoteflow.models.meanrev import MeanReversion
-try:  # TEMPORARY until garch.py lands
-    from quoteflow.models.garch import GARCH
-except ImportError:  # pragma: no cover
-    GARCH = GBM  # type: ignore[misc,assignment]
 
 __all__ = [
     "GARCH",
@@ -38,6 +35,7 @@ __all__ = [
     "Stepper",
     "compare",
     "model_from_spec",
+    "validate_prices",
 ]
 
 #: Model classes by their short name (command line, TOML config, JSON).

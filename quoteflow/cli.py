@@ -1,0 +1,360 @@
+"""The ``quoteflow`` command.
+
+One subcommand per ``_add_<name>_parser(subparsers)`` function, each registering its
+options and ``set_defaults(func=<handler>)``; the handler takes the parsed namespace and
+returns the exit code. To add a command, write those two functions and append the first to
+:data:`_PARSERS`.
+
+User mistakes (bad file, column, data, parameter) print one line
+``quoteflow: error: <message>`` on stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import pandas as pd
+
+from quoteflow.errors import DataError, QuoteflowError
+
+__all__ = ["build_parser", "main"]
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: Exit status of a user mistake (same as argparse's usage errors).
+EXIT_USAGE = 2
+
+#: Parameters ``simulate`` uses when neither ``--param`` nor ``--from-fit`` gives them:
+#: typical annualised values of a large-cap stock. MeanReversion's ``theta`` defaults to
+#: ``--s0`` (start at the long-run level).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "gbm": {"mu": 0.05, "sigma": 0.2},
+    "meanrev": {"kappa": 2.0, "sigma": 0.2},
+    "garch": {},  # filled from GARCH's own defaults, see _default_params()
+}
+
+_MODEL_NAMES = ("gbm", "meanrev", "garch")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _parse_dt(text: str) -> float:
+    """``--dt``: a float (``0.004``) or a fraction (``1/252``) of years, ``> 0``."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"invalid dt {text!r}: give years per step as a number or fraction, e.g. 1/252"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid dt {text!r}: must be > 0 years")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid price {text!r}: must be > 0")
+    return value
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    """``--param k=v``: numbers become floats, anything else stays a string (``dist=t``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"invalid --param {text!r}: expected NAME=VALUE")
+    raw = raw.strip()
+    value: Any
+    try:
+        value = float(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def load_prices(source: str, column: str | None = None) -> pd.Series:
+    """Prices from a CSV file or a shipped ticker name (``AAPL``, ``GOOG``, ``IBM``, ``MSFT``).
+
+    A shipped ticker gives its ``adj_close`` column unless ``column`` says otherwise. A file
+    of the same name as a ticker wins over the ticker.
+
+    Raises
+    ------
+    DataError
+        Missing file / unknown ticker, missing column, bad values.
+    """
+    from quoteflow import data
+
+    path = Path(source)
+    if path.exists():
+        return data.read_csv(path, column=column)
+    if source.upper() in data.TICKERS:
+        frame = data.load(source)
+        key = "adj_close" if column is None else column.strip().lower().replace(" ", "_")
+        if key not in frame.columns:
+            raise DataError(
+                f"ticker {source.upper()} has no column {column!r}; columns: "
+                f"{', '.join(frame.columns)}"
+            )
+        series = frame[key].astype(float)
+        series.name = f"{source.upper()} {key}"
+        return series
+    raise DataError(f"no such file: {source} (nor a shipped ticker: {', '.join(data.TICKERS)})")
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """GARCH-only fit options; an error if given for another model."""
+    extra = {k: getattr(args, k) for k in ("dist", "mean") if getattr(args, k, None) is not None}
+    if extra and args.model != "garch":
+        opts = ", ".join(f"--{k}" for k in extra)
+        raise DataError(f"{opts} only apply to --model garch, not {args.model}")
+    return extra
+
+
+def _fit(args: argparse.Namespace, source: str) -> tuple[Any, pd.Series]:
+    from quoteflow.models import MODELS
+
+    prices = load_prices(source, args.column)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = MODELS[args.model].fit(prices, dt=args.dt, **_fit_kwargs(args))
+    # A fit warning (e.g. no convergence) is news for the user: one line each on stderr.
+    for w in caught:
+        print(f"quoteflow: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+    return result, prices
+
+
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--column",
+        default=None,
+        help="price column of the CSV (case-insensitive; default: adj_close, else close, "
+        "else the only numeric column; shipped tickers: adj_close)",
+    )
+    p.add_argument(
+        "--dt",
+        type=_parse_dt,
+        default=1 / 252,
+        help="time between two prices in years, a number or fraction (default: 1/252, "
+        "trading days)",
+    )
+    p.add_argument(
+        "--dist",
+        choices=("normal", "t"),
+        default=None,
+        help="GARCH innovation distribution (default: normal); garch only",
+    )
+    p.add_argument(
+        "--mean",
+        choices=("constant", "zero"),
+        default=None,
+        help="GARCH mean of the returns (default: constant); garch only",
+    )
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _add_fit_parser(subparsers: SubParsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="fit a price model to a price history (maximum likelihood)",
+        description="Fit a price model by maximum likelihood and print its parameters, "
+        "standard errors and fit statistics.",
+    )
+    p.add_argument(
+        "prices",
+        metavar="PRICES",
+        help="CSV file with a header row, or a shipped ticker: AAPL, GOOG, IBM, MSFT "
+        "(daily history 2000-2013; fits adj_close)",
+    )
+    p.add_argument("--model", choices=_MODEL_NAMES, required=True, help="model to fit")
+    _add_fit_options(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_fit)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    result, _ = _fit(args, args.prices)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(result.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def _add_simulate_parser(subparsers: SubParsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulate price paths of a model to CSV",
+        description="Simulate price paths and write them as CSV: a 'step' column and one "
+        "column per path (path_0 ... path_{M-1}), first row the start price. Parameters "
+        "come from --param, from a fit (--from-fit), or default to: gbm mu=0.05 sigma=0.2; "
+        "meanrev kappa=2 theta=<s0> sigma=0.2; garch: the GARCH class defaults.",
+    )
+    p.add_argument("--model", choices=_MODEL_NAMES, required=True, help="model to simulate")
+    p.add_argument(
+        "--param",
+        type=_parse_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="model parameter (repeatable), e.g. --param mu=0.08 --param sigma=0.3; "
+        "overrides the defaults or the fitted values",
+    )
+    p.add_argument(
+        "--from-fit",
+        metavar="PRICES",
+        default=None,
+        help="fit the model to this CSV file or shipped ticker first and simulate the fit "
+        "(start price defaults to the last observed price)",
+    )
+    p.add_argument("--steps", type=_positive_int, required=True, help="number of steps")
+    p.add_argument("--paths", type=_positive_int, default=1, help="number of paths (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (same seed, same paths)")
+    p.add_argument(
+        "--s0",
+        type=_positive_float,
+        default=None,
+        help="start price (default: 100, or the last price with --from-fit)",
+    )
+    _add_fit_options(p)
+    p.add_argument(
+        "--out",
+        default="-",
+        metavar="FILE.csv",
+        help="output CSV file (default: '-', standard output)",
+    )
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _default_params(name: str) -> dict[str, Any]:
+    """Defaults of :data:`DEFAULT_PARAMS`, else the model class's own dataclass defaults."""
+    import dataclasses
+
+    from quoteflow.models import MODELS
+
+    out = dict(DEFAULT_PARAMS.get(name, {}))
+    for f in dataclasses.fields(MODELS[name]):  # type: ignore[arg-type]
+        if f.name not in out and f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+    return out
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from quoteflow.models import model_from_spec
+
+    params: dict[str, Any]
+    s0 = args.s0
+    if args.from_fit is not None:
+        result, prices = _fit(args, args.from_fit)
+        params = dict(result.model.params())
+        if s0 is None:
+            s0 = float(prices.iloc[-1])
+    else:
+        _fit_kwargs(args)  # --dist/--mean with a non-garch model is still a mistake
+        params = _default_params(args.model)
+        if args.model == "garch":
+            params.update({k: getattr(args, k) for k in ("dist", "mean") if getattr(args, k)})
+    if s0 is None:
+        s0 = 100.0
+    if args.model == "meanrev" and "theta" not in params:
+        params["theta"] = s0
+    params.update(dict(args.param))
+    model = model_from_spec(args.model, **params)
+    paths = model.simulate(args.steps, n_paths=args.paths, s0=s0, dt=args.dt, seed=args.seed)
+    frame = pd.DataFrame(paths, columns=[f"path_{i}" for i in range(paths.shape[1])])
+    frame.insert(0, "step", np.arange(paths.shape[0]))
+    shown = ", ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in model.params().items()
+    )
+    if args.out == "-":
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        frame.to_csv(args.out, index=False)
+        print(
+            f"wrote {args.paths} path(s) x {args.steps} step(s) of {model.name}({shown}) "
+            f"to {args.out}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+#: Subcommands in the order --help lists them. Add yours here.
+_PARSERS: list[Callable[[SubParsers], None]] = [_add_fit_parser, _add_simulate_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``quoteflow`` argument parser with every registered subcommand."""
+    from quoteflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="quoteflow",
+        description="Calibrate price models, stream them over Server-Sent Events, watch them live.",
+    )
+    parser.add_argument("--version", action="version", version=f"quoteflow {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _PARSERS:
+        add(subparsers)
+    return parser
+
+
+def _error(message: str) -> None:
+    # One line, always: a multi-line message would look like a traceback to a user.
+    line = " ".join(str(message).split()) or "unknown error"
+    print(f"quoteflow: error: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``quoteflow`` command; return the exit status (0 ok, 2 user mistake).
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args))
+    except BrokenPipeError:  # `quoteflow simulate ... | head`: the reader left, not an error
+        return 0
+    except (QuoteflowError, ValueError, OSError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

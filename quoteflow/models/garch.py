@@ -1,0 +1,851 @@
+"""GARCH(1,1) on log returns, normal or standardised Student-t innovations.
+
+Model (Bollerslev 1986; Student-t innovations: Bollerslev 1987), for the scaled log
+returns ``r_t = scale * (log S_t - log S_{t-1})`` (``scale = 100`` gives percent returns):
+
+    r_t      = mu + e_t,            e_t = sigma_t * eps_t,   eps_t iid, mean 0, variance 1
+    sigma2_t = omega + alpha * e_{t-1}**2 + beta * sigma2_{t-1}
+
+``eps_t`` is standard normal or a Student-t with ``nu > 2`` degrees of freedom rescaled
+to unit variance. The parameters ``mu, omega, alpha, beta`` are *per period of the fit*
+(``dt_fit`` years, a trading day by default) and in *scaled-return units*, exactly like
+the ``arch`` package, whose estimates this module reproduces (same likelihood, same
+backcast of the pre-sample variance, same sandwich standard errors).
+
+Units and time steps. ``model.scale`` says what the returns were multiplied by;
+simulated and streamed prices are ``S_t = S_{t-1} exp(r_t / scale)``. A step of length
+``dt`` different from ``dt_fit`` spans ``h = dt / dt_fit`` periods; see
+:meth:`GARCH.step_coefficients` for how the recursion is mapped to it. At ``dt == dt_fit``
+it is the plain recursion above.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from quoteflow.models._garch_recursion import (
+    affine_scan,
+    backcast,
+    variance_and_gradient,
+    variance_filter,
+)
+from quoteflow.models.base import FitResult, FloatArray, PriceModel, Stepper, validate_prices
+from quoteflow.models.gbm import (
+    _check_dt,
+    _check_shocks,
+    _check_sim_args,
+    _finite,
+    _initial_prices,
+    _positive,
+)
+
+__all__ = ["DISTS", "GARCH", "MEANS", "GARCHConvergenceWarning", "GARCHFitResult", "GARCHStepper"]
+
+#: Innovation distributions.
+DISTS: tuple[str, ...] = ("normal", "t")
+#: Mean models: a constant ``mu`` (estimated) or zero (not estimated).
+MEANS: tuple[str, ...] = ("constant", "zero")
+
+_LOG_2PI = math.log(2.0 * math.pi)
+#: Upper bound of ``alpha + beta`` used in estimation. ``arch`` allows ``<= 1``; the model
+#: must be covariance stationary (``< 1``) to have an unconditional variance to start from.
+_MAX_PERSISTENCE = 1.0 - 1e-6
+#: Bounds of ``nu`` in estimation, as in ``arch.univariate.StudentsT``.
+_NU_BOUNDS = (2.05, 500.0)
+#: Largest |z| mapped through the Gaussian copula (Phi(-37) ~ 6e-300 > 0).
+_MAX_ABS_Z = 37.0
+
+
+class GARCHConvergenceWarning(RuntimeWarning):
+    """The GARCH optimiser stopped without meeting its convergence criterion."""
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(
+            f"garch: {name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        )
+    return value
+
+
+def _std_t_from_normal(z: FloatArray, nu: float) -> FloatArray:
+    """Gaussian copula: ``F_t^{-1}(Phi(z))`` scaled to unit variance.
+
+    Uses the symmetry of both laws, ``sign(z) * -F_t^{-1}(Phi(-|z|))``, so the lower-tail
+    probability stays representable for large ``|z|`` (``Phi(z)`` would round to 1).
+    ``|z|`` is capped at 37 (a probability of ~6e-300, the smallest ``Phi`` represents
+    comfortably) so that a freak shock gives a huge but finite innovation, never inf.
+    """
+    p = special.ndtr(-np.minimum(np.abs(z), _MAX_ABS_Z))
+    x: FloatArray = -np.sign(z) * special.stdtrit(nu, p)
+    return x * math.sqrt((nu - 2.0) / nu)
+
+
+@dataclass(frozen=True)
+class GARCH(PriceModel):
+    """GARCH(1,1) price model: log returns with time-varying conditional variance.
+
+    Parameters
+    ----------
+    mu
+        Mean return per period, in scaled units (percent per day with the defaults).
+    omega
+        Variance intercept per period, scaled units squared, ``> 0``.
+    alpha
+        ARCH coefficient (reaction to the last squared shock), ``>= 0``.
+    beta
+        GARCH coefficient (persistence of the last variance), ``>= 0``; ``alpha + beta < 1``
+        (covariance stationarity, Bollerslev 1986 Thm. 1).
+    nu
+        Degrees of freedom of the Student-t innovations, ``> 2`` (finite variance); only
+        used when ``dist == "t"``.
+    dist
+        ``"normal"`` or ``"t"`` (standardised Student-t, unit variance).
+    mean
+        ``"constant"`` (``mu`` estimated) or ``"zero"`` (``mu`` must be 0).
+    scale
+        Factor the log returns are multiplied by (100 = percent returns), ``> 0``.
+    dt_fit
+        Length in years of one period of the parameters (1/252 = a trading day), ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter and its allowed range.
+
+    References
+    ----------
+    Bollerslev, T. (1986), "Generalized autoregressive conditional heteroskedasticity",
+    *J. Econometrics* 31, 307-327. Bollerslev, T. (1987), "A conditionally heteroskedastic
+    time series model for speculative prices and rates of return", *Rev. Econ. Stat.* 69.
+    """
+
+    mu: float = 0.05
+    omega: float = 0.02
+    alpha: float = 0.08
+    beta: float = 0.9
+    nu: float = 8.0
+    dist: str = "normal"
+    mean: str = "constant"
+    scale: float = 100.0
+    dt_fit: float = 1 / 252
+
+    name: ClassVar[str] = "garch"
+    param_names: ClassVar[tuple[str, ...]] = ("mu", "omega", "alpha", "beta", "nu")
+
+    def __post_init__(self) -> None:
+        # Coerce to plain floats (frozen dataclass) so params() is JSON-safe.
+        mu = _finite("garch", "mu", self.mu)
+        omega = _positive("garch", "omega", self.omega)
+        alpha = _finite("garch", "alpha", self.alpha)
+        beta = _finite("garch", "beta", self.beta)
+        nu = _finite("garch", "nu", self.nu)
+        dist = _choice("dist", self.dist, DISTS)
+        mean = _choice("mean", self.mean, MEANS)
+        scale = _positive("garch", "scale", self.scale)
+        dt_fit = _positive("garch", "dt_fit", self.dt_fit)
+        if alpha < 0.0:
+            raise ValueError(f"garch: parameter alpha must be >= 0, got {alpha!r}")
+        if beta < 0.0:
+            raise ValueError(f"garch: parameter beta must be >= 0, got {beta!r}")
+        if alpha + beta >= 1.0:
+            raise ValueError(
+                "garch: alpha + beta must be < 1 (covariance stationarity), "
+                f"got alpha={alpha!r} + beta={beta!r} = {alpha + beta!r}"
+            )
+        if dist == "t" and nu <= 2.0:
+            raise ValueError(f"garch: parameter nu must be > 2 when dist='t', got {nu!r}")
+        if mean == "zero" and mu != 0.0:
+            raise ValueError(f"garch: parameter mu must be 0 when mean='zero', got {mu!r}")
+        for key, value in (
+            ("mu", mu),
+            ("omega", omega),
+            ("alpha", alpha),
+            ("beta", beta),
+            ("nu", nu),
+            ("scale", scale),
+            ("dt_fit", dt_fit),
+        ):
+            object.__setattr__(self, key, value)
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def persistence(self) -> float:
+        """``alpha + beta``: per-period decay of a variance shock."""
+        return self.alpha + self.beta
+
+    @property
+    def unconditional_variance(self) -> float:
+        """``omega / (1 - alpha - beta)`` per period, scaled units (Bollerslev 1986, eq. 8)."""
+        return self.omega / (1.0 - self.alpha - self.beta)
+
+    @property
+    def annual_volatility(self) -> float:
+        """Unconditional volatility of the unscaled log returns per year (a fraction)."""
+        return math.sqrt(self.unconditional_variance / self.dt_fit) / self.scale
+
+    def step_coefficients(self, dt: float) -> tuple[float, float, float, float]:
+        """Recursion coefficients ``(mu_h, omega_h, alpha_h, beta_h)`` for steps of ``dt`` years.
+
+        A step spans ``h = dt / dt_fit`` periods. At ``h == 1`` these are the fitted
+        ``(mu, omega, alpha, beta)`` unchanged. Otherwise the step return is
+        ``r = mu_h + sqrt(v) eps`` with per-step variance ``v`` following
+        ``v' = omega_h + alpha_h e**2 + beta_h v``, where
+
+        - ``mu_h = mu h`` (the mean scales with time),
+        - ``alpha_h + beta_h = (alpha + beta)**h``: a variance shock decays at the same
+          rate per unit of *calendar* time, so the variance forecast term structure
+          ``E[sigma2_{t+k}]`` (Engle & Bollerslev 1986) is the same whatever the step,
+        - ``omega_h = h sbar (1 - (alpha + beta)**h)``: the unconditional per-step variance is
+          ``h sbar`` (``sbar = omega / (1 - alpha - beta)``), variance per unit time is kept,
+        - ``alpha_h = min(alpha sqrt(h), (alpha + beta)**h)``: the variance of the variance
+          per unit time is kept, which is Nelson's (1990) scaling under which GARCH(1,1)
+          converges to a diffusion as ``h -> 0``.
+
+        References
+        ----------
+        Nelson, D. B. (1990), "ARCH models as diffusion approximations", *J. Econometrics*
+        45, 7-38. Engle, R. F. & Bollerslev, T. (1986), "Modelling the persistence of
+        conditional variances", *Econometric Reviews* 5, 1-50.
+        """
+        h = _check_dt(dt) / self.dt_fit
+        if math.isclose(h, 1.0, rel_tol=1e-12, abs_tol=0.0):
+            return self.mu, self.omega, self.alpha, self.beta
+        phi_h = self.persistence**h
+        alpha_h = min(self.alpha * math.sqrt(h), phi_h)
+        beta_h = phi_h - alpha_h
+        omega_h = h * self.unconditional_variance * (1.0 - phi_h)
+        return self.mu * h, omega_h, alpha_h, beta_h
+
+    # ------------------------------------------------------------------ innovations
+
+    def _draw_innovations(self, rng: np.random.Generator, shape: tuple[int, int]) -> FloatArray:
+        """Unit-variance innovations ``eps`` drawn directly from their law."""
+        if self.dist == "t":
+            # Var of Student-t(nu) is nu/(nu-2); rescale to unit variance.
+            draws: FloatArray = rng.standard_t(self.nu, size=shape)
+            return draws * math.sqrt((self.nu - 2.0) / self.nu)
+        return rng.standard_normal(size=shape)
+
+    def innovations_from_normal(self, z: FloatArray) -> FloatArray:
+        """Map standard-normal shocks to this model's unit-variance innovations.
+
+        Identity for ``dist="normal"``; for ``"t"`` a Gaussian copula
+        ``F_t^{-1}(Phi(z)) sqrt((nu-2)/nu)``, monotone in ``z``, so correlation imposed on
+        the normal shocks carries over (as a rank correlation).
+        """
+        if self.dist == "t":
+            return _std_t_from_normal(np.asarray(z, dtype=np.float64), self.nu)
+        return np.asarray(z, dtype=np.float64)
+
+    # ------------------------------------------------------------------ simulation
+
+    def simulate(
+        self,
+        n_steps: int,
+        n_paths: int = 1,
+        s0: float = 100.0,
+        dt: float = 1 / 252,
+        seed: int | np.random.Generator | None = None,
+    ) -> FloatArray:
+        """Simulate price paths driven by GARCH(1,1) log returns.
+
+        Every path starts at the unconditional variance. Innovations are drawn for all steps
+        at once (shape ``(n_steps, n_paths)``), the variance recursion is then the affine
+        map ``v_t = omega_h + (alpha_h eps_{t-1}**2 + beta_h) v_{t-1}`` driven by known
+        coefficients, computed by a blocked scan (see ``_garch_recursion.affine_scan``)
+        without a Python loop over steps; returns ``r_t = mu_h + sqrt(v_t) eps_t`` and
+        prices ``S_t = s0 exp(sum_{j<=t} r_j / scale)``.
+
+        Parameters
+        ----------
+        n_steps
+            Number of steps after the start.
+        n_paths
+            Number of independent paths.
+        s0
+            Start price (or one per path).
+        dt
+            Step length in years; see :meth:`step_coefficients` when it differs from
+            ``dt_fit``.
+        seed
+            ``int``, ``numpy.random.Generator`` or ``None``; the same seed gives the same
+            paths.
+
+        Returns
+        -------
+        ndarray
+            Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
+        """
+        n_steps, n_paths, dt = _check_sim_args(n_steps, n_paths, dt)
+        start = _initial_prices(s0, n_paths)
+        rng = np.random.default_rng(seed)
+        out = np.empty((n_steps + 1, n_paths), dtype=np.float64)
+        out[0] = np.log(start)
+        if n_steps:
+            eps = self._draw_innovations(rng, (n_steps, n_paths))
+            v = self._variance_path(eps, dt)
+            mu_h = self.step_coefficients(dt)[0]
+            body = out[1:]
+            np.sqrt(v, out=body)
+            body *= eps
+            body += mu_h
+            body /= self.scale
+        np.cumsum(out, axis=0, out=out)
+        np.exp(out, out=out)
+        out[0] = start
+        return out
+
+    def _variance_path(self, eps: FloatArray, dt: float) -> FloatArray:
+        """Per-step conditional variances ``v_t`` for innovations ``eps`` (shape ``(T, P)``)."""
+        _, omega_h, alpha_h, beta_h = self.step_coefficients(dt)
+        v0 = omega_h / (1.0 - alpha_h - beta_h)
+        v = np.empty_like(eps)
+        v[0] = v0
+        if eps.shape[0] > 1:
+            a = eps[:-1] ** 2
+            a *= alpha_h
+            a += beta_h
+            v[1:] = affine_scan(a, omega_h, np.full(eps.shape[1], v0))
+        return v
+
+    def stepper(self, s0: float | FloatArray, dt: float) -> GARCHStepper:
+        """Streaming state for ``len(s0)`` paths starting at ``s0`` (see :class:`GARCHStepper`)."""
+        return GARCHStepper(self, s0, dt)
+
+    # ------------------------------------------------------------------ estimation
+
+    @classmethod
+    def fit(
+        cls,
+        prices: Any,
+        dt: float = 1 / 252,
+        dist: str = "normal",
+        mean: str = "constant",
+        scale: float = 100.0,
+        *,
+        max_iter: int = 200,
+    ) -> GARCHFitResult:
+        """Quasi-maximum-likelihood fit of GARCH(1,1) on the scaled log returns of ``prices``.
+
+        Likelihood, variance start and standard errors follow the ``arch`` package
+        (``arch_model(r, mean="Constant", vol="GARCH", p=1, q=1, dist=...)``), so the
+        estimates agree with it:
+
+        - returns ``r_t = scale * diff(log prices)``; residuals ``e_t = r_t - mu``;
+        - the pre-sample ``e**2`` and ``sigma2`` are both the *backcast*: the mean of the
+          first ``min(75, n)`` squared residuals of the starting mean (``mean(r)``) with
+          weights ``0.94**i`` normalised to one, held fixed during estimation;
+        - normal: ``l_t = -(log 2 pi + log sigma2_t + e_t**2 / sigma2_t) / 2``;
+          Student-t with unit variance (Bollerslev 1987):
+          ``l_t = log G((nu+1)/2) - log G(nu/2) - log(pi (nu-2))/2 - log(sigma2_t)/2
+          - (nu+1)/2 log(1 + e_t**2 / (sigma2_t (nu-2)))``;
+        - maximised by SLSQP under ``alpha + beta <= 1 - 1e-6`` with analytic scores (the
+          variance derivatives are linear filters, see ``_garch_recursion``);
+        - robust (QML sandwich) covariance ``H^-1 J H^-1 / n`` (Bollerslev & Wooldridge
+          1992): ``H`` the Hessian of the mean log-likelihood (central differences of the
+          analytic score), ``J`` the covariance of the per-observation scores (``np.cov``,
+          i.e. centred with an ``n - 1`` divisor, as ``arch`` does).
+
+        Parameters
+        ----------
+        prices
+            1-D array, list or pandas Series of positive prices, at least 30, equally spaced.
+        dt
+            Time between two prices in years; becomes the model's ``dt_fit``.
+        dist
+            ``"normal"`` or ``"t"``.
+        mean
+            ``"constant"`` (estimate ``mu``) or ``"zero"``.
+        scale
+            Return scaling; 100 (percent returns) keeps the optimiser well conditioned.
+        max_iter
+            Maximum SLSQP iterations.
+
+        Returns
+        -------
+        GARCHFitResult
+            ``params`` keyed ``mu`` (constant mean only), ``omega``, ``alpha``, ``beta``
+            (+ ``nu`` for t), in per-period scaled units. ``loglik`` is the log-likelihood
+            of the *unscaled* log returns, ``loglik_scaled + n log(scale)`` (change of
+            variables ``r = scale x``), comparable with GBM and mean reversion;
+            ``loglik_scaled`` is ``arch``'s value.
+
+        Raises
+        ------
+        DataError
+            (a ``ValueError``) for NaN, inf, non-positive, constant, too short input.
+        ValueError
+            For an unknown ``dist`` or ``mean`` (listing the allowed values) or bad ``scale``.
+
+        Warns
+        -----
+        GARCHConvergenceWarning
+            If the optimiser did not converge; the result then has ``converged=False``.
+
+        References
+        ----------
+        Bollerslev, T. (1986), *J. Econometrics* 31, 307-327; Bollerslev, T. & Wooldridge,
+        J. M. (1992), "Quasi-maximum likelihood estimation and inference in dynamic models
+        with time-varying covariances", *Econometric Reviews* 11, 143-172; Sheppard, K.,
+        ``arch`` (https://github.com/bashtage/arch), ``arch.univariate``.
+        """
+        dist = _choice("dist", dist, DISTS)
+        mean = _choice("mean", mean, MEANS)
+        scale = _positive("garch", "scale", scale)
+        dt = _check_dt(dt)
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        p = validate_prices(prices)
+        returns = scale * np.diff(np.log(p))
+        return _fit_returns(
+            cls, returns, dt=dt, dist=dist, mean=mean, scale=scale, max_iter=max_iter
+        )
+
+
+# ---------------------------------------------------------------------- likelihood
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What is estimated: layout of the parameter vector ``[mu,] omega, alpha, beta[, nu]``."""
+
+    returns: FloatArray
+    backcast: float
+    dist: str
+    mean: str
+
+    @property
+    def with_mu(self) -> bool:
+        return self.mean == "constant"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        head = ("mu",) if self.with_mu else ()
+        tail = ("nu",) if self.dist == "t" else ()
+        return (*head, "omega", "alpha", "beta", *tail)
+
+    def unpack(self, x: FloatArray) -> tuple[float, float, float, float, float]:
+        i = 1 if self.with_mu else 0
+        mu = float(x[0]) if self.with_mu else 0.0
+        nu = float(x[i + 3]) if self.dist == "t" else math.inf
+        return mu, float(x[i]), float(x[i + 1]), float(x[i + 2]), nu
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """Per-observation pieces of the log-likelihood at one parameter vector.
+
+    ``ll`` the log-likelihood terms, ``sigma2`` the conditional variances, ``dl_ds`` and
+    ``dl_de`` the partial derivatives of ``ll`` in ``sigma2_t`` and ``e_t``, ``dl_dnu`` the
+    partial in ``nu`` (t only), ``dsig`` the variance derivatives, shape ``(k_var, n)``.
+    """
+
+    ll: FloatArray
+    sigma2: FloatArray
+    dl_ds: FloatArray
+    dl_de: FloatArray
+    dl_dnu: FloatArray | None
+    dsig: FloatArray
+
+    def gradient(self, with_mu: bool) -> FloatArray:
+        """Gradient of the *mean* log-likelihood (chain rule, no ``(n, k)`` temporary)."""
+        n = self.ll.shape[0]
+        g = self.dsig @ self.dl_ds
+        parts = [g]
+        if with_mu:
+            g[0] -= self.dl_de.sum()  # de/dmu = -1
+        if self.dl_dnu is not None:
+            parts.append(np.array([self.dl_dnu.sum()]))
+        out: FloatArray = np.concatenate(parts) / n
+        return out
+
+    def scores(self, with_mu: bool) -> FloatArray:
+        """Per-observation scores, shape ``(n, k)``."""
+        cols = [self.dsig.T * self.dl_ds[:, np.newaxis]]
+        if self.dl_dnu is not None:
+            cols.append(self.dl_dnu[:, np.newaxis])
+        out = np.concatenate(cols, axis=1)
+        if with_mu:
+            out[:, 0] -= self.dl_de
+        return out
+
+
+def _loglik_terms(spec: _Spec, x: FloatArray) -> _Terms:
+    """Log-likelihood terms and their partial derivatives at ``x``.
+
+    Scores follow by the chain rule ``dl_t/dtheta = dl_t/dsigma2_t dsigma2_t/dtheta``
+    (+ the direct terms in ``mu`` and ``nu``), with the variance derivatives of
+    ``variance_and_gradient``.
+    """
+    mu, omega, alpha, beta, nu = spec.unpack(x)
+    e = spec.returns - mu
+    sigma2, dsig = variance_and_gradient(omega, alpha, beta, e, spec.backcast, spec.with_mu)
+    e2 = e * e
+    inv_s = 1.0 / sigma2
+    dl_dnu: FloatArray | None = None
+    if spec.dist == "normal":
+        ratio = e2 * inv_s
+        ll = -0.5 * (_LOG_2PI + np.log(sigma2) + ratio)
+        dl_ds = 0.5 * (ratio - 1.0) * inv_s
+        dl_de = -e * inv_s
+    else:
+        q = e2 * inv_s / (nu - 2.0)
+        const = (
+            special.gammaln((nu + 1.0) / 2.0)
+            - special.gammaln(nu / 2.0)
+            - 0.5 * math.log(math.pi * (nu - 2.0))
+        )
+        log1q = np.log1p(q)
+        ll = const - 0.5 * np.log(sigma2) - 0.5 * (nu + 1.0) * log1q
+        w = q / (1.0 + q)
+        dl_ds = 0.5 * ((nu + 1.0) * w - 1.0) * inv_s
+        dl_de = -(nu + 1.0) * e * inv_s / ((nu - 2.0) * (1.0 + q))
+        dl_dnu = (
+            0.5 * float(special.digamma((nu + 1.0) / 2.0) - special.digamma(nu / 2.0))
+            - 0.5 / (nu - 2.0)
+            - 0.5 * log1q
+            + 0.5 * (nu + 1.0) / (nu - 2.0) * w
+        )
+    return _Terms(ll=ll, sigma2=sigma2, dl_ds=dl_ds, dl_de=dl_de, dl_dnu=dl_dnu, dsig=dsig)
+
+
+def _objective(spec: _Spec) -> Callable[[FloatArray], tuple[float, FloatArray]]:
+    """Mean negative log-likelihood and its gradient (dividing by ``n`` conditions SLSQP)."""
+
+    def fun(x: FloatArray) -> tuple[float, FloatArray]:
+        # SLSQP may probe points where the variance is not positive or overflows; those
+        # are rejected with a large value instead of letting NaN reach the optimiser.
+        with np.errstate(all="ignore"):
+            terms = _loglik_terms(spec, x)
+            f = -float(terms.ll.mean())
+            g = -terms.gradient(spec.with_mu)
+        if not (math.isfinite(f) and np.all(np.isfinite(g))):
+            return 1e10, np.zeros_like(x)
+        return f, g
+
+    return fun
+
+
+def _starting_values(spec: _Spec) -> FloatArray:
+    """Grid search like ``arch``'s ``GARCH.starting_values`` (Gaussian likelihood).
+
+    ``alpha`` in {0.01, 0.05, 0.1, 0.2}, ``alpha + beta`` in {0.5, 0.7, 0.9, 0.98},
+    ``omega = (1 - alpha - beta) mean(e**2)``; ``nu`` from the kurtosis ``k`` of the
+    standardised residuals, ``nu = max((4k - 6)/(k - 3), 4)`` if ``k > 3.75`` else 12
+    (method of moments for the t, as ``arch``'s ``StudentsT.starting_values``).
+    """
+    mu0 = float(spec.returns.mean()) if spec.with_mu else 0.0
+    e = spec.returns - mu0
+    target = float(np.mean(e * e))
+    best: tuple[float, float, float, FloatArray] | None = None
+    best_ll = -math.inf
+    for alpha in (0.01, 0.05, 0.1, 0.2):
+        for pers in (0.5, 0.7, 0.9, 0.98):
+            omega = (1.0 - pers) * target
+            s2 = variance_filter(omega, alpha, pers - alpha, e, spec.backcast)
+            ll = -0.5 * float(np.sum(np.log(s2) + e * e / s2))
+            if ll > best_ll:
+                best_ll, best = ll, (omega, alpha, pers - alpha, s2)
+    assert best is not None
+    omega, alpha, beta, s2 = best
+    x = [mu0] if spec.with_mu else []
+    x += [omega, alpha, beta]
+    if spec.dist == "t":
+        kurt = float(stats.kurtosis(e / np.sqrt(s2), fisher=False))
+        x.append(max((4.0 * kurt - 6.0) / (kurt - 3.0) if kurt > 3.75 else 12.0, 4.0))
+    return np.asarray(x, dtype=np.float64)
+
+
+def _hessian(grad: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatArray:
+    """Central differences of the analytic gradient (error O(step**2), step ~1e-5 |x|)."""
+    k = x.shape[0]
+    h = 1e-5 * np.maximum(np.abs(x), 0.1)
+    hess = np.empty((k, k))
+    for j in range(k):
+        up, down = x.copy(), x.copy()
+        up[j] += h[j]
+        down[j] -= h[j]
+        hess[:, j] = (grad(up) - grad(down)) / (2.0 * h[j])
+    return 0.5 * (hess + hess.T)
+
+
+def _fit_returns(
+    cls: type[GARCH],
+    returns: FloatArray,
+    *,
+    dt: float,
+    dist: str,
+    mean: str,
+    scale: float,
+    max_iter: int,
+) -> GARCHFitResult:
+    n = returns.shape[0]
+    # The backcast is taken from the residuals at the starting mean and then held fixed,
+    # as in arch (its fit() calls backcast(resids(starting_values()))).
+    start_resid = returns - returns.mean() if mean == "constant" else returns
+    spec = _Spec(returns=returns, backcast=backcast(start_resid), dist=dist, mean=mean)
+    if spec.backcast <= 0.0 or float(np.mean(start_resid**2)) <= 0.0:
+        raise ValueError("garch: the returns have zero variance; nothing to fit")
+    names = spec.names
+    x0 = _starting_values(spec)
+    v = float(np.mean(start_resid**2))
+    bounds: list[tuple[float | None, float | None]] = []
+    if spec.with_mu:
+        bounds.append((None, None))
+    # Same box as arch's GARCH.bounds / StudentsT.bounds.
+    bounds += [(1e-8 * v, 10.0 * v), (0.0, 1.0), (0.0, 1.0)]
+    if dist == "t":
+        bounds.append(_NU_BOUNDS)
+    ia = 2 if spec.with_mu else 1  # index of alpha
+    jac = np.zeros(len(names))
+    jac[ia] = jac[ia + 1] = -1.0
+    constraint = {
+        "type": "ineq",
+        "fun": lambda x: _MAX_PERSISTENCE - x[ia] - x[ia + 1],
+        "jac": lambda x: jac,
+    }
+    fun = _objective(spec)
+    opt = optimize.minimize(
+        fun,
+        x0,
+        jac=True,
+        method="SLSQP",
+        bounds=bounds,
+        constraints=[constraint],
+        options={"maxiter": max_iter, "ftol": 1e-12},
+    )
+    x = np.asarray(opt.x, dtype=np.float64)
+    # Clip the tiny bound/constraint violations SLSQP can leave so the model validates.
+    for i, (lo, hi) in enumerate(bounds):
+        x[i] = min(max(x[i], -math.inf if lo is None else lo), math.inf if hi is None else hi)
+    if x[ia] + x[ia + 1] > _MAX_PERSISTENCE:
+        x[ia + 1] = _MAX_PERSISTENCE - x[ia]
+    converged = bool(opt.success)
+    notes: list[str] = []
+    if not converged:
+        msg = (
+            f"GARCH fit did not converge (dist={dist!r}, mean={mean!r}): {opt.message} "
+            f"after {opt.nit} iterations; estimates are the last iterate"
+        )
+        warnings.warn(msg, GARCHConvergenceWarning, stacklevel=3)
+        notes.append(msg)
+
+    terms = _loglik_terms(spec, x)
+    loglik_scaled = float(terms.ll.sum())
+    sigma2 = terms.sigma2
+    scores = terms.scores(spec.with_mu)
+
+    def mean_grad(y: FloatArray) -> FloatArray:
+        with np.errstate(all="ignore"):
+            return -_loglik_terms(spec, y).gradient(spec.with_mu)
+
+    hess = _hessian(mean_grad, x)
+    try:
+        inv_h = np.linalg.inv(hess)
+        cov = inv_h @ np.cov(scores.T) @ inv_h / n
+        se = np.sqrt(np.where(np.diag(cov) >= 0.0, np.diag(cov), np.nan))
+    except np.linalg.LinAlgError:
+        cov = np.full((len(names), len(names)), np.nan)
+        se = np.full(len(names), np.nan)
+        notes.append("Hessian is singular: standard errors are not available")
+    if x[ia] + x[ia + 1] >= _MAX_PERSISTENCE - 1e-9:
+        notes.append("alpha + beta is at the stationarity bound (integrated GARCH?)")
+
+    params = {name: float(val) for name, val in zip(names, x, strict=True)}
+    std_err = {name: float(s) for name, s in zip(names, se, strict=True)}
+    mu, omega, alpha, beta, nu = spec.unpack(x)
+    model = cls(
+        mu=mu,
+        omega=omega,
+        alpha=alpha,
+        beta=beta,
+        nu=nu if dist == "t" else GARCH.nu,
+        dist=dist,
+        mean=mean,
+        scale=scale,
+        dt_fit=dt,
+    )
+    resid = returns - mu
+    vol = np.sqrt(sigma2)
+    return GARCHFitResult(
+        model=model,
+        params=params,
+        std_err=std_err,
+        loglik=loglik_scaled + n * math.log(scale),
+        nobs=n,
+        converged=converged,
+        dt=dt,
+        notes=tuple(notes),
+        extra={
+            "loglik_scaled": loglik_scaled,
+            "scale": scale,
+            "dist": dist,
+            "mean": mean,
+            "persistence": alpha + beta,
+            "annual_volatility": model.annual_volatility,
+            "iterations": int(opt.nit),
+        },
+        loglik_scaled=loglik_scaled,
+        returns=returns,
+        resid=resid,
+        conditional_volatility=vol,
+        std_resid=resid / vol,
+        cov=cov,
+        backcast=spec.backcast,
+    )
+
+
+def _empty() -> FloatArray:
+    return np.empty(0)
+
+
+@dataclass(frozen=True, eq=False)
+class GARCHFitResult(FitResult):
+    """:class:`~quoteflow.models.base.FitResult` of :meth:`GARCH.fit` with GARCH diagnostics.
+
+    The arrays are aligned with the returns: element ``i`` belongs to the return from
+    price ``i`` to price ``i + 1``. All are in scaled units (see ``model.scale``).
+
+    Attributes
+    ----------
+    loglik_scaled
+        Log-likelihood of the *scaled* returns, the number ``arch`` reports;
+        ``loglik = loglik_scaled + nobs * log(scale)``.
+    returns
+        The scaled log returns fitted.
+    resid
+        Residuals ``returns - mu``.
+    conditional_volatility
+        ``sigma_t``, the conditional standard deviation of each return.
+    std_resid
+        Standardised residuals ``resid / sigma_t``.
+    cov
+        Robust (sandwich) covariance of the estimates, ordered as ``params``.
+    backcast
+        Pre-sample variance used to start the recursion.
+    """
+
+    loglik_scaled: float = math.nan
+    returns: FloatArray = field(default_factory=_empty)
+    resid: FloatArray = field(default_factory=_empty)
+    conditional_volatility: FloatArray = field(default_factory=_empty)
+    std_resid: FloatArray = field(default_factory=_empty)
+    cov: FloatArray = field(default_factory=_empty)
+    backcast: float = math.nan
+
+    def forecast_variance(self, horizon: int) -> FloatArray:
+        """Conditional variance forecasts ``E[sigma2_{T+k} | F_T]``, ``k = 1..horizon``.
+
+        ``sigma2_{T+1} = omega + alpha e_T**2 + beta sigma2_T`` is known at ``T``; for
+        ``k >= 2``, ``E[sigma2_{T+k}] = sbar + (alpha + beta)**(k-1) (sigma2_{T+1} - sbar)``
+        with ``sbar = omega / (1 - alpha - beta)`` (Engle & Bollerslev 1986; Baillie &
+        Bollerslev 1992, eq. 9). Per period of the fit, scaled units squared; equals
+        ``arch``'s ``forecast(horizon=h).variance`` at the last observation.
+
+        Parameters
+        ----------
+        horizon
+            Number of periods ahead, ``>= 1``.
+
+        Returns
+        -------
+        ndarray
+            Shape ``(horizon,)``.
+        """
+        if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+            raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+        m = self.model
+        assert isinstance(m, GARCH)
+        s_last = float(self.conditional_volatility[-1]) ** 2
+        first = m.omega + m.alpha * float(self.resid[-1]) ** 2 + m.beta * s_last
+        sbar = m.unconditional_variance
+        k = np.arange(int(horizon), dtype=np.float64)
+        out: FloatArray = sbar + m.persistence**k * (first - sbar)
+        return out
+
+
+class GARCHStepper(Stepper):
+    """Streaming GARCH(1,1): per-path price and conditional variance, one step at a time.
+
+    Each :meth:`step` maps the given standard-normal shocks to the model's innovations
+    (:meth:`GARCH.innovations_from_normal`), then applies
+    ``r = mu_h + sqrt(v) eps``, ``S <- S exp(r / scale)``,
+    ``v <- omega_h + (alpha_h eps**2 + beta_h) v`` with the coefficients of
+    :meth:`GARCH.step_coefficients` (the plain recursion when ``dt == dt_fit``).
+    Paths start at the unconditional variance.
+
+    The state :attr:`variance` is each path's conditional variance of its next step
+    return, in the model's scaled units. :meth:`set_model` keeps it (converting it when
+    ``scale`` changes), so changing parameters never makes the volatility jump; the new
+    parameters then pull it towards their own unconditional level.
+
+    Parameters
+    ----------
+    model
+        The GARCH whose dynamics to follow (changeable later with :meth:`set_model`).
+    s0
+        Start price(s); one path per price.
+    dt
+        Step length in years.
+    """
+
+    def __init__(self, model: GARCH, s0: float | FloatArray, dt: float) -> None:
+        self.dt = _check_dt(dt)
+        self.prices = _initial_prices(s0)
+        self.set_model(model)
+        per_step = self._state[2] / (1.0 - self._state[3] - self._state[4])
+        self.variance = np.full(self.prices.size, per_step)
+
+    @property
+    def model(self) -> GARCH:
+        """The model currently driving the paths."""
+        return self._state[0]
+
+    @property
+    def volatility(self) -> FloatArray:
+        """Current conditional volatility of each path, annualised, as a fraction."""
+        scale = self.model.scale
+        out: FloatArray = np.sqrt(self.variance / self.dt) / scale
+        return out
+
+    def set_model(self, model: PriceModel) -> None:
+        """Use ``model``'s parameters from the next step on; prices and volatility are kept."""
+        if not isinstance(model, GARCH):
+            raise TypeError(
+                f"GARCHStepper.set_model needs a GARCH, got {type(model).__name__}; "
+                "build a new stepper with model.stepper(stepper.prices, stepper.dt)"
+            )
+        old: GARCH | None = getattr(self, "_state", (None,))[0]
+        mu_h, omega_h, alpha_h, beta_h = model.step_coefficients(self.dt)
+        # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.
+        self._state: tuple[GARCH, float, float, float, float] = (
+            model,
+            mu_h,
+            omega_h,
+            alpha_h,
+            beta_h,
+        )
+        if old is not None and old.scale != model.scale:
+            # Same volatility of the price, expressed in the new return units. (A step()
+            # running concurrently with this rare case may use one stale variance.)
+            self.variance = self.variance * (model.scale / old.scale) ** 2
+
+    def step(self, z: FloatArray) -> FloatArray:
+        """Advance every path one step with standard-normal shocks ``z``; return new prices."""
+        model, mu_h, omega_h, alpha_h, beta_h = self._state
+        shocks = _check_shocks(z, self.prices.size)
+        eps = model.innovations_from_normal(shocks)
+        v = self.variance
+        r = mu_h + np.sqrt(v) * eps
+        self.prices = self.prices * np.exp(r / model.scale)
+        self.variance = omega_h + (alpha_h * eps * eps + beta_h) * v
+        return self.prices

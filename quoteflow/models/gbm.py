@@ -1,0 +1,283 @@
+"""Geometric Brownian motion: the Black-Scholes price model.
+
+``d log S = (mu - sigma^2 / 2) dt + sigma dW`` with annualised ``mu`` (drift of the price,
+``E[S_t] = S_0 exp(mu t)``) and ``sigma`` (volatility), ``dt`` in years (Black & Scholes
+1973; Glasserman 2003, *Monte Carlo Methods in Financial Engineering*, §3.2).
+
+The log returns ``r_i = log S_i - log S_{i-1}`` of prices sampled every ``dt`` are i.i.d.
+``N((mu - sigma^2/2) dt, sigma^2 dt)``, so the exact maximum-likelihood fit is closed form.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from quoteflow.models.base import FitResult, FloatArray, PriceModel, Stepper, validate_prices
+
+__all__ = ["GBM", "GBMStepper"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --- validation helpers shared by the models in this package (meanrev.py imports them) ---
+
+
+def _finite(model: str, name: str, value: Any) -> float:
+    """``value`` as a finite float, or a ValueError naming ``model.name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(
+            f"{model}: parameter {name} must be a real number, got {type(value).__name__} {value!r}"
+        )
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{model}: parameter {name} must be finite, got {x!r}")
+    return x
+
+
+def _positive(model: str, name: str, value: Any) -> float:
+    """``value`` as a finite float ``> 0``, or a ValueError naming the parameter and range."""
+    x = _finite(model, name, value)
+    if x <= 0.0:
+        raise ValueError(f"{model}: parameter {name} must be > 0 (finite), got {x!r}")
+    return x
+
+
+def _check_dt(dt: Any) -> float:
+    x = _finite("dt", "dt", dt)
+    if x <= 0.0:
+        raise ValueError(f"dt must be a positive time step in years (e.g. 1/252), got {x!r}")
+    return x
+
+
+def _check_sim_args(n_steps: Any, n_paths: Any, dt: Any) -> tuple[int, int, float]:
+    """Validate the common simulate() arguments; return them as (int, int, float)."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 0:
+        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
+    if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 1:
+        raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
+    return int(n_steps), int(n_paths), _check_dt(dt)
+
+
+def _initial_prices(s0: Any, n: int | None = None) -> FloatArray:
+    """``s0`` as a float array of positive prices, broadcast to ``n`` paths if given."""
+    arr = np.atleast_1d(np.asarray(s0, dtype=np.float64))
+    if arr.ndim != 1:
+        raise ValueError(f"s0 must be a price or a 1-D array of prices, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
+        raise ValueError(f"s0 must be finite and > 0, got {s0!r}")
+    if n is not None:
+        if arr.size not in (1, n):
+            raise ValueError(f"s0 has {arr.size} prices but {n} paths were asked for")
+        arr = np.broadcast_to(arr, (n,))
+    return np.array(arr, dtype=np.float64)  # own, writable copy
+
+
+def _check_shocks(z: Any, n: int) -> FloatArray:
+    arr = np.asarray(z, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(f"shocks z must have shape ({n},) (one per path), got {arr.shape}")
+    return arr
+
+
+@dataclass(frozen=True)
+class GBM(PriceModel):
+    """Geometric Brownian motion ``d log S = (mu - sigma^2/2) dt + sigma dW``.
+
+    Parameters
+    ----------
+    mu
+        Annualised drift of the price (``E[S_t] = S_0 exp(mu t)``), any finite real.
+    sigma
+        Annualised volatility, ``> 0``.
+
+    Raises
+    ------
+    ValueError
+        If a parameter is not finite or ``sigma <= 0``; the message names it and the range.
+
+    References
+    ----------
+    Black, F. & Scholes, M. (1973), "The pricing of options and corporate liabilities",
+    *J. Political Economy* 81(3). Glasserman, P. (2003), *Monte Carlo Methods in Financial
+    Engineering*, Springer, §3.2.
+    """
+
+    mu: float
+    sigma: float
+
+    name: ClassVar[str] = "gbm"
+    param_names: ClassVar[tuple[str, ...]] = ("mu", "sigma")
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: coerce numpy scalars/ints to plain floats so params() is JSON-safe.
+        object.__setattr__(self, "mu", _finite("gbm", "mu", self.mu))
+        object.__setattr__(self, "sigma", _positive("gbm", "sigma", self.sigma))
+
+    @classmethod
+    def fit(cls, prices: Any, dt: float = 1 / 252) -> FitResult:
+        """Exact maximum-likelihood fit on the log returns of ``prices``.
+
+        With ``r_i = log S_i - log S_{i-1}`` (``i = 1..n``), ``m = mean(r)`` and
+        ``s2 = mean((r - m)^2)`` (the MLE, divided by ``n``):
+        ``sigma^2 = s2 / dt`` and ``mu = m / dt + sigma^2 / 2``.
+
+        The log-likelihood is the Gaussian log-density of the log returns,
+        ``loglik = -n/2 (log(2 pi s2) + 1)`` (no Jacobian to prices), the same data every
+        quoteflow model scores, so AIC/BIC are comparable across models.
+
+        Standard errors come from the inverse Fisher information of ``(m, s2)``:
+        ``var(m) = s2/n``, ``var(s2) = 2 s2^2/n``, independent (Hamilton 1994, §5.2), mapped
+        by the delta method: ``se(sigma) = sigma / sqrt(2n)`` and
+        ``se(mu) = sqrt(s2/n (1 + s2/2)) / dt``.
+
+        Parameters
+        ----------
+        prices
+            1-D array, list or pandas Series of positive prices, at least 30, equally
+            spaced in time.
+        dt
+            Time between two prices in years (1/252 for trading days).
+
+        Returns
+        -------
+        FitResult
+            ``params`` ``{"mu", "sigma"}`` (annualised), their std errors, ``nobs = n``
+            (number of returns).
+
+        Raises
+        ------
+        DataError
+            (a ``ValueError``) for NaN, inf, non-positive, constant, too short or 2-D input.
+
+        References
+        ----------
+        Hamilton, J. D. (1994), *Time Series Analysis*, Princeton, §5.2 (Gaussian i.i.d.
+        MLE); Campbell, Lo & MacKinlay (1997), *The Econometrics of Financial Markets*,
+        §9.3.2 (MLE of GBM from log returns).
+        """
+        dt = _check_dt(dt)
+        p = validate_prices(prices)
+        r = np.diff(np.log(p))
+        n = r.size
+        m = float(r.mean())
+        s2 = float(np.mean((r - m) ** 2))
+        if s2 <= 0.0:
+            # validate_prices rejects constant prices; constant *returns* (exact exponential
+            # growth) still leave no variance to estimate.
+            raise ValueError("prices grow at a constant rate: log returns have zero variance")
+        sigma2 = s2 / dt
+        sigma = math.sqrt(sigma2)
+        mu = m / dt + sigma2 / 2.0
+        se_sigma = sigma / math.sqrt(2.0 * n)
+        se_mu = math.sqrt(s2 / n * (1.0 + s2 / 2.0)) / dt
+        loglik = -0.5 * n * (_LOG_2PI + math.log(s2) + 1.0)
+        model = cls(mu=mu, sigma=sigma)
+        return FitResult(
+            model=model,
+            params={"mu": mu, "sigma": sigma},
+            std_err={"mu": se_mu, "sigma": se_sigma},
+            loglik=loglik,
+            nobs=n,
+            converged=True,
+            dt=dt,
+        )
+
+    def simulate(
+        self,
+        n_steps: int,
+        n_paths: int = 1,
+        s0: float = 100.0,
+        dt: float = 1 / 252,
+        seed: int | np.random.Generator | None = None,
+    ) -> FloatArray:
+        """Simulate exact GBM paths.
+
+        ``log S_t = log s0 + sum_{j<=t} ((mu - sigma^2/2) dt + sigma sqrt(dt) Z_j)``,
+        the exact solution sampled on the grid (Glasserman 2003, eq. 3.15), so there is no
+        discretisation error for any ``dt``.
+
+        Parameters
+        ----------
+        n_steps
+            Number of steps after the start.
+        n_paths
+            Number of independent paths.
+        s0
+            Start price (or one start price per path).
+        dt
+            Step length in years.
+        seed
+            ``int``, ``numpy.random.Generator`` or ``None``; the same seed gives the same
+            paths.
+
+        Returns
+        -------
+        ndarray
+            Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
+        """
+        n_steps, n_paths, dt = _check_sim_args(n_steps, n_paths, dt)
+        start = _initial_prices(s0, n_paths)
+        rng = np.random.default_rng(seed)
+        # One preallocated buffer, transformed in place: normals -> log increments ->
+        # log prices -> prices. Any full-size temporary would cost as much as the draw itself.
+        out = np.empty((n_steps + 1, n_paths), dtype=np.float64)
+        out[0] = np.log(start)
+        body = out[1:]
+        rng.standard_normal(out=body)
+        body *= self.sigma * math.sqrt(dt)
+        body += (self.mu - 0.5 * self.sigma**2) * dt
+        np.cumsum(out, axis=0, out=out)
+        np.exp(out, out=out)
+        out[0] = start  # exactly s0, not exp(log(s0))
+        return out
+
+    def stepper(self, s0: float | FloatArray, dt: float) -> GBMStepper:
+        """Streaming state for ``len(s0)`` paths starting at ``s0`` (see :class:`GBMStepper`)."""
+        return GBMStepper(self, s0, dt)
+
+
+class GBMStepper(Stepper):
+    """Exact one-step GBM update ``S <- S exp((mu - sigma^2/2) dt + sigma sqrt(dt) z)``.
+
+    Parameters
+    ----------
+    model
+        The GBM whose dynamics to follow (changeable later with :meth:`set_model`).
+    s0
+        Start price(s); one path per price.
+    dt
+        Step length in years.
+    """
+
+    def __init__(self, model: GBM, s0: float | FloatArray, dt: float) -> None:
+        self.dt = _check_dt(dt)
+        self.prices = _initial_prices(s0)
+        self.set_model(model)
+
+    @property
+    def model(self) -> GBM:
+        """The model currently driving the paths."""
+        return self._state[0]
+
+    def set_model(self, model: PriceModel) -> None:
+        """Use ``model``'s parameters from the next step on (current prices are kept)."""
+        if not isinstance(model, GBM):
+            raise TypeError(
+                f"GBMStepper.set_model needs a GBM, got {type(model).__name__}; "
+                "build a new stepper with model.stepper(stepper.prices, stepper.dt)"
+            )
+        drift = (model.mu - 0.5 * model.sigma**2) * self.dt
+        vol = model.sigma * math.sqrt(self.dt)
+        # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.
+        self._state: tuple[GBM, float, float] = (model, drift, vol)
+
+    def step(self, z: FloatArray) -> FloatArray:
+        """Advance every path one step with standard-normal shocks ``z``; return new prices."""
+        _, drift, vol = self._state
+        shocks = _check_shocks(z, self.prices.size)
+        self.prices = self.prices * np.exp(drift + vol * shocks)
+        return self.prices
