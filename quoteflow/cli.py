@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ from quoteflow.errors import DataError, QuoteflowError
 
 __all__ = ["build_parser", "main"]
 
-SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+SubParsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 #: Exit status of a user mistake (same as argparse's usage errors).
 EXIT_USAGE = 2
@@ -308,22 +308,82 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+
+#: Benchmark suites: ``quoteflow bench NAME [ARGS...]`` runs ``benchmarks/<module>.main(ARGS)``.
+_BENCHMARKS = {
+    "models": "benchmarks.models.bench_models",
+    "fanout": "benchmarks.fanout.run",
+    "transports": "benchmarks.transports.run",
+}
+
+
+def _add_bench_parser(subparsers: SubParsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="run a benchmark suite side by side with its peers (from a source checkout)",
+        description=(
+            "Run a benchmark suite of the benchmarks/ folder of a quoteflow source checkout "
+            "(run from the repository root). Suites: "
+            + ", ".join(_BENCHMARKS)
+            + ". Arguments after the suite name go to it (e.g. --quick; --help lists them)."
+        ),
+    )
+    p.add_argument("suite", choices=sorted(_BENCHMARKS), help="which benchmark to run")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the suite")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+    import os
+
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(_BENCHMARKS[args.suite])
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("benchmarks"):
+            raise
+        raise DataError(
+            f"benchmark suite {args.suite!r} not found ({exc.name}): run `quoteflow bench` "
+            "from the root of a quoteflow source checkout"
+        ) from None
+    finally:
+        sys.path.pop(0)
+    code: int = module.main(list(args.bench_args))
+    return code
+
+
 # --------------------------------------------------------------------------- entry point
 
 #: Subcommands in the order --help lists them. Add yours here.
-_PARSERS: list[Callable[[SubParsers], None]] = [_add_fit_parser, _add_simulate_parser]
+_PARSERS: list[Callable[[SubParsers], None]] = [
+    _add_fit_parser,
+    _add_simulate_parser,
+    _add_bench_parser,
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``quoteflow: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        _error(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``quoteflow`` argument parser with every registered subcommand."""
     from quoteflow import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="quoteflow",
         description="Calibrate price models, stream them over Server-Sent Events, watch them live.",
     )
     parser.add_argument("--version", action="version", version=f"quoteflow {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for add in _PARSERS:
         add(subparsers)
     return parser

@@ -20,12 +20,14 @@ import pandas as pd
 
 from quoteflow.errors import ConfigError
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
-from quoteflow.models.garch import GARCH
+from quoteflow.models.garch import GARCH, GARCHConvergenceWarning, GARCHFitResult
 from quoteflow.models.gbm import GBM
 from quoteflow.models.meanrev import MeanReversion
 
 __all__ = [
     "GARCH",
+    "GARCHConvergenceWarning",
+    "GARCHFitResult",
     "GBM",
     "MODELS",
     "Comparison",

@@ -19,8 +19,8 @@ close to N(0, 1) for every parameter.
 - Coverage over 200 seeds of the 95 % Wald interval must lie in [90 %, 99 %]: the
   binomial standard deviation of a coverage estimate from 200 trials is
   sqrt(0.95 * 0.05 / 200) = 1.5 %, so the band is about -3.2 / +2.6 standard deviations
-  around 95 %. Non-robust (or mis-scaled) standard errors for the t model, or a biased
-  optimum, fall outside it.
+  around 95 %. Standard errors 30 % too small (true coverage 87 %) or a biased optimum
+  fall outside it.
 """
 
 from __future__ import annotations
