@@ -26,12 +26,12 @@ from quoteflow.models.meanrev import MeanReversion
 
 __all__ = [
     "GARCH",
-    "GARCHConvergenceWarning",
-    "GARCHFitResult",
     "GBM",
     "MODELS",
     "Comparison",
     "FitResult",
+    "GARCHConvergenceWarning",
+    "GARCHFitResult",
     "MeanReversion",
     "PriceModel",
     "Stepper",

@@ -1,0 +1,36 @@
+"""The Tornado quote server: SSE stream, snapshot, symbols, metrics, dashboard.
+
+Public names are loaded lazily (PEP 562) so that importing the pure submodules, such as
+:mod:`quoteflow.server.sse` (which the broker uses to encode events once), does not pull
+in tornado and prometheus_client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from quoteflow.server.app import ServerSettings, ServerState, make_app
+    from quoteflow.server.runner import QuoteServer, run_server
+
+__all__ = ["QuoteServer", "ServerSettings", "ServerState", "make_app", "run_server"]
+
+_WHERE = {
+    "QuoteServer": "quoteflow.server.runner",
+    "run_server": "quoteflow.server.runner",
+    "ServerSettings": "quoteflow.server.app",
+    "ServerState": "quoteflow.server.app",
+    "make_app": "quoteflow.server.app",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quoteflow.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
