@@ -1,0 +1,151 @@
+"""Redis Streams broker against a real redis-server: ids, fan-out, resume across
+instances, and a Redis restart in the middle of the feed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from quoteflow.broker.base import EventIdError, Subscription
+from quoteflow.broker.redis import RedisBroker, parse_stream_id
+from quoteflow.client import SSEParser
+from quoteflow.sources import MarketEvent
+from tests.redis_server import RedisServer, running_redis
+
+pytestmark = [pytest.mark.integration, pytest.mark.redis]
+
+SYMBOLS = ("AAA", "BBB", "CCC")
+
+
+def batch(k: int) -> list[MarketEvent]:
+    return [MarketEvent("tick", s, {"symbol": s, "price": 100.0 + k, "k": k}) for s in SYMBOLS]
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def drain(sub: Subscription, parser: SSEParser, out: list[tuple[str, dict]]) -> None:  # type: ignore[type-arg]
+    if sub.has_pending():
+        for ev in parser.feed(sub.take().data):
+            out.append((ev.event, {"id": ev.id, **json.loads(ev.data)}))
+
+
+def run(coro: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro(), 60))
+
+
+def test_parse_stream_id() -> None:
+    assert parse_stream_id("1-0") < parse_stream_id("1-1") < parse_stream_id("2-0")
+    for bad in ("", "12", "a-1", "1-", "-1-0", "1-0-0", "9" * 30 + "-0"):
+        with pytest.raises(EventIdError, match="Redis stream ids"):
+            parse_stream_id(bad)
+
+
+def test_ids_are_stream_ids_and_resume_works_on_another_instance(tmp_path: Path) -> None:
+    async def main() -> None:
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=True)
+            await producer.start()
+            a = producer.subscribe(None, frozenset({"tick"}), None)
+            got_a: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            pa = SSEParser()
+            for k in range(10):
+                producer.publish(batch(k))
+                await asyncio.sleep(0.005)
+            await until(lambda: (drain(a, pa, got_a), len(got_a) == 30)[1])
+            ids = [d["id"] for _, d in got_a]
+            assert all(parse_stream_id(i) for i in ids)
+            assert [d["seq"] for _, d in got_a] == ids
+            assert ids == sorted(ids, key=parse_stream_id)
+            assert [d["k"] for _, d in got_a] == [k for k in range(10) for _ in SYMBOLS]
+
+            # A second serving instance, started later, resumes a client from any id.
+            other = RedisBroker(redis.url, consume=True)
+            await other.start()
+            cut = 13
+            b = other.subscribe(None, frozenset({"tick"}), ids[cut])
+            got_b: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            pb = SSEParser()
+            drain(b, pb, got_b)
+            assert [d["id"] for _, d in got_b] == ids[cut + 1 :]
+            # ...and goes on live with the same ids as the first instance.
+            producer.publish(batch(10))
+            await until(lambda: (drain(b, pb, got_b), len(got_b) == 30 - cut - 1 + 3)[1])
+            await until(lambda: (drain(a, pa, got_a), len(got_a) == 33)[1])
+            assert [d["id"] for _, d in got_b][-3:] == [d["id"] for _, d in got_a][-3:]
+            # Filtered subscription on the other instance.
+            c = other.subscribe(frozenset({"BBB"}), frozenset({"tick"}), ids[0])
+            got_c: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            drain(c, SSEParser(), got_c)
+            assert {d["symbol"] for _, d in got_c} == {"BBB"} and len(got_c) == 11
+            # An id newer than any issued, or older than the buffer: reset with snapshot.
+            d = other.subscribe(None, frozenset({"tick"}), "99999999999999-0")
+            got_d: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            drain(d, SSEParser(), got_d)
+            assert got_d[0][0] == "reset" and got_d[0][1]["reason"] == "unknown_id"
+            assert set(got_d[0][1]["snapshot"]) == set(SYMBOLS)
+            await other.aclose()
+            await producer.aclose()
+
+    run(main)
+
+
+def test_redis_restart_mid_stream_loses_nothing_published_after(tmp_path: Path) -> None:
+    async def main() -> None:
+        redis = RedisServer(tmp_path)
+        redis.start()
+        try:
+            producer = RedisBroker(redis.url, produce=True, consume=False, backoff_max=0.2)
+            server = RedisBroker(redis.url, consume=True, backoff_max=0.2, block_ms=200)
+            await producer.start()
+            await server.start()
+            sub = server.subscribe(None, frozenset({"tick"}), None)
+            got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            parser = SSEParser()
+            for k in range(5):
+                producer.publish(batch(k))
+            await until(lambda: (drain(sub, parser, got), len(got) == 15)[1])
+
+            redis.kill()
+            # Published while Redis is down: kept in the producer's outbox.
+            for k in range(5, 8):
+                producer.publish(batch(k))
+            await until(lambda: not server.healthy)
+            assert server.health()["redis"] == "down" and server.last_error
+            assert not sub.closed  # the client stays connected
+
+            redis.start()  # same port, empty (no persistence): the worst case
+            for k in range(8, 12):
+                producer.publish(batch(k))
+            await until(lambda: (drain(sub, parser, got), len(got) == 36)[1], timeout=20)
+            assert server.healthy and server.outages >= 1
+            ks = [d["k"] for _, d in got]
+            assert ks == [k for k in range(12) for _ in SYMBOLS]  # no gap, no duplicate
+            ids = [parse_stream_id(d["id"]) for _, d in got]
+            assert ids == sorted(set(ids))
+            await server.aclose()
+            await producer.aclose()
+        finally:
+            redis.stop()
+
+    run(main)
+
+
+def test_non_producer_refuses_publish(tmp_path: Path) -> None:
+    broker = RedisBroker("redis://127.0.0.1:1/0", consume=True)
+    with pytest.raises(RuntimeError, match="does not produce"):
+        broker.publish(batch(0))
+
+
+def test_bad_url() -> None:
+    with pytest.raises(ValueError, match="redis:// URL"):
+        RedisBroker("http://localhost:6379")
