@@ -356,10 +356,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- entry point
 
+def _add_serve_parser(subparsers: SubParsers) -> None:
+    # All serve logic lives in quoteflow.server.runner (also used by notebooks and tests).
+    from quoteflow.server.runner import add_serve_arguments
+
+    p = subparsers.add_parser(
+        "serve",
+        help="stream a market over Server-Sent Events (Tornado server, dashboard at /)",
+        description="Serve a simulated, replayed or relayed market as an SSE feed. "
+        "Endpoints, limits and metrics: docs/server.md.",
+    )
+    add_serve_arguments(p)  # sets func=run_serve
+
+
 #: Subcommands in the order --help lists them. Add yours here.
 _PARSERS: list[Callable[[SubParsers], None]] = [
     _add_fit_parser,
     _add_simulate_parser,
+    _add_serve_parser,
     _add_bench_parser,
 ]
 

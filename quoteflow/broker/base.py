@@ -1,0 +1,375 @@
+"""The broker interface: publish, subscribe-from-id, latest snapshot.
+
+A broker sits between a :class:`~quoteflow.sources.Source` and the HTTP layer. It gives
+every event an id, encodes it to SSE bytes once, keeps a replay buffer for resume with
+``Last-Event-ID`` and fans the bytes out to subscribers. Two implementations share this
+interface (the shape follows mercure's ``Transport``): :mod:`quoteflow.broker.memory`
+(one process, integer ids) and, later, a Redis Streams broker (ids such as
+``"1712345678901-0"``). Ids therefore cross the interface as strings.
+
+The subscriber side is the :class:`Subscription` defined here, shared by every broker:
+the broker pushes ready-made byte chunks, the HTTP handler awaits :meth:`Subscription.wait`
+and writes everything pending with one :meth:`Subscription.take` (coalescing). A
+subscription whose unsent backlog exceeds its bound is closed with reason
+``"slow_consumer"`` instead of growing memory or stalling the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from quoteflow.errors import QuoteflowError
+
+__all__ = [
+    "ALL_EVENTS",
+    "Broker",
+    "BrokerStats",
+    "CloseReason",
+    "Delivery",
+    "EventIdError",
+    "EventLike",
+    "Subscription",
+]
+
+#: Event types a client may subscribe to (``events=`` query parameter).
+ALL_EVENTS: frozenset[str] = frozenset({"tick", "bar"})
+
+
+class CloseReason:
+    """Why a subscription ended (the string values are used in logs and metrics)."""
+
+    SLOW_CONSUMER = "slow_consumer"
+    SHUTDOWN = "shutdown"
+    CLIENT_GONE = "client_gone"
+    BROKER_CLOSED = "broker_closed"
+    TOKEN_EXPIRED = "token_expired"
+
+
+class EventIdError(QuoteflowError, ValueError):
+    """A ``Last-Event-ID`` that is not an id this broker could ever have issued."""
+
+
+class EventLike(Protocol):
+    """What the broker needs from an event (:class:`quoteflow.sources.MarketEvent`)."""
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def symbol(self) -> str: ...
+
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+
+
+class Delivery(NamedTuple):
+    """Everything pending for one subscriber, taken at once and written with one write.
+
+    Attributes
+    ----------
+    data : bytes
+        SSE bytes, ready for the socket.
+    events : int
+        Number of events in ``data`` (heartbeats and the ``retry`` line not counted).
+    published_at : float or None
+        ``time.monotonic()`` at which the oldest chunk in ``data`` was published, for the
+        delivery-latency histogram; None when ``data`` holds no published event.
+    """
+
+    data: bytes
+    events: int
+    published_at: float | None
+
+
+@dataclass
+class BrokerStats:
+    """Plain counters a broker keeps; the server exports them as Prometheus metrics.
+
+    Kept as ints (not Prometheus objects) so that the broker does not depend on the
+    server layer and the hot path pays one integer add.
+    """
+
+    published: dict[str, int] = field(default_factory=dict)
+    slow_consumer_disconnects: int = 0
+    replays: int = 0
+    replayed_events: int = 0
+    resets: int = 0
+    dropped: int = 0
+
+
+class Subscription:
+    """One subscriber's pending bytes, filled by the broker and drained by a handler.
+
+    Parameters
+    ----------
+    symbols : frozenset of str or None
+        Symbols this subscriber wants; None means every symbol.
+    events : frozenset of str
+        Event types this subscriber wants (subset of :data:`ALL_EVENTS`).
+    max_backlog_bytes : int
+        Bound on bytes queued here while the handler is still writing the previous
+        take; beyond it the subscription is closed as a slow consumer.
+    on_close : callable, optional
+        Called once with the subscription when it closes (the broker unregisters it).
+
+    Notes
+    -----
+    Everything runs on the event loop thread; there is no lock. The handler must take
+    again only after its previous flush completed: while a flush is outstanding (the
+    client is not reading, the socket buffers are full) new chunks pile up here, which
+    is exactly the backlog the bound measures.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_chunks",
+        "_close_callbacks",
+        "_events_pending",
+        "_oldest",
+        "_preamble",
+        "_waiter",
+        "close_reason",
+        "events",
+        "last_activity",
+        "max_backlog_bytes",
+        "symbols",
+    )
+
+    def __init__(
+        self,
+        symbols: frozenset[str] | None,
+        events: frozenset[str],
+        max_backlog_bytes: int,
+        on_close: Callable[[Subscription], None] | None = None,
+    ) -> None:
+        self.symbols = symbols
+        self.events = events
+        self.max_backlog_bytes = max_backlog_bytes
+        self.close_reason: str | None = None
+        #: ``time.monotonic()`` of the last chunk queued (heartbeats are sent when idle).
+        self.last_activity = time.monotonic()
+        self._chunks: list[bytes] = []
+        self._preamble: list[bytes] = []
+        self._backlog = 0
+        self._events_pending = 0
+        self._oldest: float | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._close_callbacks: list[Callable[[Subscription], None]] = []
+        if on_close is not None:
+            self._close_callbacks.append(on_close)
+
+    @property
+    def key(self) -> tuple[frozenset[str] | None, frozenset[str]]:
+        """The filter key; subscribers with equal keys share one fan-out group."""
+        return (self.symbols, self.events)
+
+    @property
+    def closed(self) -> bool:
+        """True once the subscription has ended (see :attr:`close_reason`)."""
+        return self.close_reason is not None
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of live data queued and not yet taken."""
+        return self._backlog
+
+    def add_close_callback(self, callback: Callable[[Subscription], None]) -> None:
+        """Call ``callback(self)`` when the subscription closes (now, if it already has)."""
+        if self.closed:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    # -- broker side -------------------------------------------------------------------
+
+    def push(self, chunk: bytes, n_events: int, published_at: float) -> bool:
+        """Queue ``chunk`` (``n_events`` published events); False if now closed as slow.
+
+        Parameters
+        ----------
+        chunk : bytes
+            Encoded SSE events, shared with every other member of the group.
+        n_events : int
+            How many events ``chunk`` holds.
+        published_at : float
+            ``time.monotonic()`` of the publish.
+
+        Returns
+        -------
+        bool
+            False when the backlog bound was crossed and the subscription closed.
+        """
+        if self.close_reason is not None:
+            return False
+        self._backlog += len(chunk)
+        if self._backlog > self.max_backlog_bytes:
+            # The client does not drain its socket: cut it off (mercure's rule) rather
+            # than buffer without bound or slow the publisher down for everyone.
+            self.close(CloseReason.SLOW_CONSUMER)
+            return False
+        self._chunks.append(chunk)
+        self._events_pending += n_events
+        if self._oldest is None:
+            self._oldest = published_at
+        self.last_activity = published_at
+        self._wake()
+        return True
+
+    def push_preamble(self, chunk: bytes, n_events: int = 0) -> None:
+        """Queue bytes sent before live data (retry line, replay, reset).
+
+        Not counted against the backlog bound: a replay can legitimately be larger than
+        the bound, and it is bounded by the replay buffer anyway.
+        """
+        if self.close_reason is not None:
+            return
+        self._preamble.append(chunk)
+        self._events_pending += n_events
+        self.last_activity = time.monotonic()
+        self._wake()
+
+    def push_heartbeat(self, chunk: bytes) -> None:
+        """Queue a heartbeat comment (counted as backlog: a stalled client fills up)."""
+        if self.close_reason is not None:
+            return
+        self._backlog += len(chunk)
+        if self._backlog > self.max_backlog_bytes:
+            self.close(CloseReason.SLOW_CONSUMER)
+            return
+        self._chunks.append(chunk)
+        self.last_activity = time.monotonic()
+        self._wake()
+
+    def close(self, reason: str) -> None:
+        """End the subscription (idempotent); wakes the handler so it can finish."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        if reason == CloseReason.SLOW_CONSUMER:
+            # Nothing more will be written; release the memory right away.
+            self._chunks.clear()
+            self._preamble.clear()
+            self._backlog = 0
+        self._wake()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- handler side ------------------------------------------------------------------
+
+    def has_pending(self) -> bool:
+        """True when a :meth:`take` would return data."""
+        return bool(self._chunks or self._preamble)
+
+    async def wait(self) -> None:
+        """Return once data is pending or the subscription is closed."""
+        while not self._chunks and not self._preamble and self.close_reason is None:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def take(self) -> Delivery:
+        """Everything pending, joined into one bytes object (one write, one flush)."""
+        parts = self._preamble + self._chunks if self._preamble else self._chunks
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        delivery = Delivery(data, self._events_pending, self._oldest)
+        self._chunks = []
+        self._preamble = []
+        self._backlog = 0
+        self._events_pending = 0
+        self._oldest = None
+        return delivery
+
+
+class Broker(ABC):
+    """Fan-out and replay of market events (memory or Redis Streams).
+
+    All methods are called on the event loop thread.
+    """
+
+    stats: BrokerStats
+
+    @abstractmethod
+    def publish(self, batch: Sequence[EventLike]) -> None:
+        """Assign ids to ``batch``, store it for replay and queue it for subscribers.
+
+        Parameters
+        ----------
+        batch : sequence of MarketEvent
+            One tick round; payloads must be JSON-serialisable and are not modified.
+        """
+
+    @abstractmethod
+    def subscribe(
+        self,
+        symbols: frozenset[str] | None,
+        events: frozenset[str],
+        last_id: str | None,
+    ) -> Subscription:
+        """Register a subscriber, first replaying what it missed after ``last_id``.
+
+        Parameters
+        ----------
+        symbols : frozenset of str or None
+            Symbols wanted; None for all.
+        events : frozenset of str
+            Event types wanted.
+        last_id : str or None
+            The client's ``Last-Event-ID``; None for a fresh subscription.
+
+        Returns
+        -------
+        Subscription
+            Pre-filled with the replayed events (or an ``event: reset`` with a
+            snapshot when the id cannot be resumed from), then live.
+
+        Raises
+        ------
+        EventIdError
+            ``last_id`` is malformed.
+        """
+
+    @abstractmethod
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Remove ``sub`` from fan-out (idempotent)."""
+
+    @abstractmethod
+    def snapshot(self, symbols: frozenset[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Latest tick payload (with ``seq``) per symbol; only symbols that ticked."""
+
+    @abstractmethod
+    def parse_id(self, s: str) -> Any:
+        """Parse an event id issued by this broker.
+
+        Raises
+        ------
+        EventIdError
+            ``s`` is not an id of this broker's form.
+        """
+
+    @property
+    @abstractmethod
+    def last_id(self) -> str | None:
+        """Id of the newest published event, None before the first."""
+
+    @property
+    @abstractmethod
+    def subscriber_count(self) -> int:
+        """Number of live subscriptions."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every subscription (reason ``"broker_closed"``) and release buffers."""

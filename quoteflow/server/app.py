@@ -1,0 +1,309 @@
+"""The Tornado application: routes, shared state, the publish pump and heartbeats.
+
+``make_app(source, broker)`` builds an application (tornado's ``make_app()`` factory
+habit); :class:`ServerState` (``app.settings["quoteflow"]``) holds what the handlers
+share. ``await state.start()`` runs the pump (``async for batch in source.batches():
+broker.publish(batch)``) and the heartbeat timer on the current loop; ``await
+state.shutdown()`` ends every stream cleanly. :class:`quoteflow.server.runner.QuoteServer`
+does both around an ``HTTPServer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+from tornado.ioloop import PeriodicCallback
+
+from quoteflow.broker.base import Broker
+from quoteflow.broker.memory import MemoryBroker
+from quoteflow.server.auth import check_secret
+from quoteflow.server.handlers import (
+    ApiError,
+    DashboardHandler,
+    HealthHandler,
+    MetricsHandler,
+    NotFoundHandler,
+    SnapshotHandler,
+    StaticHandler,
+    StreamHandler,
+    SymbolHandler,
+    SymbolsHandler,
+)
+from quoteflow.server.metrics import ServerMetrics
+from quoteflow.server.sse import encode_comment
+
+if TYPE_CHECKING:
+    from quoteflow.sources import Source
+
+__all__ = ["STATIC_PATH", "ServerSettings", "ServerState", "make_app"]
+
+log = logging.getLogger(__name__)
+
+#: The dashboard's folder (index.html, dashboard.js, dashboard.css).
+STATIC_PATH = Path(__file__).resolve().parent / "static"
+
+_HEARTBEAT = encode_comment("keepalive")
+
+
+def _bokeh_static() -> Path | None:
+    try:
+        from bokeh.util.paths import bokehjs_path
+
+        return Path(bokehjs_path())
+    except Exception:  # bokeh missing or broken: the dashboard says so, the feed still runs
+        return None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Per-server limits and timings (the ``quoteflow serve`` flags of the same names).
+
+    Attributes
+    ----------
+    heartbeat : float
+        Seconds of silence after which a stream gets a ``: keepalive`` comment.
+    retry_ms : int
+        Reconnection time sent as the first line of every stream (``retry:``).
+    max_connections : int
+        Open streams beyond which ``/stream`` answers 503.
+    max_symbols : int
+        Symbols one stream may name.
+    static_path : Path
+        Folder of the dashboard page.
+    auth_secret : str or None
+        HS256 secret; when set, ``/stream``, ``/snapshot`` and ``/symbols`` need a
+        token (``PUT /symbols/...`` an admin token). None: auth off.
+    """
+
+    heartbeat: float = 15.0
+    retry_ms: int = 2000
+    max_connections: int = 10_000
+    max_symbols: int = 100
+    static_path: Path = field(default=STATIC_PATH)
+    auth_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat > 0:
+            raise ValueError(f"heartbeat must be > 0 seconds, got {self.heartbeat}")
+        if self.retry_ms < 0:
+            raise ValueError(f"retry_ms must be >= 0, got {self.retry_ms}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.max_symbols < 1:
+            raise ValueError(f"max_symbols must be >= 1, got {self.max_symbols}")
+        if self.auth_secret is not None:
+            check_secret(self.auth_secret)
+
+
+class ServerState:
+    """What the handlers of one app share.
+
+    Parameters
+    ----------
+    source : Source
+        Produces the events.
+    broker : Broker
+        Fans them out.
+    settings : ServerSettings
+        Limits and timings.
+    """
+
+    def __init__(self, source: Source, broker: Broker, settings: ServerSettings) -> None:
+        self.source = source
+        self.broker = broker
+        self.settings = settings
+        self.streams: set[StreamHandler] = set()
+        self.metrics = ServerMetrics(broker, source, lambda: len(self.streams))
+        self.started = time.monotonic()
+        self.closing = False
+        self.source_error: str | None = None
+        self.source_done = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._running = False
+        self._heartbeat: PeriodicCallback | None = None
+
+    # -- symbols -----------------------------------------------------------------------
+
+    def known_symbols(self) -> list[str]:
+        """The source's symbols, sorted."""
+        return sorted(self.source.symbols)
+
+    def resolve_symbols(
+        self, names: Iterable[str], error: Callable[[str], ApiError]
+    ) -> frozenset[str]:
+        """Map requested names to the source's symbols (case-insensitive).
+
+        Parameters
+        ----------
+        names : iterable of str
+            Requested names.
+        error : callable
+            Builds the exception to raise with a message.
+
+        Raises
+        ------
+        ApiError
+            Via ``error``, naming the unknown symbols.
+        """
+        known = {s.upper(): s for s in self.source.symbols}
+        out: set[str] = set()
+        unknown: list[str] = []
+        for name in names:
+            symbol = known.get(name.upper())
+            if symbol is None:
+                unknown.append(name)
+            else:
+                out.add(symbol)
+        if unknown:
+            shown = ", ".join(repr(u[:40]) for u in unknown[:10])
+            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+            raise error(f"unknown symbol(s) {shown}{more}; see known_symbols")
+        return frozenset(out)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the publish pump and the heartbeat timer on the running loop."""
+        if self._running:
+            return
+        self._running = True
+        self.started = time.monotonic()
+        # Brokers with I/O (Redis) connect here; the memory broker has nothing to start.
+        start = getattr(self.broker, "start", None)
+        if start is not None:
+            await start()
+        # A consuming-only instance (Redis, no --generate) serves what another process
+        # produces: it runs no pump.
+        if getattr(self.broker, "produce", True):
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        # One timer for every stream (not one per connection: 10k timers would cost more
+        # than one pass over 10k objects). Checking 4x per heartbeat period bounds the
+        # extra silence to a quarter period.
+        interval = min(max(self.settings.heartbeat / 4, 0.05), 1.0)
+        self._heartbeat = PeriodicCallback(self._send_heartbeats, interval * 1000)
+        self._heartbeat.start()
+
+    async def _run_pump(self) -> None:
+        try:
+            async for batch in self.source.batches():
+                self.broker.publish(batch)
+            log.info("source ended; streams stay open (heartbeats only)")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken source must not take the server down
+            self.source_error = f"{type(exc).__name__}: {exc}"
+            log.exception("source failed; streams stay open but no new events arrive")
+        finally:
+            self.source_done.set()
+
+    def _send_heartbeats(self) -> None:
+        now = time.monotonic()
+        idle = self.settings.heartbeat
+        sent = 0
+        for handler in list(self.streams):
+            if handler.heartbeat(now, idle, _HEARTBEAT):
+                sent += 1
+        if sent:
+            self.metrics.heartbeats.inc(sent)
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """End every stream cleanly, stop heartbeats and the source.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for streams to finish writing what they had pending.
+        """
+        self.closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+            self._pump = None
+        for handler in list(self.streams):
+            handler.end()
+        deadline = time.monotonic() + timeout
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # polling a condition: handlers leave as they finish
+        for handler in list(self.streams):  # stuck writers (client not reading): cut off
+            conn = handler.request.connection
+            stream = getattr(conn, "stream", None)
+            if stream is not None:
+                stream.close()
+        close = getattr(self.source, "close", None)
+        if callable(close):
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def close_broker(self) -> None:
+        """Close the broker (``aclose()`` for brokers with I/O, else ``close()``)."""
+        aclose = getattr(self.broker, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.broker.close()
+
+
+def make_app(
+    source: Source,
+    broker: Broker | None = None,
+    *,
+    settings: ServerSettings | None = None,
+    **tornado_settings: object,
+) -> tornado.web.Application:
+    """Build the Tornado application serving ``source`` through ``broker``.
+
+    Parameters
+    ----------
+    source : Source
+        The event source (Market, Replay, Relay...).
+    broker : Broker, optional
+        Defaults to a :class:`~quoteflow.broker.memory.MemoryBroker` with default bounds.
+    settings : ServerSettings, optional
+        Limits and timings.
+    **tornado_settings
+        Extra ``tornado.web.Application`` settings.
+
+    Returns
+    -------
+    tornado.web.Application
+        With the shared :class:`ServerState` in ``app.settings["quoteflow"]``; call
+        ``await state.start()`` once serving (``QuoteServer`` does).
+    """
+    settings = settings or ServerSettings()
+    state = ServerState(source, broker or MemoryBroker(), settings)
+    handlers: list[Any] = [
+        (r"/", DashboardHandler),
+        (r"/stream", StreamHandler),
+        (r"/snapshot", SnapshotHandler),
+        (r"/symbols", SymbolsHandler),
+        (r"/symbols/([^/]+)", SymbolHandler),
+        (r"/metrics", MetricsHandler),
+        (r"/healthz", HealthHandler),
+    ]
+    bokeh_dir = _bokeh_static()
+    if bokeh_dir is not None:
+        # BokehJS from the installed package: the dashboard works offline (no CDN).
+        handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
+    handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
+    app_settings: dict[str, object] = {
+        "quoteflow": state,
+        # SSE must not be gzip-buffered, and JSON answers are small.
+        "compress_response": False,
+        "default_handler_class": NotFoundHandler,
+        "xsrf_cookies": False,
+    }
+    app_settings.update(tornado_settings)
+    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]

@@ -1,0 +1,194 @@
+"""Prometheus metrics of one server (one app, one registry).
+
+Each app gets its own :class:`prometheus_client.CollectorRegistry` (never the global
+default: tests and notebooks create many apps in one process). Two kinds of metric:
+
+- counted by the handlers, per write (not per event and client): connections, events and
+  bytes delivered, delivery latency (sampled once per wake-up);
+- read at scrape time from the broker's plain integer counters and from the source by a
+  custom collector, so the publish hot path pays no Prometheus locking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from quoteflow.broker.base import Broker
+    from quoteflow.sources import Source
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+#: Content type of the Prometheus text exposition format 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Delivery latency runs from sub-millisecond (idle server, loopback) to seconds (a
+# client behind a slow link): log-spaced buckets cover both ends.
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class _BrokerCollector(Collector):
+    """Reads broker and source state when Prometheus scrapes."""
+
+    def __init__(
+        self, owner: ServerMetrics, broker: Broker, source: Source, connections: Callable[[], int]
+    ) -> None:
+        self._owner = owner
+        self._broker = broker
+        self._source = source
+        self._connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "quoteflow_events_delivered",
+            "Events written to client sockets (summed per write, replays included).",
+            value=self._owner.events_delivered,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_bytes_sent",
+            "SSE bytes written to client sockets (events, heartbeats, retry lines).",
+            value=self._owner.bytes_sent,
+        )
+        stats = self._broker.stats
+        published = CounterMetricFamily(
+            "quoteflow_events_published",
+            "Events published by the source into the broker, by event type.",
+            labels=["event"],
+        )
+        for event, n in sorted(stats.published.items()):
+            published.add_metric([event], n)
+        yield published
+        yield CounterMetricFamily(
+            "quoteflow_slow_consumer_disconnects",
+            "Streams closed because their unsent backlog exceeded --max-backlog.",
+            value=stats.slow_consumer_disconnects,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_replays",
+            "Resumed streams served from the replay buffer (Last-Event-ID).",
+            value=stats.replays,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_replayed_events",
+            "Events re-sent from the replay buffer to resuming streams.",
+            value=stats.replayed_events,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_resets",
+            "Resumes that could not be served (id evicted or unknown): event 'reset' sent.",
+            value=stats.resets,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_events_dropped",
+            "Events the broker could not encode (NaN, non-JSON values) and dropped.",
+            value=stats.dropped,
+        )
+        yield GaugeMetricFamily(
+            "quoteflow_connections",
+            "Open SSE streams.",
+            value=self._connections(),
+        )
+        yield GaugeMetricFamily(
+            "quoteflow_subscriptions",
+            "Live broker subscriptions.",
+            value=self._broker.subscriber_count,
+        )
+        last = self._broker.last_id
+        # Memory ids are integers; a Redis id "ms-n" is shown by its time part.
+        try:
+            last_value = float(last.split("-", 1)[0]) if last else 0.0
+        except ValueError:
+            last_value = 0.0
+        yield GaugeMetricFamily(
+            "quoteflow_last_event_id",
+            "Id of the newest published event (0 before the first).",
+            value=last_value,
+        )
+        lag = getattr(self._source, "lag_seconds", None)
+        if isinstance(lag, int | float):
+            yield GaugeMetricFamily(
+                "quoteflow_generation_lag_seconds",
+                "How late the source's latest batch was against its wall-clock deadline.",
+                value=float(lag),
+            )
+
+
+class ServerMetrics:
+    """The metrics of one app, in their own registry.
+
+    Parameters
+    ----------
+    broker : Broker
+        Read at scrape time.
+    source : Source
+        Its ``lag_seconds`` is exported as the generation lag.
+    connections : callable
+        Returns the number of open streams.
+    """
+
+    def __init__(self, broker: Broker, source: Source, connections: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_BrokerCollector(self, broker, source, connections))
+        self.streams_opened = Counter(
+            "quoteflow_streams_opened",
+            "SSE streams accepted.",
+            registry=self.registry,
+        )
+        self.streams_rejected = Counter(
+            "quoteflow_streams_rejected",
+            "SSE stream requests refused, by reason.",
+            labelnames=["reason"],
+            registry=self.registry,
+        )
+        #: Plain ints bumped once per socket write (cheaper than a locked Counter at
+        #: 10k streams); exported by the collector at scrape time.
+        self.events_delivered = 0
+        self.bytes_sent = 0
+        self.heartbeats = Counter(
+            "quoteflow_heartbeats",
+            "Keepalive comments queued on idle streams.",
+            registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "quoteflow_delivery_latency_seconds",
+            "Time from publish to the end of the socket write, sampled once per write "
+            "(the oldest event of the write).",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.http_errors = Counter(
+            "quoteflow_http_errors",
+            "Error responses sent, by status code.",
+            labelnames=["code"],
+            registry=self.registry,
+        )
+        self.uptime_start = Gauge(
+            "quoteflow_start_time_seconds",
+            "Unix time at which the app was created.",
+            registry=self.registry,
+        )
+        self.uptime_start.set_to_current_time()
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,624 @@
+"""Running the quote server: programmatically (:class:`QuoteServer`) or as ``quoteflow serve``.
+
+:class:`QuoteServer` binds an ``HTTPServer`` around :func:`quoteflow.server.app.make_app`,
+either on the running event loop (``await start()`` / ``await stop()``, e.g. inside a
+Jupyter kernel) or in a background thread with its own loop (``start_in_thread()`` /
+``stop_in_thread()`` or ``with QuoteServer(...)``). ``port=0`` binds a free port, known
+as :attr:`QuoteServer.port` after start.
+
+:func:`run_server` is the main-program form: it installs SIGTERM/SIGINT handlers and
+shuts down gracefully (stop accepting, end every stream with a clean EOF so clients
+resume elsewhere with ``Last-Event-ID``, stop the source, exit 0). Signal handlers are
+only installed there, never in the notebook/thread forms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from quoteflow.broker.base import Broker
+from quoteflow.broker.memory import MemoryBroker
+from quoteflow.errors import ConfigError
+from quoteflow.server.app import ServerSettings, ServerState, make_app
+
+if TYPE_CHECKING:
+    from quoteflow.sources import Source
+
+__all__ = [
+    "QuoteServer",
+    "add_serve_arguments",
+    "build_source",
+    "run_serve",
+    "run_server",
+]
+
+log = logging.getLogger(__name__)
+
+# Request headers above this size are refused by tornado before any handler runs (it
+# closes the connection), so a client cannot make the server buffer arbitrary headers.
+# 128 KiB (tornado's default is 64) lets an over-long symbol list, e.g. 10,000 symbols,
+# reach the handler and get a JSON 400 "too many symbols" instead of a bare close.
+MAX_HEADER_SIZE = 128 * 1024
+# Request bodies only exist for PUT /symbols (a small JSON object).
+MAX_BODY_SIZE = 64 * 1024
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """``tornado.netutil.bind_sockets`` with a clear error, and no leaked socket."""
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as exc:
+        # bind_sockets does not close the socket whose bind() failed; close it here
+        # rather than leave it to the garbage collector (a ResourceWarning).
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            leaked = frame.f_locals.get("sock")
+            if isinstance(leaked, socket.socket):
+                leaked.close()
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
+
+
+class QuoteServer:
+    """A quote server for one source: HTTP server, app, broker, publish pump.
+
+    Parameters
+    ----------
+    source : Source
+        Where events come from.
+    host : str
+        Interface to bind (default loopback).
+    port : int
+        TCP port; 0 picks a free one (see :attr:`port` after start).
+    broker : Broker, optional
+        Default: a :class:`MemoryBroker` with ``buffer_size``, ``buffer_age`` and
+        ``max_backlog``.
+    settings : ServerSettings, optional
+        Heartbeat, retry, connection and symbol limits.
+    buffer_size, buffer_age, max_backlog : optional
+        Bounds of the default broker (events, seconds, bytes).
+    idle_connection_timeout : float
+        Seconds an idle keep-alive connection (not a stream) stays open.
+    heartbeat, retry_ms, max_connections, max_symbols, auth_secret : optional
+        Shortcuts for the :class:`ServerSettings` fields of the same names (they
+        override ``settings``).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        broker: Broker | None = None,
+        settings: ServerSettings | None = None,
+        buffer_size: int = 100_000,
+        buffer_age: float = 300.0,
+        max_backlog: int = 1 << 20,
+        idle_connection_timeout: float = 60.0,
+        heartbeat: float | None = None,
+        retry_ms: int | None = None,
+        max_connections: int | None = None,
+        max_symbols: int | None = None,
+        auth_secret: str | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("heartbeat", heartbeat),
+                ("retry_ms", retry_ms),
+                ("max_connections", max_connections),
+                ("max_symbols", max_symbols),
+                ("auth_secret", auth_secret),
+            )
+            if v is not None
+        }
+        settings = dataclasses.replace(settings or ServerSettings(), **overrides)
+        self.source = source
+        self.host = host
+        self.requested_port = port
+        self.broker: Broker = broker or MemoryBroker(
+            buffer_size=buffer_size, buffer_age=buffer_age, max_backlog_bytes=max_backlog
+        )
+        self.settings = settings
+        self.idle_connection_timeout = idle_connection_timeout
+        self.app: tornado.web.Application = make_app(source, self.broker, settings=self.settings)
+        self.state: ServerState = self.app.settings["quoteflow"]
+        self.port: int | None = None
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._stopped = False
+
+    # -- URLs --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8080/`` (after start)."""
+        if self.port is None:
+            raise RuntimeError("server not started: call start() first")
+        host = self.host or "127.0.0.1"
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"  # a wildcard bind is reachable on loopback
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def stream_url(self) -> str:
+        """The ``/stream`` URL."""
+        return self.url + "stream"
+
+    # -- on the running loop -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind, start serving and start the source, on the running event loop.
+
+        Raises
+        ------
+        OSError
+            The address cannot be bound (port in use, bad host).
+        """
+        if self._http is not None:
+            return
+        sockets = _bind(self.host, self.requested_port)
+        http = tornado.httpserver.HTTPServer(
+            self.app,
+            max_header_size=MAX_HEADER_SIZE,
+            max_body_size=MAX_BODY_SIZE,
+            idle_connection_timeout=self.idle_connection_timeout,
+        )
+        http.add_sockets(sockets)
+        self._http = http
+        self.port = int(sockets[0].getsockname()[1])
+        await self.state.start()
+        log.info("listening on %s", self.url)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop: refuse new connections, end streams cleanly, stop the source.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to let streams finish writing before they are cut off.
+        """
+        if self._stopped or self._http is None:
+            return
+        self._stopped = True
+        http = self._http
+        http.stop()  # stop accepting: a reconnect goes to another instance
+        await self.state.shutdown(timeout)
+        # Idle keep-alive connections (finished streams included) are closed now.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(http.close_all_connections(), timeout)
+        await self.state.close_broker()
+
+    # -- in a background thread --------------------------------------------------------
+
+    def start_in_thread(self, timeout: float = 30.0) -> None:
+        """Run the server on its own event loop in a daemon thread; return once bound.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the server to be listening.
+
+        Raises
+        ------
+        OSError
+            Binding failed (re-raised from the thread).
+        RuntimeError
+            The server did not start in time.
+        """
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop_requested = asyncio.Event()
+            try:
+                await self.start()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            await self._stop_requested.wait()
+            await self.stop()
+
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(main(),), name="quoteflow-server", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"quote server did not start within {timeout} s")
+        if failure:
+            self._thread.join(timeout)
+            self._thread = None
+            raise failure[0]
+
+    def stop_in_thread(self, timeout: float = 10.0) -> None:
+        """Stop a server started with :meth:`start_in_thread` and join its thread."""
+        thread, loop, event = self._thread, self._loop, self._stop_requested
+        if thread is None or loop is None or event is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop already closed
+            loop.call_soon_threadsafe(event.set)
+        thread.join(timeout)
+        self._thread = None
+
+    def __enter__(self) -> QuoteServer:
+        self.start_in_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_in_thread()
+
+
+def run_server(
+    source: Source,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    install_signal_handlers: bool = True,
+    on_ready: Callable[[QuoteServer], None] | None = None,
+    **options: Any,
+) -> int:
+    """Serve ``source`` until SIGTERM/SIGINT, then shut down gracefully (main program).
+
+    Parameters
+    ----------
+    source : Source
+        Where events come from.
+    host, port
+        Address to bind; ``port=0`` picks a free port.
+    install_signal_handlers : bool
+        Handle SIGTERM and SIGINT (only possible in the main thread).
+    on_ready : callable, optional
+        Called with the :class:`QuoteServer` once it listens (e.g. to print the URL).
+    **options
+        More :class:`QuoteServer` arguments (``settings``, ``buffer_size``...).
+
+    Returns
+    -------
+    int
+        Exit status: 0 after a graceful shutdown.
+    """
+
+    async def main() -> int:
+        server = QuoteServer(source, host=host, port=port, **options)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            await stop.wait()
+            log.info("signal received: shutting down")
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            await server.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+# ----------------------------------------------------------------- quoteflow serve
+
+
+def _positive(
+    kind: Callable[[str], Any], what: str, allow_zero: bool = False
+) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: must be finite")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}: must be {'>= 0' if allow_zero else '> 0'}"
+            )
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be 0..65535")
+    return value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``quoteflow serve`` options on ``parser`` (sets ``func``).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``serve`` subparser.
+    """
+    what = parser.add_argument_group("what to serve (default: the shipped calibrated market)")
+    src = what.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="MARKET.toml", help="market from a TOML file")
+    src.add_argument(
+        "--universe",
+        type=_positive(int, "universe size"),
+        metavar="N",
+        help="N synthetic GBM symbols SYM0000... (load tests)",
+    )
+    src.add_argument(
+        "--replay",
+        metavar="TICKER|CSV",
+        help="replay real history: a shipped ticker (AAPL, GOOG, IBM, MSFT), 'all', or a CSV",
+    )
+    src.add_argument(
+        "--relay", metavar="URL", help="re-publish an upstream SSE feed (e.g. http://h:8080/stream)"
+    )
+    what.add_argument("--seed", type=int, default=None, help="random seed (reproducible feed)")
+    what.add_argument(
+        "--tick-interval",
+        type=_positive(float, "tick interval"),
+        default=None,
+        metavar="SECONDS",
+        help="wall seconds between ticks (market default 0.25; replay: seconds per row)",
+    )
+    what.add_argument(
+        "--speed",
+        type=_positive(float, "speed"),
+        default=None,
+        metavar="YEARS_PER_S",
+        help="simulated years per wall second (default 1/252: a trading day per second); "
+        "replay: historical years per second (252 rows/s per 1.0)",
+    )
+    what.add_argument(
+        "--bar-interval",
+        type=_positive(float, "bar interval"),
+        default=None,
+        metavar="SECONDS",
+        help="wall seconds per OHLCV bar (market default 5)",
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    net.add_argument(
+        "--port", type=_port, default=8080, help="TCP port (default 8080; 0 picks a free port)"
+    )
+    net.add_argument(
+        "--broker",
+        default="memory",
+        metavar="URL",
+        help="'memory' (default) or redis://host:port/db for several instances",
+    )
+    net.add_argument(
+        "--generate",
+        action="store_true",
+        help="with --broker redis://: this instance also produces the feed into Redis "
+        "(exactly one instance per stream); without it the instance only serves",
+    )
+    net.add_argument(
+        "--auth-secret",
+        default=None,
+        metavar="SECRET",
+        help="require HS256 JWTs signed with SECRET (>= 32 bytes; default: env "
+        "QUOTEFLOW_AUTH_SECRET, else auth off); prefer the env var: argv is visible in ps",
+    )
+    lim = parser.add_argument_group("stream behaviour and limits")
+    lim.add_argument(
+        "--heartbeat",
+        type=_positive(float, "heartbeat"),
+        default=15.0,
+        metavar="SECONDS",
+        help="send ': keepalive' after this many idle seconds (default 15)",
+    )
+    lim.add_argument(
+        "--retry-ms",
+        type=_positive(int, "retry", allow_zero=True),
+        default=2000,
+        metavar="MS",
+        help="client reconnection delay sent as 'retry:' (default 2000)",
+    )
+    lim.add_argument(
+        "--max-connections",
+        type=_positive(int, "connection limit"),
+        default=10_000,
+        metavar="N",
+        help="open streams beyond which /stream answers 503 (default 10000)",
+    )
+    lim.add_argument(
+        "--max-symbols",
+        type=_positive(int, "symbol limit"),
+        default=100,
+        metavar="N",
+        help="symbols one stream may name (default 100)",
+    )
+    lim.add_argument(
+        "--buffer-size",
+        type=_positive(int, "buffer size"),
+        default=100_000,
+        metavar="EVENTS",
+        help="replay buffer length for Last-Event-ID resume (default 100000)",
+    )
+    lim.add_argument(
+        "--buffer-age",
+        type=_positive(float, "buffer age"),
+        default=300.0,
+        metavar="SECONDS",
+        help="oldest replayable event (default 300)",
+    )
+    lim.add_argument(
+        "--max-backlog",
+        type=_positive(int, "backlog"),
+        default=1 << 20,
+        metavar="BYTES",
+        help="unsent bytes after which a slow client is disconnected (default 1048576)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="logging level (default info)",
+    )
+    parser.set_defaults(func=run_serve)
+
+
+def build_source(args: argparse.Namespace) -> Source:
+    """The source the ``serve`` options describe.
+
+    Raises
+    ------
+    ConfigError
+        Options that do not apply to the chosen source, or a bad config/replay file.
+    """
+    from quoteflow.market import Market
+    from quoteflow.sources import Relay, Replay
+
+    market_opts = {
+        k: v
+        for k, v in (
+            ("seed", args.seed),
+            ("tick_interval", args.tick_interval),
+            ("speed", args.speed),
+            ("bar_interval", args.bar_interval),
+        )
+        if v is not None
+    }
+    if args.relay:
+        if market_opts:
+            flags = ", ".join("--" + k.replace("_", "-") for k in market_opts)
+            raise ConfigError(f"{flags} do not apply to --relay (the upstream sets the pace)")
+        return Relay(args.relay)
+    if args.replay:
+        extra = sorted(set(market_opts) - {"tick_interval", "speed"})
+        if extra:
+            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+            raise ConfigError(
+                f"{flags} do not apply to --replay (history is fixed, one bar per row)"
+            )
+        if args.speed is not None and args.tick_interval is not None:
+            raise ConfigError("give --speed or --tick-interval for --replay, not both")
+        kwargs: dict[str, Any] = {}
+        if args.speed is not None:
+            kwargs["rows_per_second"] = args.speed * 252.0  # one row is one trading day
+        elif args.tick_interval is not None:
+            kwargs["rows_per_second"] = 1.0 / args.tick_interval
+        target = None if args.replay.lower() == "all" else args.replay
+        return Replay(target, **kwargs)
+    if args.config:
+        return Market.from_toml(args.config, **market_opts)
+    if args.universe:
+        return Market.universe(args.universe, **market_opts)
+    return Market.default(**market_opts)
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
+    secret = getattr(args, "auth_secret", None) or os.environ.get("QUOTEFLOW_AUTH_SECRET") or None
+    return ServerSettings(
+        heartbeat=args.heartbeat,
+        retry_ms=args.retry_ms,
+        max_connections=args.max_connections,
+        max_symbols=args.max_symbols,
+        auth_secret=secret,
+    )
+
+
+def _broker(args: argparse.Namespace) -> Broker | None:
+    url = args.broker
+    if url in (None, "", "memory"):
+        if getattr(args, "generate", False):
+            raise ConfigError(
+                "--generate needs --broker redis://...: the memory broker always generates"
+            )
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--broker {url!r}: use 'memory' or a redis://host:port/db URL")
+    try:
+        from quoteflow.broker.redis import RedisBroker
+    except ImportError as exc:
+        raise ConfigError(f"--broker {url}: the Redis broker is not available ({exc})") from None
+    return RedisBroker(
+        url,
+        produce=bool(getattr(args, "generate", False)),
+        consume=True,
+        buffer_size=args.buffer_size,
+        buffer_age=args.buffer_age,
+        max_backlog_bytes=args.max_backlog,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """``quoteflow serve``: build the source, serve until SIGTERM/SIGINT, exit 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed :func:`add_serve_arguments` options.
+
+    Returns
+    -------
+    int
+        Exit status.
+
+    Raises
+    ------
+    ConfigError
+        Bad option combination or config (the CLI prints it as one line, exit 2).
+    OSError
+        The address cannot be bound.
+    """
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = _settings(args)  # first: a bad secret fails before any work
+    source = build_source(args)
+    broker = _broker(args)
+
+    def ready(server: QuoteServer) -> None:
+        n = len(source.symbols)
+        base = server.url
+        print(
+            f"quoteflow serving {n} symbols on {base} (dashboard), stream at {base}stream",
+            flush=True,
+        )
+
+    return run_server(
+        source,
+        host=args.host,
+        port=args.port,
+        on_ready=ready,
+        broker=broker,
+        settings=settings,
+        buffer_size=args.buffer_size,
+        buffer_age=args.buffer_age,
+        max_backlog=args.max_backlog,
+    )

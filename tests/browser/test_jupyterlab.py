@@ -1,0 +1,230 @@
+"""The notebooks in real JupyterLab and headless Chromium: the chart is live, nothing errs.
+
+nbclient runs a notebook without a frontend, so it passes even when a widget fails to
+render or a chart never updates. Here a real JupyterLab serves a temporary copy of
+notebooks/, Chromium opens a notebook, runs every cell above the last one (the last cell
+stops the chart and the server, so the chart must be checked before it runs), and then:
+
+- the Bokeh canvas of the first live chart must change between two screenshots taken
+  3 s apart;
+- no cell may show an error, no widget may fail to render;
+- finally the stop cell runs, and must finish without error too.
+
+Screenshots land in test-artifacts/ (look at them when this fails).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, require_executable
+from tests.notebooks._kernel import NOTEBOOKS_DIR, ensure_python3_kernelspec, kernel_env
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.notebook,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# JupyterLab settings for a deterministic page: every cell in the DOM (the default
+# windowing renders only the visible ones, hiding prompts from the checks below) and no
+# "news" toast over the output.
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+        '{"fetchNews": "false", "checkForUpdates": false}',
+}
+
+#: JavaScript: true when every code cell of the visible notebook except the last one has
+#: an execution number (``[3]:``), i.e. nothing is queued (``[ ]``) or running (``[*]``).
+ABOVE_LAST_DONE = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return false;
+  const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+    .map(e => e.innerText.trim());
+  const above = prompts.slice(0, -1);
+  return above.length > 0 && above.every(s => /^\\[\\d+\\]:?$/.test(s));
+}"""
+
+LAST_DONE = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+  return /^\\[\\d+\\]:?$/.test(prompts[prompts.length - 1].innerText.trim());
+}"""
+
+#: Text a failed widget or Bokeh view leaves in the page.
+RENDER_FAILURES = ("Error displaying widget", "Could not create a view", "Cannot read properties")
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A JupyterLab server on a free port over a copy of notebooks/; yields its base URL."""
+    require_executable("chromium")
+    ensure_python3_kernelspec()
+    base = tmp_path_factory.mktemp("jupyterlab")
+    root = base / "notebooks"
+    shutil.copytree(NOTEBOOKS_DIR, root)
+    settings = base / "settings"
+    for rel, text in LAB_SETTINGS.items():
+        (settings / rel).parent.mkdir(parents=True, exist_ok=True)
+        (settings / rel).write_text(text)
+    env = kernel_env()
+    env.update(
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+    )
+    port = free_port()
+    token = secrets.token_hex(16)
+    log = (base / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            "--allow-root",
+        ],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited ({proc.returncode}); see {base / 'lab.log'}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not answer within 60 s; see {base / 'lab.log'}")
+                time.sleep(0.2)  # polling a condition (the server answering)
+        yield f"{url}/lab/tree/{{name}}?reset&token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_executable("chromium")
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _changed_pixels(a: bytes, b: bytes) -> int:
+    from PIL import Image, ImageChops
+
+    img_a = Image.open(io.BytesIO(a)).convert("RGB")
+    img_b = Image.open(io.BytesIO(b)).convert("RGB")
+    if img_a.size != img_b.size:
+        return img_a.size[0] * img_a.size[1]
+    diff = ImageChops.difference(img_a, img_b).convert("L").point(lambda v: 255 if v > 0 else 0)
+    return int(sum(diff.histogram()[255:]))
+
+
+def _error_outputs(page: Any) -> list[str]:
+    panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    texts = panel.locator(
+        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+    ).all_inner_texts()
+    errors = [t[:500] for t in texts if "Error" in t or "Traceback" in t]
+    body = panel.inner_text()
+    errors += [f"page shows {s!r}" for s in RENDER_FAILURES if s in body]
+    return errors
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_live_market.ipynb"])
+def test_live_chart_in_jupyterlab(
+    name: str, jupyterlab: str, browser: Any, artifacts_dir: Path
+) -> None:
+    stem = Path(name).stem
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(jupyterlab.format(name=name))
+        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+        cells.first.wait_for(timeout=60_000)
+        # "Run" before the kernel has answered runs nothing: wait for it to be idle first.
+        page.wait_for_function(
+            "() => document.body.innerText.includes('| Idle')", timeout=60_000
+        )
+        page.keyboard.press("Control+b")  # hide the file browser: more room for the chart
+        last = cells.nth(cells.count() - 1)
+        last.locator(".jp-InputPrompt").click()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
+        # A live widget makes the kernel flicker busy/idle: wait for the prompts instead.
+        page.wait_for_function(ABOVE_LAST_DONE, timeout=90_000)
+
+        status = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-html").first
+        status.wait_for(timeout=30_000)
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('.widget-html')]
+                 .some(e => /connected .* [1-9]\\d* events/.test(e.innerText))""",
+            timeout=30_000,
+        )
+        canvas = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .bk-Canvas").first
+        canvas.wait_for(timeout=30_000)
+        canvas.scroll_into_view_if_needed()
+        chart = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .widget-vbox").first
+        first = canvas.screenshot()
+        page.wait_for_timeout(3000)  # the measurement interval, not a synchronisation
+        second = canvas.screenshot()
+        (artifacts_dir / f"jupyterlab-{stem}-canvas-1.png").write_bytes(first)
+        (artifacts_dir / f"jupyterlab-{stem}-canvas-2.png").write_bytes(second)
+        chart.screenshot(path=str(artifacts_dir / f"jupyterlab-{stem}-chart.png"))
+        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{stem}-live.png"))
+
+        changed = _changed_pixels(first, second)
+        assert changed > 200, f"{name}: the chart did not change in 3 s ({changed} pixels)"
+        assert not _error_outputs(page), _error_outputs(page)
+
+        # Now the last cell: stop the chart and the server; it must finish cleanly.
+        last.locator(".jp-InputPrompt").click()
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function(LAST_DONE, timeout=60_000)
+        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{stem}-stopped.png"))
+        assert not _error_outputs(page), _error_outputs(page)
+        assert "stopped" in last.inner_text() or "stopped" in page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
+        failures = [e for e in console_errors if any(s in e for s in RENDER_FAILURES)]
+        assert not failures, failures
+    finally:
+        page.close()

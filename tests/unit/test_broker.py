@@ -1,0 +1,275 @@
+"""MemoryBroker: ids, encoding once, grouped fan-out, resume, reset, slow consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import quoteflow.broker as broker_pkg
+from quoteflow.broker import ALL_EVENTS, CloseReason, EventIdError, MemoryBroker, Subscription
+from quoteflow.client import SSEParser
+from quoteflow.sources import MarketEvent
+
+SYMBOLS = ("AAA", "BBB", "CCC")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def batch(k: int, bars: bool = False) -> list[MarketEvent]:
+    out = [MarketEvent("tick", s, {"symbol": s, "n": k}) for s in SYMBOLS]
+    if bars:
+        out += [MarketEvent("bar", s, {"symbol": s, "close": k}) for s in SYMBOLS]
+    return out
+
+
+def decode(data: bytes) -> list[tuple[int, str, dict[str, Any]]]:
+    events = SSEParser().feed(data)
+    return [(int(e.id or -1), e.event, json.loads(e.data)) for e in events]
+
+
+def test_all_is_complete() -> None:
+    public = {n for n in dir(broker_pkg) if not n.startswith("_") and n[0].isupper()}
+    assert public <= set(broker_pkg.__all__)
+
+
+def test_ids_seq_and_exact_bytes_without_mutating_payloads() -> None:
+    b = MemoryBroker()
+    sub = b.subscribe(None, ALL_EVENTS, None)
+    ev = MarketEvent("tick", "AAA", {"symbol": "AAA", "price": 1.5})
+    b.publish([ev, MarketEvent("bar", "AAA", {"symbol": "AAA", "close": 2})])
+    assert ev.data == {"symbol": "AAA", "price": 1.5}  # not modified
+    got = sub.take()
+    assert got.data == (
+        b'id: 1\nevent: tick\ndata: {"symbol":"AAA","price":1.5,"seq":1}\n\n'
+        b'id: 2\nevent: bar\ndata: {"symbol":"AAA","close":2,"seq":2}\n\n'
+    )
+    assert got.events == 2
+    assert b.last_id == "2"
+    assert b.stats.published == {"tick": 1, "bar": 1}
+
+
+def test_members_of_a_group_share_one_chunk_and_filters_keep_id_order() -> None:
+    b = MemoryBroker()
+    a1 = b.subscribe(frozenset({"CCC", "AAA"}), ALL_EVENTS, None)
+    a2 = b.subscribe(frozenset({"AAA", "CCC"}), ALL_EVENTS, None)
+    bars = b.subscribe(None, frozenset({"bar"}), None)
+    everything = b.subscribe(None, ALL_EVENTS, None)
+    assert b.group_count == 3
+    b.publish(batch(0, bars=True))
+    d1, d2 = a1.take(), a2.take()
+    assert d1.data is d2.data  # joined once per group, not per client
+    assert [(i, e, p["symbol"]) for i, e, p in decode(d1.data)] == [
+        (1, "tick", "AAA"),
+        (3, "tick", "CCC"),
+        (4, "bar", "AAA"),
+        (6, "bar", "CCC"),
+    ]
+    assert [i for i, _, _ in decode(bars.take().data)] == [4, 5, 6]
+    assert [i for i, _, _ in decode(everything.take().data)] == [1, 2, 3, 4, 5, 6]
+    b.publish(batch(1))
+    assert not bars.has_pending()  # nothing matched: nothing queued, no wake-up
+
+
+def test_resume_replays_exactly_what_followed_last_id() -> None:
+    b = MemoryBroker()
+    for k in range(5):
+        b.publish(batch(k))
+    sub = b.subscribe(frozenset({"BBB"}), ALL_EVENTS, "4")
+    b.publish(batch(5))
+    ids = [i for i, _, _ in decode(sub.take().data)]
+    assert ids == [5, 8, 11, 14, 17]  # BBB's ids after 4, replay then live, no gap
+    assert b.stats.replays == 1 and b.stats.replayed_events == 4
+    up_to_date = b.subscribe(None, ALL_EVENTS, b.last_id)
+    assert not up_to_date.has_pending()
+
+
+@pytest.mark.parametrize(("last", "reason"), [("2", "evicted"), ("500", "unknown_id")])
+def test_reset_when_id_evicted_or_never_issued(last: str, reason: str) -> None:
+    b = MemoryBroker(buffer_size=6)
+    for k in range(4):
+        b.publish(batch(k))  # ids 1..12, buffer keeps 7..12
+    sub = b.subscribe(frozenset({"AAA"}), ALL_EVENTS, last)
+    b.publish(batch(4))
+    (rid, rev, payload), *live = decode(sub.take().data)
+    assert (rid, rev) == (12, "reset")
+    assert payload["reason"] == reason and payload["last_id"] == last
+    assert payload["snapshot"] == {"AAA": {"symbol": "AAA", "n": 3, "seq": 10}}
+    assert [i for i, _, _ in live] == [13]
+    assert b.stats.resets == 1
+
+
+def test_oldest_minus_one_is_still_resumable() -> None:
+    b = MemoryBroker(buffer_size=6)
+    for k in range(4):
+        b.publish(batch(k))
+    assert b.oldest_id == 7
+    sub = b.subscribe(None, ALL_EVENTS, "6")
+    assert [i for i, _, _ in decode(sub.take().data)] == [7, 8, 9, 10, 11, 12]
+
+
+def test_buffer_age_evicts() -> None:
+    clock = Clock()
+    b = MemoryBroker(buffer_age=10.0, clock=clock)
+    b.publish(batch(0))
+    clock.t += 11
+    b.publish(batch(1))
+    assert b.oldest_id == 4
+    sub = b.subscribe(None, ALL_EVENTS, "1")
+    assert decode(sub.take().data)[0][1] == "reset"
+
+
+@pytest.mark.parametrize(
+    "bad", ["abc", "-1", "+1", " 1", "1.0", "9" * 20, "9" * 50, "\u0663", "1-0"]
+)
+def test_malformed_ids_raise_and_leave_no_trace(bad: str) -> None:
+    b = MemoryBroker()
+    b.publish(batch(0))
+    with pytest.raises(EventIdError, match="malformed event id"):
+        b.subscribe(None, ALL_EVENTS, bad)
+    assert b.subscriber_count == 0 and b.stats.resets == 0
+
+
+def test_slow_consumer_is_closed_counted_and_released() -> None:
+    b = MemoryBroker(max_backlog_bytes=500)
+    slow = b.subscribe(None, ALL_EVENTS, None)
+    fast = b.subscribe(None, ALL_EVENTS, None)
+    closed: list[str | None] = []
+    slow.add_close_callback(lambda s: closed.append(s.close_reason))
+    for k in range(10):
+        b.publish(batch(k))
+        fast.take()  # the fast reader keeps up
+    assert slow.closed and slow.close_reason == CloseReason.SLOW_CONSUMER
+    assert closed == [CloseReason.SLOW_CONSUMER]
+    assert slow.backlog_bytes == 0 and not slow.has_pending()
+    assert b.stats.slow_consumer_disconnects == 1
+    assert b.subscriber_count == 1 and not fast.closed
+
+
+def test_replay_preamble_does_not_count_towards_backlog() -> None:
+    b = MemoryBroker(max_backlog_bytes=300)
+    for k in range(20):
+        b.publish(batch(k))  # ~3 KB in the buffer
+    sub = b.subscribe(None, ALL_EVENTS, "0")
+    assert not sub.closed and sub.backlog_bytes == 0
+    b.publish(batch(20))
+    assert not sub.closed
+    assert [i for i, _, _ in decode(sub.take().data)] == list(range(1, 64))
+
+
+def test_snapshot_latest_tick_per_symbol() -> None:
+    b = MemoryBroker()
+    assert b.snapshot() == {}
+    b.publish(batch(0, bars=True))
+    b.publish(batch(1))
+    snap = b.snapshot()
+    assert list(snap) == ["AAA", "BBB", "CCC"]
+    assert snap["BBB"] == {"symbol": "BBB", "n": 1, "seq": 8}
+    assert list(b.snapshot(frozenset({"CCC", "ZZZ"}))) == ["CCC"]
+
+
+def test_wait_wakes_on_data_and_on_close() -> None:
+    async def body() -> None:
+        b = MemoryBroker()
+        sub = b.subscribe(None, ALL_EVENTS, None)
+        waiter = asyncio.create_task(sub.wait())
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        b.publish(batch(0))
+        await asyncio.wait_for(waiter, 1)
+        sub.take()
+        waiter = asyncio.create_task(sub.wait())
+        await asyncio.sleep(0)
+        b.close()
+        await asyncio.wait_for(waiter, 1)
+        assert sub.close_reason == CloseReason.BROKER_CLOSED
+        with pytest.raises(RuntimeError):
+            b.subscribe(None, ALL_EVENTS, None)
+
+    asyncio.run(body())
+
+
+def test_heartbeat_counts_as_backlog() -> None:
+    sub = Subscription(None, ALL_EVENTS, max_backlog_bytes=30)
+    sub.push_heartbeat(b": keepalive\n\n")
+    sub.push_heartbeat(b": keepalive\n\n")
+    assert not sub.closed
+    sub.push_heartbeat(b": keepalive\n\n")
+    assert sub.close_reason == CloseReason.SLOW_CONSUMER
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(0, 3)),
+        st.tuples(
+            st.just("subscribe"),
+            st.sampled_from([None, frozenset({"AAA"}), frozenset({"BBB", "CCC"})]),
+            st.sampled_from([ALL_EVENTS, frozenset({"tick"}), frozenset({"bar"})]),
+            st.integers(-1, 60),
+        ),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=ops, buffer_size=st.integers(1, 40))
+def test_property_resume_is_exactly_the_matching_suffix(
+    ops: list[tuple[Any, ...]], buffer_size: int
+) -> None:
+    b = MemoryBroker(buffer_size=buffer_size)
+    log: list[tuple[int, str, str]] = []  # (id, event, symbol) of everything published
+    subs: list[tuple[Subscription, frozenset[str] | None, frozenset[str], int | None, int]] = []
+    k = 0
+    for op in ops:
+        if op[0] == "publish":
+            events = batch(k, bars=op[1] == 0)
+            k += 1
+            b.publish(events)
+            log += [(len(log) + i + 1, e.event, e.symbol) for i, e in enumerate(events)]
+        else:
+            _, symbols, kinds, last = op
+            after = None if last < 0 else last
+            sub = b.subscribe(symbols, kinds, None if after is None else str(after))
+            subs.append((sub, symbols, kinds, after, len(log)))
+    for sub, symbols, kinds, after, newest in subs:
+        got = decode(sub.take().data) if sub.has_pending() else []
+        oldest = max(1, newest - buffer_size + 1)
+        resumable = after is None or oldest - 1 <= after <= newest
+        if resumable:
+            start = newest if after is None else after
+        else:
+            (reset_id, kind, _), *got = got
+            assert (kind, reset_id) == ("reset", newest)
+            start = newest
+        expected = [
+            i
+            for i, ev, sym in log
+            if i > start and ev in kinds and (symbols is None or sym in symbols)
+        ]
+        assert [i for i, _, _ in got] == expected
+
+
+def test_an_unencodable_event_is_dropped_not_fatal() -> None:
+    b = MemoryBroker()
+    sub = b.subscribe(None, ALL_EVENTS, None)
+    b.publish(
+        [
+            MarketEvent("tick", "AAA", {"symbol": "AAA", "price": 1.0}),
+            MarketEvent("tick", "BBB", {"symbol": "BBB", "price": float("nan")}),
+            MarketEvent("tick", "CCC", {"symbol": "CCC", "price": object()}),
+            MarketEvent("tick", "AAA", {"symbol": "AAA", "price": 2.0}),
+        ]
+    )
+    assert [(i, p["price"]) for i, _, p in decode(sub.take().data)] == [(1, 1.0), (2, 2.0)]
+    assert b.stats.dropped == 2 and b.last_id == "2"
