@@ -676,6 +676,14 @@ def _fit_returns(
     )
     resid = returns - mu
     vol = np.sqrt(sigma2)
+    notes.insert(
+        0,
+        f"Units: returns = {scale:g} x log-return per period of {dt:.6g} years "
+        f"({'percent' if scale == 100 else 'scaled'}); mu and omega in those units. "
+        f"Annualised volatility {model.annual_volatility:.4g}, persistence alpha+beta "
+        f"{alpha + beta:.4f}. loglik is of the unscaled log returns (arch reports "
+        f"{loglik_scaled:.4f} for the scaled ones).",
+    )
     return GARCHFitResult(
         model=model,
         params=params,
