@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,7 @@ CHROMIUM_ARGS = [
 # "news" toast over the output.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        '{"fetchNews": "false", "checkForUpdates": false}',
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": '{"fetchNews": "false", "checkForUpdates": false}',
 }
 
 #: JavaScript: true when every code cell of the visible notebook except the last one has
@@ -80,9 +80,18 @@ LAST_DONE = """() => {
 RENDER_FAILURES = ("Error displaying widget", "Could not create a view", "Cannot read properties")
 
 
+@dataclass(frozen=True)
+class LabServer:
+    url: str
+    token: str
+
+    def notebook_url(self, name: str) -> str:
+        return f"{self.url}/lab/tree/{name}?reset&token={self.token}"
+
+
 @pytest.fixture(scope="module")
-def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A JupyterLab server on a free port over a copy of notebooks/; yields its base URL."""
+def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    """A JupyterLab server on a free port over a copy of notebooks/."""
     require_executable("chromium")
     ensure_python3_kernelspec()
     base = tmp_path_factory.mktemp("jupyterlab")
@@ -103,11 +112,19 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (base / "lab.log").open("wb")
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
-            "--ip=127.0.0.1", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--ServerApp.token={token}",
+            f"--ServerApp.root_dir={root}",
             "--allow-root",
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -122,7 +139,7 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"jupyter lab did not answer within 60 s; see {base / 'lab.log'}")
                 time.sleep(0.2)  # polling a condition (the server answering)
-        yield f"{url}/lab/tree/{{name}}?reset&token={token}"
+        yield LabServer(url, token)
     finally:
         proc.terminate()
         try:
@@ -171,20 +188,18 @@ def _error_outputs(page: Any) -> list[str]:
 
 @pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_live_market.ipynb"])
 def test_live_chart_in_jupyterlab(
-    name: str, jupyterlab: str, browser: Any, artifacts_dir: Path
+    name: str, jupyterlab: LabServer, browser: Any, artifacts_dir: Path
 ) -> None:
     stem = Path(name).stem
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     try:
-        page.goto(jupyterlab.format(name=name))
+        page.goto(jupyterlab.notebook_url(name))
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
         cells.first.wait_for(timeout=60_000)
         # "Run" before the kernel has answered runs nothing: wait for it to be idle first.
-        page.wait_for_function(
-            "() => document.body.innerText.includes('| Idle')", timeout=60_000
-        )
+        page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
         page.keyboard.press("Control+b")  # hide the file browser: more room for the chart
         last = cells.nth(cells.count() - 1)
         last.locator(".jp-InputPrompt").click()
@@ -200,10 +215,14 @@ def test_live_chart_in_jupyterlab(
                  .some(e => /connected .* [1-9]\\d* events/.test(e.innerText))""",
             timeout=30_000,
         )
-        canvas = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .bk-Canvas").first
+        canvas = page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .bk-Canvas"
+        ).first
         canvas.wait_for(timeout=30_000)
         canvas.scroll_into_view_if_needed()
-        chart = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .widget-vbox").first
+        chart = page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .widget-vbox"
+        ).first
         first = canvas.screenshot()
         page.wait_for_timeout(3000)  # the measurement interval, not a synchronisation
         second = canvas.screenshot()
@@ -218,13 +237,82 @@ def test_live_chart_in_jupyterlab(
 
         # Now the last cell: stop the chart and the server; it must finish cleanly.
         last.locator(".jp-InputPrompt").click()
-        page.keyboard.press("Shift+Enter")
+        page.keyboard.press("Control+Enter")  # run without advancing (no new cell below)
         page.wait_for_function(LAST_DONE, timeout=60_000)
         page.screenshot(path=str(artifacts_dir / f"jupyterlab-{stem}-stopped.png"))
         assert not _error_outputs(page), _error_outputs(page)
-        assert "stopped" in last.inner_text() or "stopped" in page.locator(
-            ".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
+        assert (
+            "stopped" in last.inner_text()
+            or "stopped" in page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
+        )
         failures = [e for e in console_errors if any(s in e for s in RENDER_FAILURES)]
         assert not failures, failures
+    finally:
+        page.close()
+
+
+def test_server_is_reachable_through_jupyter_server_proxy(jupyterlab: LabServer) -> None:
+    """The Binder/JupyterHub link ``{prefix}proxy/{port}/``: dashboard and live stream."""
+    from quoteflow.market import Market
+    from quoteflow.models import GBM
+    from quoteflow.notebook import serve_in_background
+
+    market = Market({"AAA": GBM(mu=0.0, sigma=0.2)}, seed=1, tick_interval=0.05)
+    with serve_in_background(market, name="proxy-test") as server:
+        base = f"{jupyterlab.url}/proxy/{server.port}"
+        auth = {"Authorization": f"token {jupyterlab.token}"}
+        req = urllib.request.Request(f"{base}/", headers=auth)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+            assert b"<html" in resp.read().lower()
+        # jupyter-server-proxy buffers whole responses unless the request accepts exactly
+        # text/event-stream (as EventSource does): then it flushes chunk by chunk.
+        sse = {**auth, "Accept": "text/event-stream"}
+        req = urllib.request.Request(f"{base}/stream?symbols=AAA", headers=sse)
+        seen = b""
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            deadline = time.monotonic() + 10
+            while b"event: tick" not in seen and time.monotonic() < deadline:
+                seen += resp.read1(4096)
+        assert b"event: tick" in seen, seen[:300]
+
+
+ALL_DONE = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return false;
+  const prompts = [...panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+    .map(e => e.innerText.trim());
+  return prompts.length > 0 && prompts.every(s => /^\\[\\d+\\]:?$/.test(s));
+}"""
+
+
+def test_calibration_notebook_renders_its_plots(
+    jupyterlab: LabServer, browser: Any, artifacts_dir: Path
+) -> None:
+    """02 has no live chart, but its diagnostics and panel must render, without errors."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        page.goto(jupyterlab.notebook_url("02_calibrate.ipynb"))
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for(
+            timeout=60_000
+        )
+        page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
+        page.keyboard.press("Control+b")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        page.wait_for_function(ALL_DONE, timeout=90_000)
+        canvases = page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .bk-Canvas"
+        )
+        # Two diagnostics grids and the panel's: 3 x 4 figures. Bokeh draws inside shadow
+        # roots, which Playwright's locators pierce and document.querySelectorAll does not.
+        deadline = time.monotonic() + 30
+        while canvases.count() < 12 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)  # polling a condition: Bokeh renders in shadow DOM
+        assert canvases.count() >= 12, f"only {canvases.count()} Bokeh canvases rendered"
+        canvases.nth(4).scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts_dir / "jupyterlab-02_calibrate.png"))
+        assert not _error_outputs(page), _error_outputs(page)
     finally:
         page.close()

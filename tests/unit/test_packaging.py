@@ -42,10 +42,27 @@ def test_runtime_dependency_in_environment_yml(dep: str) -> None:
     assert CONDA_ALIASES.get(dep, dep) in _conda_names(), f"{dep} missing from environment.yml"
 
 
-def test_binder_installs_the_package_with_notebook_extra() -> None:
-    binder = ROOT / "binder"
-    text = " ".join(p.read_text() for p in binder.glob("*") if p.is_file())
-    assert "notebook" in text, "binder/ must install quoteflow with its notebook extra"
+def _requirement_lines(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out[_name(line)] = line.replace("_", "-").lower()
+    return out
+
+
+def test_binder_requirements_match_runtime_and_notebook_extra() -> None:
+    project = PYPROJECT["project"]
+    wanted = {
+        _name(r): r.replace("_", "-").lower()
+        for r in list(project["dependencies"]) + project["optional-dependencies"]["notebook"]
+    }
+    assert _requirement_lines(ROOT / "binder" / "requirements.txt") == wanted
+
+
+def test_binder_postbuild_installs_the_package() -> None:
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert "pip install" in post and " -e ." in post
 
 
 # Dependency direction (DESIGN.md "Layout"): models <- market/sources <- broker <- server;

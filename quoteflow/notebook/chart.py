@@ -1,0 +1,651 @@
+"""``LiveChart``: a live Bokeh price/volume chart fed by an SSE client inside the kernel.
+
+Threading model (the one thing to get right here): the SSE client and every change to the
+Bokeh document and the ipywidgets run as tasks on the *kernel's* event loop, captured when
+the chart is created in a cell. Widget messages are sent over the kernel's comm, which is
+not thread-safe, and a ``ColumnDataSource.stream()`` issued from another thread can race
+the kernel's own traffic and leave a view empty for good. The price of this choice: a cell
+that blocks the loop (``time.sleep``) also stalls the chart; use ``await asyncio.sleep``.
+
+Redraws are throttled: events are accumulated in per-symbol buffers as they arrive and a
+flush task sends them to the browser every ``interval`` seconds in one
+``ColumnDataSource.stream(..., rollover=window)`` call, so a fast feed costs a few comm
+messages per second, not one per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import inspect
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import ipywidgets as widgets
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter
+from bokeh.models.annotations.labels import Title
+from bokeh.plotting import figure
+
+from quoteflow.notebook._bokeh import EchoFreeBokehModel, load_bokehjs
+
+__all__ = ["ChartKind", "LiveChart"]
+
+ChartKind = Literal["line", "candles"]
+
+_UP = "#26a69a"
+_DOWN = "#ef5350"
+_LINE = "#1f77b4"
+_VOLUME = "#9e9e9e"
+
+#: Columns of the data source per chart kind (times are epoch milliseconds, UTC).
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "line": ("x", "price", "bid", "ask", "volume", "w"),
+    "candles": ("x", "open", "high", "low", "close", "volume", "w", "color"),
+}
+
+
+def _epoch_ms(ts: Any) -> float:
+    """ISO-8601 timestamp (``2026-11-27T02:03:04.567Z``) or epoch number -> epoch ms."""
+    if isinstance(ts, int | float):
+        # Heuristic: values that look like seconds are converted, ms kept as they are.
+        return float(ts) * 1000.0 if ts < 1e11 else float(ts)
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp() * 1000.0
+
+
+def _stream_url(url: Any) -> str:
+    """The ``/stream`` endpoint for a server base URL, a ``/stream`` URL or a server handle."""
+    base = str(getattr(url, "url", url))
+    if base.rstrip("/").endswith("/stream"):
+        return base
+    return base.rstrip("/") + "/stream"
+
+
+@dataclass
+class _Rate:
+    """Events per second over a sliding window (a deque of arrival times)."""
+
+    span: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def add(self, t: float) -> None:
+        self._times.append(t)
+
+    def value(self, now: float) -> float:
+        while self._times and now - self._times[0] > self.span:
+            self._times.popleft()
+        return len(self._times) / self.span
+
+
+class LiveChart(widgets.VBox):  # type: ignore[misc]
+    """A live price and volume chart of a quoteflow SSE stream, as an ipywidget.
+
+    Create it in a notebook cell and display it (it is the cell's value); it connects at
+    once and keeps drawing while the kernel is idle or awaiting (``await
+    asyncio.sleep(...)``). Several charts can run at the same time, each with its own
+    connection.
+
+    Parameters
+    ----------
+    url
+        Server base URL (``http://127.0.0.1:8080``), its ``/stream`` URL, or the handle
+        returned by :func:`quoteflow.notebook.serve_in_background`.
+    symbols
+        Symbols to subscribe to; the picker switches between them. ``None`` subscribes to
+        every symbol and fills the picker as symbols appear.
+    kind
+        ``"line"``: tick prices with bid/ask band and tick sizes as volume;
+        ``"candles"``: OHLCV bars from ``bar`` events, plus a forming candle built from
+        ticks so the chart moves between bars.
+    window
+        Points (ticks or bars) kept and shown per symbol; older ones roll off.
+    interval
+        Seconds between redraws; events arriving in between are sent in one batch.
+    title
+        Chart title; default: the URL.
+    width, height
+        Size of the price panel in pixels (the volume panel is a third of ``height``).
+    autostart
+        Connect immediately (default). Otherwise call :meth:`start`.
+    **client_options
+        Passed to :func:`quoteflow.client.stream` (e.g. ``token``, ``heartbeat_timeout``).
+
+    Attributes
+    ----------
+    source
+        The kernel-side :class:`bokeh.models.ColumnDataSource` of the shown symbol.
+    status
+        The :class:`ipywidgets.HTML` status line.
+    events_received
+        Events this chart has received.
+    """
+
+    # Class-level defaults so that close() (also called by Widget.__del__) works on an
+    # instance whose __init__ failed half-way.
+    _running = False
+    _closed = False
+    _tasks: list[asyncio.Task[None]] = []  # noqa: RUF012 - replaced per instance
+
+    def __init__(
+        self,
+        url: Any,
+        symbols: str | Sequence[str] | None = None,
+        *,
+        kind: ChartKind = "line",
+        window: int = 600,
+        interval: float = 0.2,
+        title: str | None = None,
+        width: int = 760,
+        height: int = 300,
+        autostart: bool = True,
+        **client_options: Any,
+    ) -> None:
+        if kind not in _COLUMNS:
+            raise ValueError(f"kind must be 'line' or 'candles', got {kind!r}")
+        if int(window) < 2:
+            raise ValueError(f"window must be at least 2 points, got {window!r}")
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        self.url = _stream_url(url)
+        self.kind: ChartKind = kind
+        self.window = int(window)
+        self.interval = float(interval)
+        if isinstance(symbols, str):
+            symbols = [s.strip() for s in symbols.split(",") if s.strip()]
+        self.symbols: list[str] | None = list(symbols) if symbols else None
+        self._client_options = client_options
+
+        # Captured here, in the cell, so that every later document/widget change happens
+        # on the kernel's own loop (see the module docstring).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+
+        cols = _COLUMNS[kind]
+        self._history: dict[str, deque[tuple[Any, ...]]] = {}
+        self._pending: dict[str, list[tuple[Any, ...]]] = {}
+        self._forming: dict[str, dict[str, float]] = {}
+        self._forming_dirty: set[str] = set()
+        self._bar_ms: dict[str, float] = {}
+        self._tick_ms: dict[str, float] = {}
+        self._last_x: dict[str, float] = {}
+        empty: dict[str, Any] = {c: [] for c in cols}
+        self.source = ColumnDataSource(empty)
+        self._live = ColumnDataSource(self._forming_columns(None))
+        self._rate = _Rate()
+        self.events_received = 0
+        self.last_latency_ms: float | None = None
+        self.last_error: str | None = None
+        self._client: Any = None
+        self._tasks = []
+        self._paused = False
+        self._status_text = ""
+        self._status_at = 0.0
+        self._reconnects_base = 0
+
+        load_bokehjs()
+        self._title = title
+        self._layout = self._build_figures(
+            self._title_text(self.symbols[0] if self.symbols else None), width, height
+        )
+        self.plot = EchoFreeBokehModel(self._layout)
+
+        initial = self.symbols or []
+        self.picker = widgets.Dropdown(
+            options=initial,
+            value=initial[0] if initial else None,
+            description="symbol",
+            layout=widgets.Layout(width="200px"),
+        )
+        self.picker.observe(self._on_pick, names="value")
+        self.pause_button = widgets.ToggleButton(
+            value=False, description="pause", icon="pause", tooltip="pause/resume drawing"
+        )
+        self.pause_button.observe(self._on_pause, names="value")
+        self.status = widgets.HTML(value="")
+        controls = widgets.HBox([self.picker, self.pause_button, self.status])
+        super().__init__(children=[controls, self.plot])
+        self._update_status(force=True)
+        if autostart:
+            self.start()
+
+    # ------------------------------------------------------------------ figures
+
+    def _forming_columns(self, bar: dict[str, float] | None) -> dict[str, Any]:
+        if bar is None:
+            nan = math.nan
+            return {
+                "x": [nan],
+                "open": [nan],
+                "high": [nan],
+                "low": [nan],
+                "close": [nan],
+                "w": [0.0],
+                "color": [_UP],
+            }
+        return {
+            "x": [bar["x"]],
+            "open": [bar["open"]],
+            "high": [bar["high"]],
+            "low": [bar["low"]],
+            "close": [bar["close"]],
+            "w": [bar["w"]],
+            "color": [_UP if bar["close"] >= bar["open"] else _DOWN],
+        }
+
+    def _title_text(self, symbol: str | None) -> str:
+        what = "ticks" if self.kind == "line" else "bars"
+        head = self._title or f"{what} from {self.url}"
+        return f"{symbol} · {head}" if symbol else head
+
+    def _build_figures(self, title: str, width: int, height: int) -> Any:
+        price = figure(
+            title=title,
+            x_axis_type="datetime",
+            width=width,
+            height=height,
+            tools="pan,wheel_zoom,box_zoom,reset,save",
+            toolbar_location="right",
+        )
+        price.yaxis.formatter = NumeralTickFormatter(format="0,0.00")
+        vol = figure(
+            x_axis_type="datetime",
+            x_range=price.x_range,
+            width=width,
+            height=max(80, height // 3),
+            tools="",
+            toolbar_location=None,
+        )
+        vol.yaxis.formatter = NumeralTickFormatter(format="0a")
+        src = self.source
+        if self.kind == "line":
+            price.varea(x="x", y1="bid", y2="ask", source=src, fill_alpha=0.2, fill_color=_LINE)
+            line = price.line(x="x", y="price", source=src, line_width=2, color=_LINE)
+            price.add_tools(
+                HoverTool(
+                    renderers=[line],
+                    tooltips=[
+                        ("time", "@x{%H:%M:%S.%3N}"),
+                        ("price", "@price{0,0.00}"),
+                        ("bid", "@bid{0,0.00}"),
+                        ("ask", "@ask{0,0.00}"),
+                    ],
+                    formatters={"@x": "datetime"},
+                    mode="vline",
+                )
+            )
+            vol.vbar(x="x", top="volume", width="w", source=src, color=_VOLUME)
+        else:
+            for s, alpha in ((src, 1.0), (self._live, 0.5)):
+                price.segment(
+                    x0="x", y0="high", x1="x", y1="low", source=s, color="color", line_alpha=alpha
+                )
+                price.vbar(
+                    x="x",
+                    top="open",
+                    bottom="close",
+                    width="w",
+                    source=s,
+                    fill_color="color",
+                    line_color="color",
+                    fill_alpha=alpha,
+                    line_alpha=alpha,
+                )
+            vol.vbar(x="x", top="volume", width="w", source=src, color=_VOLUME)
+        vol.yaxis.axis_label = "volume"
+        self._price_fig = price
+        return column(price, vol)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        """True while the chart is connected or trying to connect."""
+        return self._running
+
+    @property
+    def paused(self) -> bool:
+        """True while drawing is paused (events are still received and kept)."""
+        return self._paused
+
+    @property
+    def symbol(self) -> str | None:
+        """The symbol on show."""
+        value = self.picker.value
+        return None if value is None else str(value)
+
+    @symbol.setter
+    def symbol(self, value: str) -> None:
+        if value not in self.picker.options:
+            self.picker.options = [*self.picker.options, value]
+        self.picker.value = value
+
+    def start(self) -> None:
+        """Connect (again) and start drawing. Idempotent."""
+        if self._closed:
+            raise RuntimeError("this LiveChart was closed; create a new one")
+        if self._running:
+            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "LiveChart needs a running event loop: create it in a notebook cell "
+                    "(the kernel's loop) or inside a coroutine"
+                ) from None
+        self._running = True
+        self._tasks = [loop.create_task(self._receive()), loop.create_task(self._redraw_loop())]
+        self._update_status(force=True)
+
+    def stop(self) -> None:
+        """Disconnect and stop drawing; the chart stays on screen as it is. Idempotent."""
+        if not self._running:
+            return
+        self._running = False
+        client, self._client = self._client, None
+        self._reconnects_base += int(getattr(client, "reconnects", 0) or 0)
+        if client is not None and hasattr(client, "close"):
+            result = client.close()
+            if inspect.isawaitable(result) and self._loop is not None:
+                self._loop.create_task(_await(result))
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        self._flush()
+        self._update_status(force=True)
+
+    def close(self) -> None:
+        """Stop and close the widget and its views (releases the connection)."""
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        parts = [getattr(self, n, None) for n in ("plot", "picker", "pause_button", "status")]
+        for w in (*parts, *self.children):
+            if w is None:
+                continue
+            if w.comm is not None or isinstance(w, EchoFreeBokehModel):
+                w.close()
+        super().close()
+
+    def pause(self) -> None:
+        """Freeze the drawing; events keep arriving and are drawn on :meth:`resume`."""
+        self.pause_button.value = True
+
+    def resume(self) -> None:
+        """Resume drawing after :meth:`pause`."""
+        self.pause_button.value = False
+
+    def resync(self) -> None:
+        """Re-render every view of the chart from the current data (catches up late views)."""
+        self.plot.resync()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # A second display() creates a new view that would start from the state at
+        # creation; bring every view up to date first.
+        if not self._closed:
+            self.plot.resync()
+        return super()._repr_mimebundle_(**kwargs)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _receive(self) -> None:
+        """Consume the SSE stream (runs on the kernel loop until stopped)."""
+        from quoteflow.client import stream
+
+        events = "tick,bar" if self.kind == "candles" else "tick"
+        options = dict(self._client_options)
+        options.setdefault("events", events.split(","))
+        if self.symbols:
+            options.setdefault("symbols", list(self.symbols))
+        user_on_status = options.pop("on_status", None)
+
+        def on_status(client: Any) -> None:
+            # Connection changes show at once; the throttle is for the counters only.
+            self._update_status(force=True)
+            if user_on_status is not None:
+                user_on_status(client)
+
+        options["on_status"] = on_status
+        try:
+            self._client = stream(self.url, **options)
+            async for ev in self._client:
+                if not self._running:
+                    break
+                self._on_event(ev.event, ev.data)
+            else:
+                if self._running:
+                    # The client only ends by itself when the server says so (HTTP 204).
+                    self.last_error = "the server ended the stream"
+                    self._running = False
+                    self._update_status(force=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # shown in the status line: a chart must not crash a cell
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._running = False
+            self._update_status(force=True)
+
+    async def _redraw_loop(self) -> None:
+        while self._running:
+            await asyncio.sleep(self.interval)
+            try:
+                self._flush()
+                self._update_status()
+            except Exception as exc:  # keep drawing; say what went wrong
+                self.last_error = f"redraw: {type(exc).__name__}: {exc}"
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event: str, data: str) -> None:
+        if event not in ("tick", "bar"):
+            return  # reset/snapshot and unknown events carry nothing to draw
+        try:
+            d = json.loads(data)
+        except ValueError:
+            return
+        now = time.time()
+        self.events_received += 1
+        self._rate.add(now)
+        symbol = str(d.get("symbol", ""))
+        if not symbol:
+            return
+        stamp = d.get("ts") if event == "tick" else d.get("end")
+        if stamp is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                self.last_latency_ms = now * 1000.0 - _epoch_ms(stamp)
+        if symbol not in self._history:
+            if self.symbols is not None and symbol not in self.symbols:
+                return
+            self._history[symbol] = deque(maxlen=self.window)
+            self._pending[symbol] = []
+            if symbol not in self.picker.options:
+                self.picker.options = [*self.picker.options, symbol]
+            if self.picker.value is None:
+                self.picker.value = symbol
+        row = self._row(event, symbol, d)
+        if row is not None:
+            self._history[symbol].append(row)
+            self._pending[symbol].append(row)
+
+    def _row(self, event: str, symbol: str, d: dict[str, Any]) -> tuple[Any, ...] | None:
+        if self.kind == "line":
+            if event != "tick":
+                return None
+            x = _epoch_ms(d["ts"])
+            last = self._last_x.get(symbol)
+            if last is not None and x > last:
+                # Volume bars as wide as the typical tick spacing (smoothed).
+                gap = x - last
+                self._tick_ms[symbol] = 0.8 * self._tick_ms.get(symbol, gap) + 0.2 * gap
+            self._last_x[symbol] = x
+            w = 0.8 * self._tick_ms.get(symbol, 200.0)
+            price = float(d["price"])
+            return (
+                x,
+                price,
+                float(d.get("bid", price)),
+                float(d.get("ask", price)),
+                float(d.get("size", 0.0)),
+                w,
+            )
+        if event == "tick":
+            self._extend_forming(symbol, d)
+            return None
+        start, end = _epoch_ms(d["start"]), _epoch_ms(d["end"])
+        self._bar_ms[symbol] = end - start
+        self._forming.pop(symbol, None)
+        self._forming_dirty.add(symbol)
+        self._last_x[symbol] = end
+        o, c = float(d["open"]), float(d["close"])
+        return (
+            (start + end) / 2.0,
+            o,
+            float(d["high"]),
+            float(d["low"]),
+            c,
+            float(d.get("volume", 0.0)),
+            0.8 * (end - start),
+            _UP if c >= o else _DOWN,
+        )
+
+    def _extend_forming(self, symbol: str, d: dict[str, Any]) -> None:
+        """Grow the not-yet-closed candle of ``symbol`` from a tick."""
+        p = float(d["price"])
+        t = _epoch_ms(d["ts"])
+        bar = self._forming.get(symbol)
+        if bar is None:
+            start = self._last_x.get(symbol, t)
+            bar = {"start": start, "open": p, "high": p, "low": p, "close": p}
+            self._forming[symbol] = bar
+        bar["high"] = max(bar["high"], p)
+        bar["low"] = min(bar["low"], p)
+        bar["close"] = p
+        span = self._bar_ms.get(symbol, max(t - bar["start"], 1.0))
+        bar["x"] = bar["start"] + span / 2.0
+        bar["w"] = 0.8 * span
+        self._forming_dirty.add(symbol)
+
+    # ------------------------------------------------------------------ drawing
+
+    def _columns(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
+        names = _COLUMNS[self.kind]
+        out: dict[str, Any] = {c: [] for c in names}
+        for row in rows:
+            for c, v in zip(names, row, strict=True):
+                out[c].append(v)
+        return out
+
+    def _flush(self) -> None:
+        """Send what arrived since the last flush to the browser (kernel loop only)."""
+        if self._paused or self._closed:
+            return
+        symbol = self.symbol
+        if symbol is None:
+            return
+        rows = self._pending.get(symbol)
+        if rows:
+            self._pending[symbol] = []
+            self.source.stream(self._columns(rows[-self.window :]), rollover=self.window)
+        for other, pending in self._pending.items():
+            if other != symbol:
+                pending.clear()  # kept in history; drawn from there when picked
+        if self.kind == "candles" and symbol in self._forming_dirty:
+            self._forming_dirty.clear()
+            # Patch the one-row source in place: a patch echo is dropped like a stream echo.
+            new = self._forming_columns(self._forming.get(symbol))
+            self._live.patch({k: [(0, v[0])] for k, v in new.items()})
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        symbol = change["new"]
+        if symbol is None:
+            return
+        # Replace, not stream: the new symbol's history is drawn in one go.
+        self.source.data = self._columns(self._history.get(symbol, ()))
+        if symbol in self._pending:
+            self._pending[symbol] = []
+        if self.kind == "candles":
+            self._live.data = self._forming_columns(self._forming.get(symbol))
+        title = self._price_fig.title
+        if isinstance(title, Title):
+            title.text = self._title_text(str(symbol))
+        self._update_status(force=True)
+
+    def _on_pause(self, change: dict[str, Any]) -> None:
+        self._paused = bool(change["new"])
+        self.pause_button.description = "resume" if self._paused else "pause"
+        self.pause_button.icon = "play" if self._paused else "pause"
+        if not self._paused:
+            self._flush()
+        self._update_status(force=True)
+
+    # ------------------------------------------------------------------ status
+
+    def stats(self) -> dict[str, Any]:
+        """Counters shown in the status line, as a dict."""
+        client = self._client
+        now = time.time()
+        rate = self._rate.value(now)
+        connected = getattr(client, "connected", None)
+        if connected is None:  # a client without the flag: judge by recent traffic
+            connected = rate > 0
+        return {
+            "connected": bool(connected) and self._running,
+            "running": self._running,
+            "paused": self._paused,
+            "symbol": self.symbol,
+            "events_received": self.events_received,
+            "events_per_second": rate,
+            "latency_ms": self.last_latency_ms,
+            "reconnects": int(getattr(client, "reconnects", 0) or 0) + self._reconnects_base,
+            "last_error": getattr(client, "last_error", None) or self.last_error,
+            "points": len(self.source.data.get("x", [])),
+        }
+
+    def _update_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < 0.5:
+            return  # a status line changing 5x a second is noise, and comm traffic
+        self._status_at = now
+        s = self.stats()
+        if not s["running"]:
+            state = "<span style='color:#888'>&#9632; stopped</span>"
+        elif s["connected"]:
+            state = "<span style='color:#2e7d32'>&#9679; connected</span>"
+        else:
+            state = "<span style='color:#c62828'>&#9675; connecting&hellip;</span>"
+        parts = [state]
+        if s["paused"]:
+            parts.append("<b>paused</b>")
+        parts.append(f"{s['events_per_second']:.1f} events/s")
+        lat = s["latency_ms"]
+        parts.append("latency " + ("&ndash;" if lat is None else f"{lat:.0f} ms"))
+        parts.append(f"reconnects {s['reconnects']}")
+        parts.append(f"{s['events_received']} events")
+        err = s["last_error"]
+        if err and not s["connected"]:
+            parts.append(f"<span style='color:#c62828'>{html.escape(str(err))[:120]}</span>")
+        text = (
+            "<span style='font-family:monospace;font-size:12px'>"
+            + " &middot; ".join(parts)
+            + "</span>"
+        )
+        if text != self._status_text:
+            self._status_text = text
+            self.status.value = text
+
+
+async def _await(awaitable: Any) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable

@@ -1,0 +1,378 @@
+"""quoteflow.notebook without a browser: server handle, LiveChart, echo suppression, panel.
+
+Real servers on free ports, the real SSE client on an asyncio loop standing in for the
+kernel's; no Jupyter kernel needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from bokeh.core.serialization import Serializer
+from jupyter_bokeh import BokehModel
+
+from quoteflow.errors import QuoteflowError
+from quoteflow.market import Market
+from quoteflow.models import GBM
+from quoteflow.notebook import (
+    BackgroundServer,
+    CalibrationPanel,
+    EchoFreeBokehModel,
+    LiveChart,
+    running_servers,
+    serve_in_background,
+    stop_all,
+)
+from quoteflow.notebook.calibrate import diagnostics, standardized_residuals
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _market(seed: int = 1, **kw: Any) -> Market:
+    kw.setdefault("tick_interval", 0.05)
+    kw.setdefault("bar_interval", 0.5)
+    return Market({"AAA": GBM(mu=0.05, sigma=0.3), "BBB": GBM(mu=0.0, sigma=0.2)}, seed=seed, **kw)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Await ``cond()`` on the loop (the chart's tasks keep running meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_servers() -> Iterator[None]:
+    yield
+    stop_all()
+    assert running_servers() == {}
+
+
+# ------------------------------------------------------------------ server handle
+
+
+def test_rerunning_the_cell_leaves_exactly_one_server() -> None:
+    first = serve_in_background(_market(), name="cell")
+    p1 = first.port
+    assert p1 > 0 and _listening(p1)
+    second = serve_in_background(_market(seed=2), name="cell")
+    p2 = second.port
+    assert not first.running
+    assert not _listening(p1), "the first server's port is still open"
+    assert _listening(p2)
+    assert running_servers() == {"cell": second}
+    second.stop()
+    assert not _listening(p2)
+
+
+def test_stop_frees_the_port_and_is_idempotent() -> None:
+    with serve_in_background(_market(), name="ctx") as handle:
+        port = handle.port
+        assert handle.url == f"http://127.0.0.1:{port}"
+        assert handle.stream_url == f"http://127.0.0.1:{port}/stream"
+        assert "running" in handle._repr_html_()
+    assert _bindable(port)
+    handle.stop()  # again: no error
+    assert "stopped" in handle._repr_html_()
+    assert "cell" not in running_servers()
+
+
+def test_same_port_can_be_reused_after_stop() -> None:
+    port = free_port()
+    a = serve_in_background(_market(), port=port, name="a")
+    a.stop()
+    b = serve_in_background(_market(), port=port, name="b")
+    assert b.port == port and _listening(port)
+
+
+# tornado.netutil.bind_sockets leaks the socket it fails to bind (closed by the GC with a
+# ResourceWarning); collect it here so the warning is not blamed on a later test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_port_taken_gives_a_clear_error() -> None:
+    a = serve_in_background(_market(), name="a")
+    with pytest.raises(QuoteflowError, match=f"{a.port}"):
+        serve_in_background(_market(), port=a.port, name="b")
+    assert set(running_servers()) == {"a"}
+    gc.collect()
+
+
+def test_jupyterhub_link_goes_through_server_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice")
+    handle = serve_in_background(_market(), name="hub")
+    assert handle.browser_url == f"/user/alice/proxy/{handle.port}/"
+    assert handle.url == f"http://127.0.0.1:{handle.port}"  # the kernel-side client stays direct
+    assert f"href='/user/alice/proxy/{handle.port}/'" in handle._repr_html_()
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX")
+    assert handle.browser_url == f"http://127.0.0.1:{handle.port}/"
+
+
+def test_handle_serves_the_given_market() -> None:
+    market = _market()
+    handle = serve_in_background(market, name="m")
+    assert isinstance(handle, BackgroundServer)
+    assert handle.market is market
+    with socket.create_connection(("127.0.0.1", handle.port), timeout=5) as s:
+        s.sendall(b"GET /symbols HTTP/1.0\r\nHost: x\r\n\r\n")
+        body = b""
+        while chunk := s.recv(65536):
+            body += chunk
+    assert b"AAA" in body and b"BBB" in body
+
+
+# ------------------------------------------------------------------ LiveChart
+
+
+def test_live_chart_streams_and_client_survives_a_server_restart() -> None:
+    async def main() -> None:
+        port = free_port()
+        server = serve_in_background(_market(), port=port, name="restart")
+        chart = LiveChart(server, symbols=["AAA", "BBB"], window=50, interval=0.05)
+        try:
+            await _until(lambda: len(chart.source.data["x"]) >= 5, what="points on the chart")
+            assert chart.stats()["connected"]
+            await _until(lambda: "connected" in chart.status.value, timeout=5, what="status")
+            server.stop()
+            await _until(lambda: not chart.stats()["connected"], what="disconnect")
+            before = chart.events_received
+            server = serve_in_background(_market(seed=3), port=port, name="restart")
+            await _until(
+                lambda: chart.stats()["connected"] and chart.events_received > before + 5,
+                what="reconnect and new events",
+            )
+            stats = chart.stats()
+            assert stats["reconnects"] >= 1
+            await _until(
+                lambda: f"reconnects {stats['reconnects']}" in chart.status.value,
+                timeout=5,
+                what="status line",
+            )
+            # Rollover keeps the window; no point drawn twice.
+            xs = chart.source.data["x"]
+            assert len(xs) <= 50
+            assert len(set(xs)) == len(xs)
+        finally:
+            chart.close()
+            server.stop()
+        assert not chart.running
+
+    asyncio.run(main())
+
+
+def test_several_charts_at_once_and_candles() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="multi")
+        line = LiveChart(server, symbols="AAA", interval=0.05)
+        candles = LiveChart(server, kind="candles", interval=0.05)
+        try:
+            await _until(lambda: len(line.source.data["x"]) >= 3, what="line points")
+            await _until(lambda: len(candles.source.data["x"]) >= 2, what="closed bars")
+            # symbols=None subscribes to everything; the picker fills as symbols appear.
+            await _until(lambda: set(candles.picker.options) == {"AAA", "BBB"}, what="picker")
+            data = candles.source.data
+            assert all(
+                lo <= min(o, c) and max(o, c) <= hi
+                for o, c, lo, hi in zip(
+                    data["open"], data["close"], data["low"], data["high"], strict=True
+                )
+            )
+        finally:
+            line.close()
+            candles.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+def _tick(symbol: str, i: int) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_700_000_000 + i)) + ".000Z"
+    price = 100.0 + i
+    return json.dumps(
+        {
+            "symbol": symbol,
+            "price": price,
+            "bid": price - 0.05,
+            "ask": price + 0.05,
+            "size": 100,
+            "ts": ts,
+            "seq": i,
+        }
+    )
+
+
+def _echo_of(source: Any, new: dict[str, list[Any]], rollover: int) -> dict[str, Any]:
+    """The message a browser view sends back after applying ``source.stream(new)``."""
+    data = Serializer(deferred=False).encode(new)
+    return {
+        "event": "jsevent",
+        "kind": "ColumnsStreamed",
+        "model": source.ref,
+        "data": data,
+        "rollover": rollover,
+    }
+
+
+def test_echoed_stream_events_do_not_duplicate_points() -> None:
+    """Regression: jupyter_bokeh re-applied the browser's echo; 39 points became 78."""
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA"], window=100, autostart=False)
+    try:
+        for i in range(39):
+            chart._on_event("tick", _tick("AAA", i))
+        chart._flush()
+        assert len(chart.source.data["x"]) == 39
+        echo = _echo_of(chart.source, chart._columns(chart._history["AAA"]), 100)
+        chart.plot._handle_custom_msg(echo, [])
+        chart.plot._handle_custom_msg(echo, [])  # a second view echoes too
+        xs = chart.source.data["x"]
+        assert len(xs) == 39 and len(set(xs)) == 39
+        assert chart.plot.echoes_dropped == 2
+    finally:
+        chart.close()
+
+
+def test_stock_bokeh_model_would_duplicate_the_echo() -> None:
+    """The echo we simulate is the real thing: the unpatched widget stores it twice."""
+    from bokeh.models import ColumnDataSource
+    from bokeh.plotting import figure
+
+    source = ColumnDataSource({"x": [], "y": []})
+    fig = figure()
+    fig.line("x", "y", source=source)
+    widget = BokehModel(fig)
+    new = {"x": [1.0, 2.0, 3.0], "y": [4.0, 5.0, 6.0]}
+    source.stream(new)
+    widget._handle_custom_msg(_echo_of(source, new, 100), [])
+    assert len(source.data["x"]) == 6
+    # No widget.close(): the stock close() is not idempotent and Widget.__del__ calls it.
+
+
+def test_pause_holds_points_and_resume_draws_them() -> None:
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA", "BBB"], window=20, autostart=False)
+    try:
+        chart.pause()
+        for i in range(5):
+            chart._on_event("tick", _tick("AAA", i))
+        chart._flush()
+        assert len(chart.source.data["x"]) == 0
+        assert "paused" in chart.status.value
+        chart.resume()
+        assert len(chart.source.data["x"]) == 5
+        for i in range(5, 40):  # beyond the window: rollover
+            chart._on_event("tick", _tick("AAA", i))
+        chart._flush()
+        assert len(chart.source.data["x"]) == 20
+        assert chart.source.data["price"][-1] == 139.0
+        chart.symbol = "BBB"
+        assert len(chart.source.data["x"]) == 0
+        assert chart._price_fig.title.text.startswith("BBB")
+    finally:
+        chart.close()
+
+
+def test_late_view_gets_the_current_data() -> None:
+    """A page (re)load asks for the full state: it must carry what was streamed since."""
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA"], autostart=False)
+    try:
+        for i in range(7):
+            chart._on_event("tick", _tick("AAA", i))
+        chart._flush()
+        bundle = json.loads(chart.plot.get_state()["render_bundle"])
+        text = json.dumps(bundle)
+        assert "106.0" in text  # the last streamed price is in the state a new view renders
+        assert "106.0" in chart.plot.get_state("render_bundle")["render_bundle"]
+        # Displaying the chart again re-renders existing views from the current data.
+        assert "106.0" not in json.dumps(chart.plot.render_bundle)
+        chart._repr_mimebundle_()
+        assert "106.0" in json.dumps(chart.plot.render_bundle)
+    finally:
+        chart.close()
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        LiveChart("http://x", kind="bars", autostart=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="window"):
+        LiveChart("http://x", window=1, autostart=False)
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_panel_fits_and_pushes_to_a_market() -> None:
+    market = Market.default(seed=1)
+    panel = CalibrationPanel(market, ticker="MSFT", model="gbm", years=3)
+    result = panel.fit()
+    assert result is not None, panel.message.value
+    assert "mu" in panel.table.value and isinstance(panel.plots.children[0], EchoFreeBokehModel)
+    panel.push("MSFT")
+    assert market.model("MSFT") == result.model
+    panel.close()
+
+
+def test_panel_pushes_over_http(tmp_path: Path) -> None:
+    server = serve_in_background(_market(), name="http-push")
+    rng = np.random.default_rng(0)
+    prices = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, 300)))
+    csv = tmp_path / "prices.csv"
+    csv.write_text(
+        "Date,Close\n"
+        + "".join(
+            f"2020-01-{1 + i % 28:02d}T00:{i // 28:02d},{p:.4f}\n" for i, p in enumerate(prices)
+        )
+    )
+    panel = CalibrationPanel(server.url, model="gbm")
+    assert panel.symbol_picker.options == ("AAA", "BBB")
+    panel.load_csv(csv)
+    assert panel.fit() is not None, panel.message.value
+    answer = panel.push("BBB")
+    assert answer["symbol"] == "BBB"
+    assert server.market.model("BBB") == panel.result.model
+    panel.close()
+
+
+def test_bad_csv_says_what_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Date,Close\n2020-01-01,10\n2020-01-02,-1\n")
+    panel = CalibrationPanel()
+    with pytest.raises(ValueError, match="positive"):
+        panel.load_csv(bad)
+    panel.close()
+
+
+def test_diagnostics_layout_and_residuals() -> None:
+    from quoteflow.data import load
+
+    prices = load("IBM")["adj_close"].iloc[-800:]
+    fit = GBM.fit(prices)
+    z = standardized_residuals(fit, prices)
+    assert z.shape == (len(prices) - 1,)
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.05
+    layout = diagnostics(fit, prices, n_paths=50)
+    assert len(layout.children) == 4
