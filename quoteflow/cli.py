@@ -356,6 +356,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- entry point
 
+
 def _add_serve_parser(subparsers: SubParsers) -> None:
     # All serve logic lives in quoteflow.server.runner (also used by notebooks and tests).
     from quoteflow.server.runner import add_serve_arguments
@@ -369,11 +370,76 @@ def _add_serve_parser(subparsers: SubParsers) -> None:
     add_serve_arguments(p)  # sets func=run_serve
 
 
+def _add_generate_parser(subparsers: SubParsers) -> None:
+    # The producer of a scaled-out deployment (docs/scaling.md); logic in the runner.
+    from quoteflow.server.runner import add_generate_arguments
+
+    p = subparsers.add_parser(
+        "generate",
+        help="produce a market into Redis for several `quoteflow serve --broker` instances",
+        description="Run the market (or replay, relay) and publish every event to a Redis "
+        "stream; `quoteflow serve --broker URL` instances serve it. No HTTP server unless "
+        "--port is given (then /healthz, /livez, /metrics). See docs/scaling.md.",
+    )
+    add_generate_arguments(p)  # sets func=run_generate
+
+
+def _add_token_parser(subparsers: SubParsers) -> None:
+    p = subparsers.add_parser(
+        "token",
+        help="mint an HS256 JWT for a server started with --auth-secret",
+        description="Print a token for `quoteflow serve --auth-secret` (or "
+        "QUOTEFLOW_AUTH_SECRET). Send it as 'Authorization: Bearer <token>', "
+        "?access_token=<token> or the access_token cookie.",
+    )
+    p.add_argument(
+        "--symbols",
+        default=None,
+        metavar="A,B",
+        help="comma-separated symbols the token may subscribe to (default: all)",
+    )
+    p.add_argument(
+        "--ttl", default="1h", metavar="DURATION", help="lifetime: 90s, 15m, 1h, 7d (default 1h)"
+    )
+    p.add_argument("--admin", action="store_true", help="may change parameters (PUT /symbols/...)")
+    p.add_argument("--subject", default=None, metavar="NAME", help="'sub' claim (who it is for)")
+    p.add_argument(
+        "--secret",
+        default=None,
+        metavar="SECRET",
+        help="HS256 secret (default: env QUOTEFLOW_AUTH_SECRET; prefer the env var: argv "
+        "is visible in ps)",
+    )
+    p.set_defaults(func=_cmd_token)
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import os
+
+    from quoteflow.server.auth import mint_token, parse_ttl
+
+    secret = args.secret or os.environ.get("QUOTEFLOW_AUTH_SECRET")
+    if not secret:
+        raise DataError("no secret: pass --secret or set QUOTEFLOW_AUTH_SECRET")
+    symbols = None
+    if args.symbols is not None:
+        symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+        if not symbols:
+            raise DataError("--symbols is empty: name at least one symbol, or omit it for all")
+    token = mint_token(
+        secret, symbols=symbols, ttl=parse_ttl(args.ttl), admin=args.admin, subject=args.subject
+    )
+    print(token)
+    return 0
+
+
 #: Subcommands in the order --help lists them. Add yours here.
 _PARSERS: list[Callable[[SubParsers], None]] = [
     _add_fit_parser,
     _add_simulate_parser,
     _add_serve_parser,
+    _add_generate_parser,
+    _add_token_parser,
     _add_bench_parser,
 ]
 

@@ -30,19 +30,28 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from quoteflow.broker.base import EventIdError, EventLike, Subscription
 from quoteflow.broker.memory import MemoryBroker, _Entry
 from quoteflow.errors import ConfigError
 from quoteflow.server.sse import encode_event
+from quoteflow.sources import MarketEvent, Source
 
-__all__ = ["RedisBroker", "parse_stream_id"]
+__all__ = ["RedisBroker", "StreamSource", "parse_stream_id"]
+
+#: Seconds between refreshes of the symbol catalog (producer writes, consumers read):
+#: ``GET /symbols`` on a serving instance shows parameters at most this old.
+CATALOG_PERIOD = 2.0
+#: Seconds a serving instance waits for the producer to apply a forwarded parameter change.
+UPDATE_TIMEOUT = 5.0
 
 log = logging.getLogger("quoteflow.broker.redis")
 
@@ -92,6 +101,10 @@ class RedisBroker(MemoryBroker):
         ``XREAD BLOCK`` timeout.
     buffer_size, buffer_age, max_backlog_bytes, clock
         As for :class:`MemoryBroker` (the local replay buffer and fan-out).
+    backoff_initial, backoff_max : float
+        Reconnection backoff bounds in seconds (exponential with jitter). The cap is
+        short (2 s) because one reconnect attempt per instance every 2 s costs Redis
+        nothing, while every extra second is a second of stalled feed after recovery.
     """
 
     def __init__(
@@ -109,7 +122,7 @@ class RedisBroker(MemoryBroker):
         max_backlog_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_max: float = 2.0,
     ) -> None:
         super().__init__(
             buffer_size=buffer_size,
@@ -129,13 +142,29 @@ class RedisBroker(MemoryBroker):
         self.block_ms = block_ms
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self._outbox: deque[tuple[str, str, bytes]] = deque(maxlen=outbox_size)
+        self._outbox: deque[tuple[str, str, bytes, int]] = deque(maxlen=outbox_size)
+        # Producer run id and per-event counter, stored with every entry: a pipeline
+        # whose reply was lost (Redis killed or the link cut after XADD ran) is re-sent,
+        # and consumers drop what they already have by (producer, n): exactly once.
+        self.producer_id = uuid.uuid4().hex[:16]
+        self._n = 0
+        self._producer_seen: dict[str, int] = {}
+        self.duplicates_skipped = 0
         self._outbox_event = asyncio.Event()
         self._keys: deque[int] = deque(maxlen=buffer_size)  # sort keys parallel to _buffer
         self._last_sid: str | None = None  # newest stream id ingested
         self._read_from = "$"
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._redis: Any = None
+        #: Producer: returns ``source.describe()``; written to ``<stream>:symbols`` so that
+        #: serving instances (which have no local source) know the symbols and models.
+        self.catalog_provider: Callable[[], dict[str, dict[str, Any]]] | None = None
+        #: Producer: applies a parameter change forwarded by a serving instance.
+        self.update_handler: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
+        #: Consumer: the latest catalog read from Redis (None until the first read).
+        self.catalog: dict[str, dict[str, Any]] | None = None
+        self._catalog_at = -math.inf
         self.healthy = False
         self.last_error: str | None = None
         self.outages = 0
@@ -158,15 +187,19 @@ class RedisBroker(MemoryBroker):
             # a silent dead connection must fail, not block the reader for ever
             socket_timeout=self.block_ms / 1000 + 5.0,
         )
-        if self.consume:
-            try:
+        try:
+            if self.consume:
                 await self._prime()
-                self._set_healthy(True)
-            except Exception as exc:  # any connection failure: retry
-                self._set_healthy(False, exc)
+            else:
+                await self._redis.ping()
+            self._set_healthy(True)
+        except Exception as exc:  # any connection failure: the tasks retry
+            self._set_healthy(False, exc)
+        if self.consume:
             self._tasks.append(asyncio.create_task(self._reader(), name="redis-reader"))
         if self.produce:
             self._tasks.append(asyncio.create_task(self._writer(), name="redis-writer"))
+            self._tasks.append(asyncio.create_task(self._control(), name="redis-control"))
 
     async def aclose(self) -> None:
         """Stop the tasks (flushing what the producer still holds, briefly) and disconnect."""
@@ -175,6 +208,9 @@ class RedisBroker(MemoryBroker):
             deadline = time.monotonic() + 2.0
             while self._outbox and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+        # redis-py may turn a cancel into a ConnectionError (it disconnects mid-command):
+        # the loops check this flag instead of treating that as an outage and going on.
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -226,9 +262,30 @@ class RedisBroker(MemoryBroker):
             data = json.dumps(dict(ev.data), separators=(",", ":"), allow_nan=False)
             if len(outbox) == outbox.maxlen:
                 self.dropped_unsent += 1
-            outbox.append((ev.event, ev.symbol, data.encode()))
+            self._n += 1
+            outbox.append((ev.event, ev.symbol, data.encode(), self._n))
             published[ev.event] = published.get(ev.event, 0) + 1
         self._outbox_event.set()
+
+    @property
+    def catalog_key(self) -> str:
+        """Redis key of the symbol catalog (``source.describe()`` of the producer)."""
+        return f"{self.stream}:symbols"
+
+    @property
+    def control_key(self) -> str:
+        """Redis list of parameter changes forwarded to the producer."""
+        return f"{self.stream}:control"
+
+    def _catalog_json(self, now: float) -> str | None:
+        """The producer's catalog as JSON when a refresh is due, else None."""
+        if self.catalog_provider is None or now - self._catalog_at < CATALOG_PERIOD:
+            return None
+        try:
+            return json.dumps(self.catalog_provider(), separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.warning("cannot encode the symbol catalog: %s", exc)
+            return None
 
     async def _writer(self) -> None:
         attempt = 0
@@ -238,35 +295,154 @@ class RedisBroker(MemoryBroker):
             while self._outbox:
                 n = min(len(self._outbox), 1000)
                 items = [self._outbox[i] for i in range(n)]
+                now = time.monotonic()
+                catalog = self._catalog_json(now)
                 try:
                     async with self._redis.pipeline(transaction=False) as pipe:
-                        for event, symbol, data in items:
+                        if catalog is not None:
+                            # Written before the events: a serving instance that sees a new
+                            # symbol in the stream can already describe it.
+                            pipe.set(self.catalog_key, catalog)
+                        for event, symbol, data, seq in items:
                             pipe.xadd(
                                 self.stream,
-                                {"e": event, "s": symbol, "d": data},
+                                {
+                                    "e": event,
+                                    "s": symbol,
+                                    "d": data,
+                                    "p": self.producer_id,
+                                    "n": seq,
+                                },
                                 maxlen=self.maxlen,
                                 approximate=True,
                             )
-                        await pipe.execute()
+                        results = await pipe.execute()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # any connection failure: retry
+                    if self._stopping:
+                        return
                     if not self.consume:
                         self._set_healthy(False, exc)
                     await asyncio.sleep(self._backoff(attempt))
                     attempt += 1
                     continue
                 attempt = 0
+                if not self.consume and results:
+                    # A producer that does not read still reports the newest id it wrote
+                    # (/healthz "last_event_id", the last-id gauge).
+                    last = results[-1]
+                    self._last_sid = last.decode() if isinstance(last, bytes) else str(last)
+                if catalog is not None:
+                    self._catalog_at = now
                 if not self.consume:
                     self._set_healthy(True)
                 for _ in range(n):
                     self._outbox.popleft()
                 self.sent += n
 
+    async def _control(self) -> None:
+        """Producer: apply parameter changes forwarded by serving instances.
+
+        A serving instance has no market of its own, so ``PUT /symbols/{symbol}`` there
+        pushes ``{"reply": key, "symbol": ..., "params": {...}}`` onto a Redis list; this
+        task applies it to the real source and pushes the answer onto ``reply`` (a
+        one-shot list with a short expiry), ``{"params": ...}`` or ``{"error": ...}``.
+        """
+        attempt = 0
+        while True:
+            try:
+                item = await self._redis.blpop([self.control_key], timeout=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis down: the writer reports it; just retry
+                if self._stopping:
+                    return
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            if item is None:
+                continue
+            answer: dict[str, Any]
+            try:
+                request = json.loads(item[1])
+                reply = str(request["reply"])
+                symbol, params = str(request["symbol"]), dict(request["params"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed parameter change %r", item[1][:200])
+                continue
+            if self.update_handler is None:
+                answer = {"error": "the producer does not accept parameter changes"}
+            else:
+                try:
+                    answer = {"params": self.update_handler(symbol, params)}
+                    self._catalog_at = -math.inf  # publish the new parameters soon
+                except (ConfigError, ValueError, TypeError) as exc:
+                    answer = {"error": str(exc)}
+            with contextlib.suppress(Exception):  # the requester times out on its own
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(reply, json.dumps(answer, allow_nan=False))
+                    pipe.expire(reply, 30)
+                    await pipe.execute()
+
+    async def forward_update(self, symbol: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Serving instance: have the producer apply a parameter change (see ``_control``).
+
+        Returns
+        -------
+        dict
+            The new parameters.
+
+        Raises
+        ------
+        ConfigError
+            The producer refused the change (bad parameter or value).
+        ConnectionError
+            Redis is unreachable or no producer answered within :data:`UPDATE_TIMEOUT`.
+        """
+        if self._redis is None:
+            raise ConnectionError("the Redis broker is not started")
+        reply = f"{self.stream}:reply:{uuid.uuid4().hex}"
+        request = {"reply": reply, "symbol": symbol, "params": dict(params)}
+        try:
+            await self._redis.rpush(self.control_key, json.dumps(request, allow_nan=False))
+            item = await self._redis.blpop([reply], timeout=UPDATE_TIMEOUT)
+        except Exception as exc:  # redis-py's connection errors are not OSErrors
+            raise ConnectionError(f"cannot reach Redis to forward the change: {exc}") from None
+        if item is None:
+            # Nobody consumed it: take the request back so it is not applied much later.
+            with contextlib.suppress(Exception):
+                await self._redis.lrem(self.control_key, 1, json.dumps(request, allow_nan=False))
+            raise ConnectionError(
+                f"no producer answered within {UPDATE_TIMEOUT:g} s "
+                "(is `quoteflow generate` running on this Redis?)"
+            )
+        answer = json.loads(item[1])
+        if "error" in answer:
+            raise ConfigError(str(answer["error"]))
+        new: dict[str, Any] = answer["params"]
+        self._catalog_at = -math.inf  # show the new parameters on the next read
+        return new
+
     # -- consumer ----------------------------------------------------------------------
+
+    async def _read_catalog(self) -> None:
+        raw = await self._redis.get(self.catalog_key)
+        self._catalog_at = time.monotonic()
+        if raw is None:
+            return
+        try:
+            catalog = json.loads(raw)
+        except ValueError:
+            log.warning("ignoring malformed symbol catalog at %s", self.catalog_key)
+            return
+        if isinstance(catalog, dict):
+            self.catalog = catalog
 
     async def _prime(self) -> None:
         """Fill the local replay buffer with the newest entries of the stream."""
+        await self._read_catalog()
         rows = await self._redis.xrevrange(self.stream, "+", "-", count=self.buffer_size)
         if rows:
             self._ingest(list(reversed(rows)), prime=True)
@@ -283,6 +459,8 @@ class RedisBroker(MemoryBroker):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any connection failure: retry
+                if self._stopping:
+                    return
                 self._set_healthy(False, exc)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
@@ -292,31 +470,50 @@ class RedisBroker(MemoryBroker):
             for _name, rows in reply or ():
                 if rows:
                     self._ingest(rows)
+            # Until the producer's catalog has been seen (it is written with the first
+            # events), look again soon; after that every CATALOG_PERIOD.
+            period = CATALOG_PERIOD if self.catalog is not None else 0.2
+            if not self.produce and time.monotonic() - self._catalog_at >= period:
+                with contextlib.suppress(Exception):  # the next XREAD reports an outage
+                    await self._read_catalog()
 
     def _ingest(self, rows: list[tuple[bytes, dict[bytes, bytes]]], *, prime: bool = False) -> None:
         now = self._clock()
         entries: list[_Entry] = []
         for raw_id, fields in rows:
             sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            # Past this entry whatever happens below: a skipped or malformed entry must
+            # not be read again by the next XREAD (and logged again, for ever).
+            self._read_from = sid
             try:
                 key = parse_stream_id(sid)
                 event = fields[b"e"].decode()
                 symbol = fields[b"s"].decode()
                 body = fields[b"d"].decode()
-            except (KeyError, UnicodeDecodeError, EventIdError):
-                log.warning("skipping malformed stream entry %s", sid)
+                producer = fields.get(b"p", b"").decode()
+                n = int(fields.get(b"n", b"0"))
+                # '"seq"' is the stream id; appended without re-encoding the JSON object.
+                if not body.endswith("}"):
+                    raise ValueError("payload is not a JSON object")
+                data = body[:-1] + ',"seq":"' + sid + '"}'
+                payload = json.loads(data) if event == "tick" else None
+                frame = encode_event(data, id=sid, event=event)
+            except (KeyError, UnicodeDecodeError, ValueError, EventIdError) as exc:
+                log.warning("skipping malformed stream entry %s: %s", sid, exc)
                 continue
             if self._keys and key <= self._keys[-1]:
                 continue  # already have it (e.g. re-read after a reconnect)
-            # '"seq"' is the stream id; appended without re-parsing the JSON object.
-            data = body[:-1] + ',"seq":"' + sid + '"}' if body.endswith("}") else body
-            entries.append(_Entry(key, event, symbol, encode_event(data, id=sid, event=event), now))
+            if producer:
+                if n <= self._producer_seen.get(producer, 0):
+                    # The producer re-sent a pipeline whose reply it never got.
+                    self.duplicates_skipped += 1
+                    continue
+                self._producer_seen[producer] = n
+            entries.append(_Entry(key, event, symbol, frame, now))
             self._keys.append(key)
-            if event == "tick":
-                payload = json.loads(data)
+            if payload is not None:
                 self._latest[symbol] = payload
             self._last_sid = sid
-            self._read_from = sid
         if not entries:
             return
         if not prime:
@@ -377,6 +574,15 @@ class RedisBroker(MemoryBroker):
         data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         sub.push_preamble(encode_event(data, id=self._last_sid, event="reset"), 1)
 
+    def ticked_symbols(self) -> list[str]:
+        """Symbols seen ticking in the stream (without copying their payloads)."""
+        return list(self._latest)
+
+    @property
+    def outbox_size(self) -> int:
+        """Producer: events not yet written to Redis."""
+        return len(self._outbox)
+
     def health(self) -> dict[str, Any]:
         """State for ``/healthz`` and ``/metrics``."""
         return {
@@ -387,3 +593,60 @@ class RedisBroker(MemoryBroker):
             "last_id": self._last_sid,
             "outbox": len(self._outbox),
         }
+
+
+class StreamSource(Source):
+    """The source of a serving-only instance: what another process publishes to Redis.
+
+    A serving instance (``quoteflow serve --broker redis://...`` without ``--generate``)
+    has no market of its own. Its symbols are those of the producer's catalog (refreshed
+    every :data:`CATALOG_PERIOD` seconds) plus any symbol seen ticking in the stream, so
+    ``/symbols``, ``/snapshot`` and the 400 for an unknown symbol work as on the producer.
+    ``PUT /symbols/{symbol}`` is forwarded to the producer (:meth:`aupdate`).
+
+    Parameters
+    ----------
+    broker : RedisBroker
+        The consuming broker.
+    """
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+
+    @property
+    def symbols(self) -> list[str]:
+        """Catalog symbols plus symbols seen in the stream."""
+        names = set(self.broker.catalog or ())
+        names.update(self.broker.ticked_symbols())
+        return sorted(names)
+
+    @property
+    def symbols_known(self) -> bool:
+        """False until the catalog or a tick has been read (Redis unreachable at start)."""
+        return self.broker.catalog is not None or self.broker.last_id is not None
+
+    async def batches(self) -> AsyncIterator[list[MarketEvent]]:
+        """Nothing: events arrive through the broker's reader, not through a pump."""
+        nothing: tuple[list[MarketEvent], ...] = ()
+        for batch in nothing:  # an async generator that ends at once
+            yield batch
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """The producer's catalog, with prices from the latest ticks seen here."""
+        out = {s: dict(d) for s, d in (self.broker.catalog or {}).items()}
+        for symbol, tick in self.broker.snapshot().items():
+            entry = out.setdefault(symbol, {"model": None, "params": {}})
+            if "price" in tick:
+                entry["price"] = tick["price"]
+        return dict(sorted(out.items()))
+
+    def update(self, symbol: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Refuse synchronously: changes go through :meth:`aupdate` (an await on Redis)."""
+        raise ConfigError(
+            "this instance only serves: change parameters through its HTTP API, which "
+            "forwards them to the producer"
+        )
+
+    async def aupdate(self, symbol: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Forward a parameter change to the producer; see :meth:`RedisBroker.forward_update`."""
+        return await self.broker.forward_update(symbol, params)

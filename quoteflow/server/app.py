@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,11 +26,14 @@ from tornado.ioloop import PeriodicCallback
 
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
+from quoteflow.broker.redis import RedisBroker
 from quoteflow.server.auth import check_secret
 from quoteflow.server.handlers import (
     ApiError,
     DashboardHandler,
     HealthHandler,
+    LatencySamples,
+    LiveHandler,
     MetricsHandler,
     NotFoundHandler,
     SnapshotHandler,
@@ -39,11 +44,12 @@ from quoteflow.server.handlers import (
 )
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.sse import encode_comment
+from quoteflow.server.ws import WebSocketStreamHandler
 
 if TYPE_CHECKING:
     from quoteflow.sources import Source
 
-__all__ = ["STATIC_PATH", "ServerSettings", "ServerState", "make_app"]
+__all__ = ["STATIC_PATH", "ServerSettings", "ServerState", "default_instance_id", "make_app"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,11 @@ log = logging.getLogger(__name__)
 STATIC_PATH = Path(__file__).resolve().parent / "static"
 
 _HEARTBEAT = encode_comment("keepalive")
+
+
+def default_instance_id() -> str:
+    """``host:pid``: names this process in ``X-Quoteflow-Instance`` and ``/healthz``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _bokeh_static() -> Path | None:
@@ -81,6 +92,18 @@ class ServerSettings:
     auth_secret : str or None
         HS256 secret; when set, ``/stream``, ``/snapshot`` and ``/symbols`` need a
         token (``PUT /symbols/...`` an admin token). None: auth off.
+    cors_origins : tuple of str
+        Origins allowed to call the API from a browser page of another origin
+        (``Access-Control-Allow-Origin``); ``"*"`` allows any (without credentials).
+        Empty: no CORS headers at all (same-origin only).
+    max_connections_per_ip : int
+        Open streams one client address may hold; more are refused with 429.
+    trust_proxy : bool
+        Take the client address from ``X-Real-IP`` / ``X-Forwarded-For`` (set by the
+        reverse proxy). Only behind a proxy that sets them: a direct client could forge
+        them and escape the per-address limit.
+    instance : str
+        Name of this server in the ``X-Quoteflow-Instance`` header and ``/healthz``.
     """
 
     heartbeat: float = 15.0
@@ -89,6 +112,10 @@ class ServerSettings:
     max_symbols: int = 100
     static_path: Path = field(default=STATIC_PATH)
     auth_secret: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+    max_connections_per_ip: int = 100
+    trust_proxy: bool = False
+    instance: str = field(default_factory=default_instance_id)
 
     def __post_init__(self) -> None:
         if not self.heartbeat > 0:
@@ -99,6 +126,16 @@ class ServerSettings:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
         if self.max_symbols < 1:
             raise ValueError(f"max_symbols must be >= 1, got {self.max_symbols}")
+        if self.max_connections_per_ip < 1:
+            raise ValueError(
+                f"max_connections_per_ip must be >= 1, got {self.max_connections_per_ip}"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"CORS origin {origin!r} must be '*' or scheme://host[:port], "
+                    "e.g. https://app.example.com"
+                )
         if self.auth_secret is not None:
             check_secret(self.auth_secret)
 
@@ -121,7 +158,11 @@ class ServerState:
         self.broker = broker
         self.settings = settings
         self.streams: set[StreamHandler] = set()
+        #: Open streams per client address (the per-IP limit).
+        self.streams_by_ip: dict[str, int] = {}
         self.metrics = ServerMetrics(broker, source, lambda: len(self.streams))
+        #: Delivery latencies of live writes, observed after each fan-out.
+        self.latency_samples = LatencySamples(self.metrics.delivery_latency.observe)
         self.started = time.monotonic()
         self.closing = False
         self.source_error: str | None = None
@@ -154,6 +195,10 @@ class ServerState:
             Via ``error``, naming the unknown symbols.
         """
         known = {s.upper(): s for s in self.source.symbols}
+        if not known and not getattr(self.source, "symbols_known", True):
+            # A serving-only instance that has not reached Redis yet cannot tell an
+            # unknown symbol from one it has not heard of: say so instead of a 400.
+            raise ApiError(503, "symbols not known yet: the broker is unreachable; retry")
         out: set[str] = set()
         unknown: list[str] = []
         for name in names:
@@ -176,6 +221,11 @@ class ServerState:
             return
         self._running = True
         self.started = time.monotonic()
+        if isinstance(self.broker, RedisBroker) and self.broker.produce:
+            # Producer on Redis: publish the catalog for the serving instances (which
+            # have no source) and apply the parameter changes they forward.
+            self.broker.catalog_provider = self.source.describe
+            self.broker.update_handler = self.source.update
         # Brokers with I/O (Redis) connect here; the memory broker has nothing to start.
         start = getattr(self.broker, "start", None)
         if start is not None:
@@ -237,10 +287,7 @@ class ServerState:
         while self.streams and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # polling a condition: handlers leave as they finish
         for handler in list(self.streams):  # stuck writers (client not reading): cut off
-            conn = handler.request.connection
-            stream = getattr(conn, "stream", None)
-            if stream is not None:
-                stream.close()
+            handler.cut()
         close = getattr(self.source, "close", None)
         if callable(close):
             result = close()
@@ -261,6 +308,7 @@ def make_app(
     broker: Broker | None = None,
     *,
     settings: ServerSettings | None = None,
+    streams: bool = True,
     **tornado_settings: object,
 ) -> tornado.web.Application:
     """Build the Tornado application serving ``source`` through ``broker``.
@@ -273,6 +321,9 @@ def make_app(
         Defaults to a :class:`~quoteflow.broker.memory.MemoryBroker` with default bounds.
     settings : ServerSettings, optional
         Limits and timings.
+    streams : bool
+        False for a producer-only process (``quoteflow generate --port``): only
+        ``/healthz``, ``/livez`` and ``/metrics``.
     **tornado_settings
         Extra ``tornado.web.Application`` settings.
 
@@ -285,19 +336,24 @@ def make_app(
     settings = settings or ServerSettings()
     state = ServerState(source, broker or MemoryBroker(), settings)
     handlers: list[Any] = [
-        (r"/", DashboardHandler),
-        (r"/stream", StreamHandler),
-        (r"/snapshot", SnapshotHandler),
-        (r"/symbols", SymbolsHandler),
-        (r"/symbols/([^/]+)", SymbolHandler),
         (r"/metrics", MetricsHandler),
         (r"/healthz", HealthHandler),
+        (r"/livez", LiveHandler),
     ]
-    bokeh_dir = _bokeh_static()
-    if bokeh_dir is not None:
-        # BokehJS from the installed package: the dashboard works offline (no CDN).
-        handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
-    handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
+    if streams:
+        handlers += [
+            (r"/", DashboardHandler),
+            (r"/stream", StreamHandler),
+            (r"/ws", WebSocketStreamHandler),
+            (r"/snapshot", SnapshotHandler),
+            (r"/symbols", SymbolsHandler),
+            (r"/symbols/([^/]+)", SymbolHandler),
+        ]
+        bokeh_dir = _bokeh_static()
+        if bokeh_dir is not None:
+            # BokehJS from the installed package: the dashboard works offline (no CDN).
+            handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
+        handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
     app_settings: dict[str, object] = {
         "quoteflow": state,
         # SSE must not be gzip-buffered, and JSON answers are small.

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 
 from quoteflow.broker.base import ALL_EVENTS, CloseReason, EventIdError, Subscription
 from quoteflow.errors import ConfigError
@@ -30,9 +32,12 @@ __all__ = [
     "DashboardHandler",
     "HealthHandler",
     "JSONHandler",
+    "LatencySamples",
+    "LiveHandler",
     "MetricsHandler",
     "NotFoundHandler",
     "SnapshotHandler",
+    "SocketWriter",
     "StaticHandler",
     "StreamHandler",
     "SymbolHandler",
@@ -51,26 +56,78 @@ class ApiError(tornado.web.HTTPError):
         HTTP status code.
     message : str
         What was wrong and what to do; becomes ``"error"``.
+    headers : dict, optional
+        Response headers to send with the error (e.g. ``WWW-Authenticate``).
     **extra
         More JSON fields (e.g. ``known_symbols``).
     """
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(status, log_message=None)
         self.payload: dict[str, Any] = {"error": message, **extra}
+        #: Response headers of the error (set in write_error: tornado clears the headers
+        #: set before the exception when it starts the error response).
+        self.headers: dict[str, str] = dict(headers or {})
+
+
+#: Request headers a cross-origin page may send (CORS preflight answer): the token,
+#: a JSON body, and the resume id an EventSource polyfill sets on reconnect.
+_CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
 
 
 class JSONHandler(tornado.web.RequestHandler):
-    """Base handler: shared state, JSON responses and JSON errors."""
+    """Base handler: shared state, JSON responses and JSON errors, CORS."""
 
     #: Add ``known_symbols`` to every 400 (subscription endpoints).
     lists_symbols = False
+    #: Methods announced to a CORS preflight.
+    cors_methods = "GET, OPTIONS"
 
     @property
     def state(self) -> ServerState:
         """The app's :class:`~quoteflow.server.app.ServerState`."""
         state: ServerState = self.application.settings["quoteflow"]
         return state
+
+    def set_default_headers(self) -> None:
+        """Name the instance (which server behind a load balancer answered) and CORS."""
+        settings = self.state.settings
+        self.set_header("X-Quoteflow-Instance", settings.instance)
+        allowed = self._cors_origin()
+        if allowed is not None:
+            self.set_header("Access-Control-Allow-Origin", allowed)
+            self.set_header("Access-Control-Expose-Headers", "X-Quoteflow-Instance")
+            if allowed != "*":
+                # The answer depends on the Origin header: caches must key on it. Cookies
+                # (access_token) are only allowed for named origins (Fetch §3.2.5 forbids
+                # credentials with "*").
+                self.set_header("Vary", "Origin")
+                self.set_header("Access-Control-Allow-Credentials", "true")
+
+    def _cors_origin(self) -> str | None:
+        """The ``Access-Control-Allow-Origin`` value for this request, None for none."""
+        origins = self.state.settings.cors_origins
+        if not origins:
+            return None
+        if "*" in origins:
+            return "*"
+        origin = self.request.headers.get("Origin")
+        return origin if origin in origins else None
+
+    def options(self, *args: str) -> None:
+        """CORS preflight (e.g. before a cross-origin ``PUT /symbols/...``)."""
+        if self._cors_origin() is None:
+            if not self.state.settings.cors_origins:
+                raise ApiError(403, "cross-origin requests are not enabled on this server")
+            shown = (self.request.headers.get("Origin") or "")[:100]
+            raise ApiError(403, f"origin {shown!r} is not allowed (see --cors-origin)")
+        self.set_header("Access-Control-Allow-Methods", self.cors_methods)
+        self.set_header("Access-Control-Allow-Headers", _CORS_HEADERS)
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
 
     def write_json(self, obj: Any, status: int = 200) -> None:
         """Finish the response with ``obj`` as JSON."""
@@ -86,6 +143,8 @@ class JSONHandler(tornado.web.RequestHandler):
         exc = exc_info[1] if exc_info else None
         if isinstance(exc, ApiError):
             payload = exc.payload
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif status_code >= 500:
             payload = {"error": "internal server error; see the server log"}
         elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
@@ -129,9 +188,11 @@ class JSONHandler(tornado.web.RequestHandler):
             )
             claims = verify_token(token, secret)
         except AuthError as exc:
-            if exc.status == 401:
-                self.set_header("WWW-Authenticate", 'Bearer realm="quoteflow"')
-            raise ApiError(exc.status, str(exc)) from None
+            # RFC 6750 §3: a 401 names the scheme the client should use.
+            challenge = (
+                {"WWW-Authenticate": 'Bearer realm="quoteflow"'} if exc.status == 401 else {}
+            )
+            raise ApiError(exc.status, str(exc), headers=challenge) from None
         if admin and not claims.admin:
             raise ApiError(403, "this token may not change parameters (needs the admin claim)")
         return claims
@@ -198,16 +259,291 @@ class JSONHandler(tornado.web.RequestHandler):
         return frozenset(names)
 
 
+# ----------------------------------------------------------------------- live writes
+
+
+class LatencySamples:
+    """Delivery latencies taken during a fan-out, folded into the histogram just after it.
+
+    ``Histogram.observe`` takes a lock and scans the buckets (about 1 us): at 10,000
+    writes per publish that would delay the last client by 10 ms. Appending to a list
+    costs 50 ns; the histogram gets every sample one event-loop iteration later.
+
+    Parameters
+    ----------
+    observe : callable
+        The histogram's ``observe`` (seconds).
+    """
+
+    __slots__ = ("_observe", "_samples")
+
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+        self._samples: list[float] = []
+
+    def add(self, seconds: float) -> None:
+        """Record one delivery latency, in seconds."""
+        if not self._samples:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._samples.append(seconds)
+
+    def flush(self) -> None:
+        """Observe every recorded sample now."""
+        samples, self._samples = self._samples, []
+        observe = self._observe
+        for seconds in samples:
+            observe(seconds)
+
+
+# One-entry cache of the last chunk framed for HTTP/1.1 chunked transfer coding. Every
+# member of a fan-out group receives the same bytes object in a row, so framing (and its
+# copy) happens once per group and batch instead of once per client.
+_framed: tuple[bytes, bytes] = (b"", b"")
+
+
+def frame_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of the chunked transfer coding (RFC 9112 §7.1)."""
+    global _framed
+    last, framed = _framed
+    if data is not last:
+        # chunk = chunk-size (hex) CRLF chunk-data CRLF
+        framed = b"%x\r\n%b\r\n" % (len(data), data)
+        _framed = (data, framed)
+    return framed
+
+
+def _unframed(data: bytes) -> bytes:
+    return data
+
+
+class SocketWriter:
+    """Writes a subscription's data straight to its client socket, from the publish call.
+
+    The :class:`~quoteflow.broker.base.SubscriptionWriter` of live streams. When the
+    socket has nothing in flight, a pushed chunk goes out with one non-blocking
+    ``send()`` inside the broker's fan-out loop: no queue, no coroutine wake-up, no
+    future (profile in benchmarks/README.md, "Fan-out"). When the kernel takes only part
+    of it (the client reads slowly), tornado's ``IOStream.write`` keeps the rest and
+    sends it when the socket is writable; until that completes, pushes queue in the
+    subscription and count as its backlog, so the slow-consumer bound works as with
+    :meth:`Subscription.wait`. Then everything queued leaves in one write.
+
+    Parameters
+    ----------
+    stream : IOStream
+        The connection, after the response headers have been flushed.
+    sub : Subscription
+        The stream's subscription.
+    metrics : ServerMetrics
+        Counts bytes and events delivered.
+    latency : LatencySamples
+        Collects the delivery latency of each write.
+    frame : callable
+        Turns the subscription's bytes into wire bytes (chunked framing, WebSocket
+        frames, or identity). Called with the same bytes object for every member of a
+        group in a row, so it can cache.
+    shared : bool
+        Other code writes to ``stream`` as well (tornado's WebSocket pings and close
+        frames): only write directly when tornado's own buffer is empty, so the bytes
+        stay in order.
+
+    Attributes
+    ----------
+    done : asyncio.Future
+        Resolved once the subscription has closed and everything taken was written (or
+        the connection is gone): the handler then ends the response.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_frame",
+        "_latency",
+        "_metrics",
+        "_pending_at",
+        "_shared",
+        "_sock",
+        "_stream",
+        "_sub",
+        "done",
+    )
+
+    def __init__(
+        self,
+        stream: IOStream,
+        sub: Subscription,
+        metrics: Any,
+        latency: LatencySamples,
+        *,
+        frame: Callable[[bytes], bytes] = _unframed,
+        shared: bool = False,
+    ) -> None:
+        self._stream = stream
+        self._sock: socket.socket = stream.socket
+        self._sub = sub
+        self._metrics = metrics
+        self._latency = latency
+        self._frame = frame
+        self._shared = shared
+        self._busy = False
+        self._pending_at: float | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def start(self) -> None:
+        """Attach to the subscription and write whatever it already holds (replay)."""
+        self._sub.set_writer(self)
+        self.wake()
+
+    def try_write(self, chunk: bytes, n_events: int, published_at: float) -> bool:
+        """Write ``chunk`` now unless a write is in flight (then False: queue it)."""
+        if self._busy or (self._shared and self._stream.writing()):
+            return False
+        self._write(chunk, n_events, published_at)
+        return True
+
+    def wake(self) -> None:
+        """Write what is queued, or finish once the subscription has closed."""
+        if self._busy:
+            return
+        sub = self._sub
+        if sub.has_pending():
+            if self._shared and self._stream.writing():
+                # Behind tornado's own bytes: write after them, in order.
+                self._write(b"", 0, None)
+                return
+            delivery = sub.take()
+            self._write(delivery.data, delivery.events, delivery.published_at)
+        elif sub.closed:
+            self._finish()
+
+    def _write(self, data: bytes, n_events: int, published_at: float | None) -> None:
+        out = self._frame(data) if data else b""
+        sent = 0
+        if out and not (self._shared and self._stream.writing()):
+            try:
+                sent = self._sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # The peer is gone (EPIPE, ECONNRESET) or tornado closed the socket.
+                self._stream.close()
+                self._finish()
+                return
+        m = self._metrics
+        m.bytes_sent += len(data)
+        m.events_delivered += n_events
+        if out and sent == len(out):
+            if published_at is not None:
+                self._latency.add(time.monotonic() - published_at)
+            return
+        # The kernel buffer is full (or tornado has bytes of its own queued): tornado
+        # keeps the rest and finishes when the socket is writable. Until then pushes
+        # queue in the subscription, where they count as backlog.
+        self._busy = True
+        self._pending_at = published_at
+        try:
+            future = self._stream.write(out[sent:])
+        except StreamClosedError:
+            self._finish()
+            return
+        future.add_done_callback(self._drained)
+
+    def _drained(self, future: asyncio.Future[None]) -> None:
+        self._busy = False
+        if future.cancelled() or future.exception() is not None:
+            self._finish()
+            return
+        if self._pending_at is not None:
+            self._latency.add(time.monotonic() - self._pending_at)
+            self._pending_at = None
+        self.wake()
+
+    def _finish(self) -> None:
+        self._sub.set_writer(None)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 class StreamHandler(JSONHandler):
     """``GET /stream``: the SSE feed (see docs/server.md and DESIGN.md "SSE wire contract")."""
 
     lists_symbols = True
     sub: Subscription | None = None
     _counted = False
+    _ip: str | None = None
     _expiry: asyncio.TimerHandle | None = None
 
     async def get(self) -> None:
         """Validate, subscribe (resuming after ``Last-Event-ID``), then stream until closed."""
+        sub = self.open_subscription()
+        state = self.state
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        # nginx would otherwise buffer the response and the stream would arrive in lumps
+        # (seed notes, nginx chapter; deploy/nginx.conf sets the same).
+        self.set_header("X-Accel-Buffering", "no")
+        # tornado frames a response without Content-Length as chunked on HTTP/1.1 (and the
+        # live writes below do the same); an HTTP/1.0 body simply ends at close.
+        chunked = self.request.version == "HTTP/1.1"
+        if chunked:
+            self.set_header("Connection", "keep-alive")
+        metrics = state.metrics
+        try:
+            # WHATWG HTML §9.2.6: "retry" sets the reconnection time; sent first so the
+            # client knows it before anything can go wrong. Flushing also sends headers.
+            first = encode_retry(state.settings.retry_ms)
+            self.write(first)
+            await self.flush()
+        except StreamClosedError:
+            self._cleanup(CloseReason.CLIENT_GONE)  # the client left already
+            return
+        metrics.bytes_sent += len(first)
+        stream: IOStream | None = getattr(self.request.connection, "stream", None)
+        if stream is None or stream.closed():
+            self._cleanup(CloseReason.CLIENT_GONE)
+            return
+        # Small writes must leave at once: Nagle would hold one back until the previous
+        # one is acknowledged (up to a delayed-ACK timeout, 40 ms).
+        stream.set_nodelay(True)
+        # From here on the writer puts live data on the socket from the publish call
+        # itself (see SocketWriter). get() returns without finishing the response, which
+        # frees this coroutine, tornado's _execute coroutine and their tasks (about 1.5 KB
+        # per stream at 10,000 streams); the writer's done callback finishes it.
+        writer = SocketWriter(
+            stream,
+            sub,
+            metrics,
+            state.latency_samples,
+            frame=frame_chunk if chunked else _unframed,
+        )
+        self._auto_finish = False
+        writer.done.add_done_callback(self._live_done)
+        writer.start()
+
+    def _live_done(self, _: asyncio.Future[None]) -> None:
+        self._cleanup(CloseReason.CLIENT_GONE)
+        if not self._finished:
+            # On shutdown, broker close or token expiry this ends the chunked response
+            # cleanly: the client sees an end of stream (not a reset) and reconnects with
+            # Last-Event-ID. On a closed connection finish() writes nothing.
+            self.finish()
+
+    def open_subscription(self) -> Subscription:
+        """Validate the request, apply the limits and subscribe; register the stream.
+
+        Shared by ``/stream`` and ``/ws``: query ``symbols``, ``events``,
+        ``lastEventId`` (the ``Last-Event-ID`` header wins), auth, the connection limits.
+
+        Returns
+        -------
+        Subscription
+            Pre-filled with the replay (or reset) for the resume point.
+
+        Raises
+        ------
+        ApiError
+            400 bad parameters, 401/403 auth, 429 per-address limit, 503 limit or
+            shutting down.
+        """
         state = self.state
         if state.closing:
             raise ApiError(503, "server is shutting down; reconnect to another instance")
@@ -225,12 +561,24 @@ class StreamHandler(JSONHandler):
                 503,
                 f"too many connections ({state.settings.max_connections}); retry later",
             )
+        # remote_ip is the proxy's X-Real-IP only with --trust-proxy (tornado xheaders).
+        ip = self.request.remote_ip or "?"
+        per_ip = state.settings.max_connections_per_ip
+        if state.streams_by_ip.get(ip, 0) >= per_ip:
+            state.metrics.streams_rejected.labels("max_connections_per_ip").inc()
+            raise ApiError(
+                429,
+                f"too many streams from {ip} ({per_ip}); close some or subscribe to "
+                "several symbols on one stream",
+            )
         try:
             sub = state.broker.subscribe(symbols, events, last_id or None)
         except EventIdError as exc:
             raise self.symbols_error(str(exc)) from None
         self.sub = sub
         state.streams.add(self)
+        state.streams_by_ip[ip] = state.streams_by_ip.get(ip, 0) + 1
+        self._ip = ip
         self._counted = True
         state.metrics.streams_opened.inc()
         sub.add_close_callback(self._on_sub_closed)
@@ -241,51 +589,18 @@ class StreamHandler(JSONHandler):
             self._expiry = loop.call_later(
                 max(claims.seconds_left(), 0.0), sub.close, CloseReason.TOKEN_EXPIRED
             )
-
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        # nginx would otherwise buffer the response and the stream would arrive in lumps
-        # (seed notes, nginx chapter; deploy/nginx.conf sets the same).
-        self.set_header("X-Accel-Buffering", "no")
-        if self.request.version == "HTTP/1.1":
-            # (HTTP/1.0 bodies without a length end at close, so no keep-alive there.)
-            self.set_header("Connection", "keep-alive")
-        metrics = state.metrics
-        try:
-            # WHATWG HTML §9.2.6: "retry" sets the reconnection time; sent first so the
-            # client knows it before anything can go wrong. Flushing also sends headers.
-            first = encode_retry(state.settings.retry_ms)
-            self.write(first)
-            await self.flush()
-            metrics.bytes_sent += len(first)
-            while True:
-                await sub.wait()
-                if sub.has_pending():
-                    delivery = sub.take()
-                    self.write(delivery.data)
-                    # Take again only once this flush is done: what arrives meanwhile is
-                    # the backlog that the slow-consumer bound measures.
-                    await self.flush()
-                    metrics.bytes_sent += len(delivery.data)
-                    metrics.events_delivered += delivery.events
-                    if delivery.published_at is not None:
-                        metrics.delivery_latency.observe(time.monotonic() - delivery.published_at)
-                elif sub.closed:
-                    break
-        except StreamClosedError:
-            pass  # the client left, or a slow consumer was cut off: nothing more to say
-        finally:
-            self._cleanup(CloseReason.CLIENT_GONE)
-        # On shutdown, broker close or token expiry, returning lets tornado finish() the
-        # chunked response: the client sees a clean end of stream (not a reset) and
-        # reconnects with Last-Event-ID. On a closed connection finish() is a no-op.
+        return sub
 
     def _on_sub_closed(self, sub: Subscription) -> None:
         if sub.close_reason != CloseReason.SLOW_CONSUMER:
             return
         log.info("closing slow consumer %s (backlog over bound)", self.request.remote_ip)
-        # The handler may be parked in flush() on a socket the client does not read;
-        # closing the stream fails that flush and ends the handler.
+        # The writer may have bytes parked in tornado's buffer for a socket the client
+        # does not read; closing the stream fails that write and ends the handler.
+        self.cut()
+
+    def cut(self) -> None:
+        """Close the connection at once (slow consumer; shutdown of a stuck writer)."""
         conn = self.request.connection
         stream = getattr(conn, "stream", None)
         if stream is not None:
@@ -297,7 +612,14 @@ class StreamHandler(JSONHandler):
             self._expiry = None
         if self._counted:
             self._counted = False
-            self.state.streams.discard(self)
+            state = self.state
+            state.streams.discard(self)
+            if self._ip is not None:
+                left = state.streams_by_ip.get(self._ip, 1) - 1
+                if left > 0:
+                    state.streams_by_ip[self._ip] = left
+                else:
+                    state.streams_by_ip.pop(self._ip, None)
         if self.sub is not None:
             self.sub.close(reason)
 
@@ -344,6 +666,8 @@ class SymbolsHandler(JSONHandler):
 class SymbolHandler(JSONHandler):
     """``GET``/``PUT /symbols/{symbol}``: one symbol's description / change its parameters."""
 
+    cors_methods = "GET, PUT, OPTIONS"
+
     def _symbol(self, name: str) -> str:
         def not_found(message: str) -> ApiError:
             return self.symbols_error(message, status=404)
@@ -357,8 +681,12 @@ class SymbolHandler(JSONHandler):
         symbol = self._symbol(name)
         self.write_json(self.state.source.describe().get(symbol, {}))
 
-    def put(self, name: str) -> None:
-        """Apply a JSON object of parameters; respond with the new parameters."""
+    async def put(self, name: str) -> None:
+        """Apply a JSON object of parameters; respond with the new parameters.
+
+        On a serving-only Redis instance the change is forwarded to the producer
+        (``StreamSource.aupdate``); 503 when no producer answers.
+        """
         self.authorize(admin=True)
         symbol = self._symbol(name)
         try:
@@ -370,10 +698,17 @@ class SymbolHandler(JSONHandler):
                 400,
                 'body must be a non-empty JSON object of parameters, e.g. {"sigma": 0.3}',
             )
+        source = self.state.source
+        aupdate = getattr(source, "aupdate", None)
         try:
-            new = self.state.source.update(symbol, params)
+            if aupdate is not None:
+                new = await aupdate(symbol, params)
+            else:
+                new = source.update(symbol, params)
         except (ConfigError, ValueError, TypeError) as exc:
             raise ApiError(400, str(exc), symbol=symbol) from None
+        except ConnectionError as exc:
+            raise ApiError(503, str(exc), symbol=symbol) from None
         self.write_json({"symbol": symbol, "params": new})
 
 
@@ -387,14 +722,28 @@ class MetricsHandler(JSONHandler):
 
 
 class HealthHandler(JSONHandler):
-    """``GET /healthz``: liveness and a few numbers."""
+    """``GET /healthz``: readiness and a few numbers.
+
+    200 ``"ok"``; 503 ``"shutting_down"`` during a graceful shutdown and 503
+    ``"degraded"`` while the broker's Redis is unreachable. A 503 takes the instance out
+    of a load balancer's (or Kubernetes Service's) rotation so new clients go to a
+    healthy instance; streams already open stay open (heartbeats continue) and resume
+    once Redis is back. Liveness is ``/livez``: an outage must not restart the process.
+    """
 
     def get(self) -> None:
         """Respond ``{"status", "uptime", "connections", "last_event_id", ...}``."""
         state = self.state
-        status = "shutting_down" if state.closing else "ok"
+        healthy = getattr(state.broker, "healthy", True)
+        if state.closing:
+            status = "shutting_down"
+        elif not healthy:
+            status = "degraded"
+        else:
+            status = "ok"
         body: dict[str, Any] = {
             "status": status,
+            "instance": state.settings.instance,
             "uptime": round(time.monotonic() - state.started, 3),
             "connections": len(state.streams),
             "last_event_id": state.broker.last_id,
@@ -405,7 +754,15 @@ class HealthHandler(JSONHandler):
         health = getattr(state.broker, "health", None)
         if health is not None:  # brokers with I/O (Redis) report their link
             body["broker"] = health()
-        self.write_json(body, status=503 if state.closing else 200)
+        self.write_json(body, status=200 if status == "ok" else 503)
+
+
+class LiveHandler(JSONHandler):
+    """``GET /livez``: liveness only (the event loop answers); 200 even when degraded."""
+
+    def get(self) -> None:
+        """Respond ``{"status": "alive"}``."""
+        self.write_json({"status": "alive", "instance": self.state.settings.instance})
 
 
 class DashboardHandler(JSONHandler):
@@ -438,5 +795,14 @@ class NotFoundHandler(JSONHandler):
         raise ApiError(
             404,
             f"no such endpoint: {self.request.path}",
-            endpoints=["/", "/stream", "/snapshot", "/symbols", "/metrics", "/healthz"],
+            endpoints=[
+                "/",
+                "/stream",
+                "/ws",
+                "/snapshot",
+                "/symbols",
+                "/metrics",
+                "/healthz",
+                "/livez",
+            ],
         )

@@ -124,6 +124,26 @@ class _BrokerCollector(Collector):
             "Id of the newest published event (0 before the first).",
             value=last_value,
         )
+        # Brokers with I/O (Redis) report their link: up/down and how many outages so far.
+        healthy = getattr(self._broker, "healthy", None)
+        if isinstance(healthy, bool):
+            yield GaugeMetricFamily(
+                "quoteflow_broker_up",
+                "1 while the broker's backend (Redis) answers, 0 during an outage.",
+                value=1.0 if healthy else 0.0,
+            )
+            yield CounterMetricFamily(
+                "quoteflow_broker_outages",
+                "Times the broker lost its backend (Redis) since start.",
+                value=int(getattr(self._broker, "outages", 0)),
+            )
+            outbox = getattr(self._broker, "outbox_size", None)
+            if isinstance(outbox, int):
+                yield GaugeMetricFamily(
+                    "quoteflow_broker_outbox_events",
+                    "Producer: events waiting to be written to Redis (grows during an outage).",
+                    value=outbox,
+                )
         lag = getattr(self._source, "lag_seconds", None)
         if isinstance(lag, int | float):
             yield GaugeMetricFamily(

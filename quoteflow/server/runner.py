@@ -35,6 +35,7 @@ import tornado.web
 
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
+from quoteflow.broker.redis import RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
 from quoteflow.server.app import ServerSettings, ServerState, make_app
 
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QuoteServer",
+    "add_generate_arguments",
     "add_serve_arguments",
     "build_source",
+    "run_generate",
     "run_serve",
     "run_server",
 ]
@@ -60,10 +63,16 @@ MAX_HEADER_SIZE = 128 * 1024
 MAX_BODY_SIZE = 64 * 1024
 
 
+# Listen backlog. tornado's default (128) overflows when thousands of EventSource clients
+# (re)connect at once, e.g. after a restart: the kernel then drops SYNs and clients wait
+# 1-3 s for the retransmit, or time out. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = max(socket.SOMAXCONN, 4096)
+
+
 def _bind(host: str, port: int) -> list[socket.socket]:
     """``tornado.netutil.bind_sockets`` with a clear error, and no leaked socket."""
     try:
-        return tornado.netutil.bind_sockets(port, host)
+        return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         # bind_sockets does not close the socket whose bind() failed; close it here
         # rather than leave it to the garbage collector (a ResourceWarning).
@@ -181,6 +190,8 @@ class QuoteServer:
         sockets = _bind(self.host, self.requested_port)
         http = tornado.httpserver.HTTPServer(
             self.app,
+            # X-Real-IP / X-Forwarded-For become remote_ip (per-IP limit) only when told.
+            xheaders=self.settings.trust_proxy,
             max_header_size=MAX_HEADER_SIZE,
             max_body_size=MAX_BODY_SIZE,
             idle_connection_timeout=self.idle_connection_timeout,
@@ -359,15 +370,9 @@ def _port(text: str) -> int:
     return value
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the ``quoteflow serve`` options on ``parser`` (sets ``func``).
-
-    Parameters
-    ----------
-    parser : argparse.ArgumentParser
-        The ``serve`` subparser.
-    """
-    what = parser.add_argument_group("what to serve (default: the shipped calibrated market)")
+def _add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
+    """The market/source options shared by ``serve`` and ``generate``."""
+    what = parser.add_argument_group(title)
     src = what.add_mutually_exclusive_group()
     src.add_argument("--config", metavar="MARKET.toml", help="market from a TOML file")
     src.add_argument(
@@ -407,6 +412,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="wall seconds per OHLCV bar (market default 5)",
     )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``quoteflow serve`` options on ``parser`` (sets ``func``).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``serve`` subparser.
+    """
+    _add_source_arguments(parser, "what to serve (default: the shipped calibrated market)")
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     net.add_argument(
@@ -431,6 +447,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="require HS256 JWTs signed with SECRET (>= 32 bytes; default: env "
         "QUOTEFLOW_AUTH_SECRET, else auth off); prefer the env var: argv is visible in ps",
     )
+    net.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages of ORIGIN (https://host[:port], or '*') to use the API; "
+        "repeatable or comma-separated (default: none, no CORS headers)",
+    )
+    net.add_argument(
+        "--trust-proxy",
+        action="store_true",
+        help="behind a reverse proxy: take the client address from X-Real-IP / "
+        "X-Forwarded-For (for the per-IP limit and logs); never when clients connect directly",
+    )
+    net.add_argument(
+        "--instance-id",
+        default=None,
+        metavar="NAME",
+        help="name of this instance in the X-Quoteflow-Instance header and /healthz "
+        "(default host:pid)",
+    )
     lim = parser.add_argument_group("stream behaviour and limits")
     lim.add_argument(
         "--heartbeat",
@@ -452,6 +489,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         metavar="N",
         help="open streams beyond which /stream answers 503 (default 10000)",
+    )
+    lim.add_argument(
+        "--max-connections-per-ip",
+        type=_positive(int, "per-IP connection limit"),
+        default=100,
+        metavar="N",
+        help="open streams one client address may hold; more get 429 (default 100)",
     )
     lim.add_argument(
         "--max-symbols",
@@ -539,15 +583,58 @@ def build_source(args: argparse.Namespace) -> Source:
     return Market.default(**market_opts)
 
 
+def _cors_origins(values: list[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        for origin in value.split(","):
+            origin = origin.strip().rstrip("/")
+            if origin and origin not in out:
+                out.append(origin)
+    return tuple(out)
+
+
 def _settings(args: argparse.Namespace) -> ServerSettings:
     secret = getattr(args, "auth_secret", None) or os.environ.get("QUOTEFLOW_AUTH_SECRET") or None
-    return ServerSettings(
-        heartbeat=args.heartbeat,
-        retry_ms=args.retry_ms,
-        max_connections=args.max_connections,
-        max_symbols=args.max_symbols,
-        auth_secret=secret,
-    )
+    extra: dict[str, Any] = {}
+    if getattr(args, "instance_id", None):
+        extra["instance"] = args.instance_id
+    try:
+        return ServerSettings(
+            heartbeat=args.heartbeat,
+            retry_ms=args.retry_ms,
+            max_connections=args.max_connections,
+            max_symbols=args.max_symbols,
+            auth_secret=secret,
+            cors_origins=_cors_origins(getattr(args, "cors_origin", [])),
+            max_connections_per_ip=getattr(args, "max_connections_per_ip", 100),
+            trust_proxy=bool(getattr(args, "trust_proxy", False)),
+            **extra,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+_MARKET_FLAGS = (
+    "config",
+    "universe",
+    "replay",
+    "relay",
+    "seed",
+    "tick_interval",
+    "speed",
+    "bar_interval",
+)
+
+
+def _check_serve_only(args: argparse.Namespace) -> None:
+    """A serving-only Redis instance has no market: market options are a mistake."""
+    given = [f for f in _MARKET_FLAGS if getattr(args, f, None) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ConfigError(
+            f"{flags} describe the market, which the producer runs: pass them to "
+            "`quoteflow generate --broker URL` (or add --generate to this instance)"
+        )
 
 
 def _broker(args: argparse.Namespace) -> Broker | None:
@@ -561,9 +648,12 @@ def _broker(args: argparse.Namespace) -> Broker | None:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"--broker {url!r}: use 'memory' or a redis://host:port/db URL")
     try:
-        from quoteflow.broker.redis import RedisBroker
+        import redis  # noqa: F401  (the client library is an optional dependency)
     except ImportError as exc:
-        raise ConfigError(f"--broker {url}: the Redis broker is not available ({exc})") from None
+        raise ConfigError(
+            f"--broker {url}: the Redis client is not installed ({exc}); "
+            "pip install 'quoteflow[scale]'"
+        ) from None
     return RedisBroker(
         url,
         produce=bool(getattr(args, "generate", False)),
@@ -600,8 +690,14 @@ def run_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     settings = _settings(args)  # first: a bad secret fails before any work
-    source = build_source(args)
     broker = _broker(args)
+    source: Source
+    if isinstance(broker, RedisBroker) and not broker.produce:
+        # Serving only: symbols and parameters come from the producer through Redis.
+        _check_serve_only(args)
+        source = StreamSource(broker)
+    else:
+        source = build_source(args)
 
     def ready(server: QuoteServer) -> None:
         n = len(source.symbols)
@@ -622,3 +718,139 @@ def run_serve(args: argparse.Namespace) -> int:
         buffer_age=args.buffer_age,
         max_backlog=args.max_backlog,
     )
+
+
+# ----------------------------------------------------------------- quoteflow generate
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (the printed line and logs may be shared)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``quoteflow generate`` options on ``parser`` (sets ``func``).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``generate`` subparser.
+    """
+    _add_source_arguments(parser, "what to produce (default: the shipped calibrated market)")
+    out = parser.add_argument_group("where to")
+    out.add_argument(
+        "--broker",
+        required=True,
+        metavar="URL",
+        help="redis://host:port/db that the serving instances read (quoteflow serve --broker)",
+    )
+    out.add_argument(
+        "--maxlen",
+        type=_positive(int, "stream length"),
+        default=100_000,
+        metavar="EVENTS",
+        help="approximate cap of the Redis stream (XADD MAXLEN ~; default 100000)",
+    )
+    out.add_argument(
+        "--outbox",
+        type=_positive(int, "outbox size"),
+        default=100_000,
+        metavar="EVENTS",
+        help="events kept while Redis is unreachable, sent once it is back (default 100000)",
+    )
+    net = parser.add_argument_group("health endpoint (optional)")
+    net.add_argument("--host", default="127.0.0.1", help="interface for --port (default 127.0.0.1)")
+    net.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="serve /healthz, /livez and /metrics on this port (0 picks one; default: no HTTP)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="logging level (default info)",
+    )
+    parser.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """``quoteflow generate``: produce the market into Redis until SIGTERM/SIGINT, exit 0.
+
+    The producer of a scaled-out deployment: it runs the source and ``XADD``\\ s every event
+    to the Redis stream that the ``quoteflow serve --broker`` instances read, publishes
+    the symbol catalog and applies parameter changes they forward. It serves no streams;
+    with ``--port`` it answers ``/healthz`` (503 ``degraded`` while Redis is down),
+    ``/livez`` and ``/metrics``. On SIGTERM it stops the source, sends what it still
+    holds (briefly) and exits 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed :func:`add_generate_arguments` options.
+
+    Returns
+    -------
+    int
+        Exit status.
+
+    Raises
+    ------
+    ConfigError
+        Bad option combination, config or broker URL.
+    OSError
+        ``--port`` cannot be bound.
+    """
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    url = str(args.broker)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"--broker {url!r}: quoteflow generate needs a redis://host:port/db URL")
+    source = build_source(args)
+    broker = RedisBroker(
+        url, produce=True, consume=False, maxlen=args.maxlen, outbox_size=args.outbox
+    )
+
+    async def main() -> int:
+        app = make_app(source, broker, streams=False)
+        state: ServerState = app.settings["quoteflow"]
+        http: tornado.httpserver.HTTPServer | None = None
+        where = ""
+        if args.port is not None:
+            sockets = _bind(args.host, args.port)
+            http = tornado.httpserver.HTTPServer(app)
+            http.add_sockets(sockets)
+            host = args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+            where = f", health at http://{host}:{sockets[0].getsockname()[1]}/healthz"
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await state.start()
+            print(
+                f"quoteflow generating {len(source.symbols)} symbols into {_redact(url)} "
+                f"(stream {broker.stream}){where}",
+                flush=True,
+            )
+            await stop.wait()
+            log.info("signal received: stopping the producer")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if http is not None:
+                http.stop()
+            await state.shutdown(timeout=1.0)
+            await state.close_broker()  # sends what the outbox still holds (up to 2 s)
+        if broker.outbox_size:
+            log.warning("%d events were not written to Redis before exit", broker.outbox_size)
+        return 0
+
+    return asyncio.run(main())

@@ -149,3 +149,111 @@ def test_non_producer_refuses_publish(tmp_path: Path) -> None:
 def test_bad_url() -> None:
     with pytest.raises(ValueError, match="redis:// URL"):
         RedisBroker("http://localhost:6379")
+
+
+def test_producer_writes_every_batch_in_order_regression_outbox_count(tmp_path: Path) -> None:
+    """Regression: the writer's loop variable shadowed the batch size, so after the first
+    pipeline it popped the wrong number of outbox entries and the feed stalled."""
+
+    async def main() -> None:
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=False)
+            await producer.start()
+            for k in range(40):
+                producer.publish(batch(k))
+                await asyncio.sleep(0)  # let the writer run between some batches
+            await until(lambda: producer.sent == 120 and producer.outbox_size == 0)
+            reader = RedisBroker(redis.url, consume=True)
+            await reader.start()  # primes from the stream: everything, in order
+            sub = reader.subscribe(None, frozenset({"tick"}), None)
+            assert reader.last_id is not None
+            got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            first = reader.subscribe(None, frozenset({"tick"}), "0-1")  # before all: reset
+            drain(first, SSEParser(), got)
+            assert got[0][0] == "reset"
+            got.clear()
+            # Replay the whole buffer from its first id: k = 0..39 per symbol, in order.
+            oldest = reader._buffer[0]
+            assert not sub.has_pending()  # a fresh subscription starts live
+            ms, seq = oldest.id >> 32, oldest.id & 0xFFFFFFFF
+            d = reader.subscribe(None, frozenset({"tick"}), f"{ms}-{seq}")
+            drain(d, SSEParser(), got)
+            assert [p["k"] for _, p in got] == [k for k in range(40) for _ in SYMBOLS][1:]
+            await reader.aclose()
+            await producer.aclose()
+
+    run(main)
+
+
+def test_consumer_drops_a_resent_pipeline_by_producer_sequence(tmp_path: Path) -> None:
+    """A pipeline whose reply was lost is re-sent: the entries then exist twice in the
+    stream (different ids); consumers keep the first copy only."""
+
+    async def main() -> None:
+        import redis.asyncio as aioredis
+
+        with running_redis(tmp_path) as redis:
+            server = RedisBroker(redis.url, consume=True, block_ms=200)
+            await server.start()
+            sub = server.subscribe(None, frozenset({"tick"}), None)
+            client = aioredis.Redis.from_url(redis.url)
+            try:
+                for _attempt in range(2):  # the same two events, sent twice
+                    for n in (1, 2):
+                        await client.xadd(
+                            server.stream,
+                            {"e": "tick", "s": "AAA", "d": json.dumps({"n": n}), "p": "P1", "n": n},
+                        )
+                await client.xadd(
+                    server.stream, {"e": "tick", "s": "AAA", "d": '{"n":3}', "p": "P1", "n": 3}
+                )
+            finally:
+                await client.aclose()
+            got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            parser = SSEParser()
+            await until(lambda: (drain(sub, parser, got), len(got) >= 3)[1])
+            assert [p["n"] for _, p in got] == [1, 2, 3]
+            assert server.duplicates_skipped == 2
+            await server.aclose()
+
+    run(main)
+
+
+def test_catalog_and_forwarded_parameter_changes(tmp_path: Path) -> None:
+    from quoteflow.broker.redis import StreamSource
+    from quoteflow.errors import ConfigError
+
+    async def main() -> None:
+        params = {"AAA": {"sigma": 0.2}}
+
+        def update(symbol: str, change: dict) -> dict:  # type: ignore[type-arg]
+            if set(change) - {"sigma"}:
+                raise ConfigError(f"unknown parameter {sorted(change)[0]!r}")
+            params[symbol].update(change)
+            return dict(params[symbol])
+
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=False)
+            producer.catalog_provider = lambda: {
+                s: {"model": "gbm", "params": dict(p), "price": 1.0} for s, p in params.items()
+            }
+            producer.update_handler = update
+            await producer.start()
+            server = RedisBroker(redis.url, consume=True, block_ms=100)
+            await server.start()
+            source = StreamSource(server)
+            assert source.symbols == [] and not source.symbols_known
+            producer.publish(batch(0))  # the catalog goes out with the first events
+            await until(lambda: source.describe().get("AAA", {}).get("model") == "gbm")
+            assert source.symbols == list(SYMBOLS) and source.symbols_known
+            assert await source.aupdate("AAA", {"sigma": 0.4}) == {"sigma": 0.4}
+            with pytest.raises(ConfigError, match="kappa"):
+                await source.aupdate("AAA", {"kappa": 1})
+            with pytest.raises(ConfigError, match="only serves"):
+                source.update("AAA", {"sigma": 1})
+            await producer.aclose()
+            with pytest.raises(ConnectionError, match="no producer answered"):
+                await source.aupdate("AAA", {"sigma": 0.5})
+            await server.aclose()
+
+    run(main)

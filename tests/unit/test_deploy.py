@@ -3,6 +3,7 @@ when no container engine runs; nginx.conf is checked by the real nginx (`nginx -
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in {"root", "0"}
     assert re.search(r"^HEALTHCHECK .*", text, flags=re.M)
-    assert "/healthz" in text
+    assert "/livez" in text  # liveness, not readiness: a Redis outage is no reason to restart
     assert "slim" in text.split("\n", 5)[-1] or "slim" in text
 
 
@@ -44,8 +45,9 @@ def test_k8s_deployment_probes_and_prestop() -> None:
     spec = dep["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     (c,) = spec["containers"]
+    # readiness drops while Redis is down (route elsewhere); liveness must not (no restart)
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert "preStop" in c["lifecycle"]
     assert any("redis://" in a for a in c["args"])
     assert spec["terminationGracePeriodSeconds"] >= 10
@@ -96,3 +98,30 @@ def test_nginx_accepts_the_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["nginx.conf", "Dockerfile", "k8s/deployment.yaml"])
 def test_deploy_files_exist(path: str) -> None:
     assert (DEPLOY / path).is_file()
+
+
+def test_k8s_commands_parse_with_the_real_cli() -> None:
+    """The manifests' arguments are valid ``quoteflow`` command lines (no drift)."""
+    from quoteflow.cli import build_parser
+
+    parser = build_parser()
+    entry = re.search(r"^ENTRYPOINT\s+(\[.*\])", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert entry
+    entrypoint = json.loads(entry.group(1))
+    dep = _kind("Deployment", "quoteflow")["spec"]["template"]["spec"]["containers"][0]
+    args = parser.parse_args([*entrypoint[1:], *dep["args"]])
+    assert args.command == "serve" and args.broker.startswith("redis://") and not args.generate
+    gen = _kind("Deployment", "quoteflow-generator")["spec"]["template"]["spec"]["containers"][0]
+    assert gen["command"][0] == "quoteflow"
+    args = parser.parse_args(gen["command"][1:])
+    assert args.command == "generate" and args.broker == dep["args"][1]
+    assert gen["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert str(args.port) == str(gen["ports"][0]["containerPort"])
+
+
+def test_nginx_passes_client_address_and_resume_header() -> None:
+    text = (DEPLOY / "nginx.conf").read_text()
+    stream = text[text.index("location /stream") :]
+    assert "proxy_set_header X-Real-IP $remote_addr" in stream
+    assert "proxy_set_header Last-Event-ID $http_last_event_id" in stream
+    assert "http_503" in stream  # a stopping instance's 503 goes to the next upstream

@@ -33,7 +33,7 @@ def payloads(events: list[MarketEvent], drop_ts: bool = False) -> list[tuple[str
     for e in events:
         data = dict(e.data)
         if drop_ts:
-            for k in ("ts", "start", "end"):
+            for k in ("ts", "ts_ns", "start", "end"):
                 data.pop(k, None)
         out.append((e.event, data))
     return out
@@ -143,8 +143,9 @@ def test_quote_fields_and_spread() -> None:
     events = m.step(now=1_795_000_000.1234)
     assert [e.event for e in events] == ["tick", "tick"]
     a, p = events[0].data, events[1].data
-    assert list(a) == ["symbol", "price", "bid", "ask", "size", "ts"]
+    assert list(a) == ["symbol", "price", "bid", "ask", "size", "ts", "ts_ns"]
     assert a["ts"] == "2026-11-18T11:06:40.123Z"  # 1_795_000_000 s after the epoch
+    assert abs(a["ts_ns"] - 1_795_000_000_123_400_000) < 1_000  # float seconds -> ns
     assert a["price"] == round(a["price"], 2)
     assert a["bid"] < a["price"] < a["ask"]
     assert a["ask"] - a["bid"] == pytest.approx(a["price"] * 20e-4, abs=0.011)
