@@ -7,7 +7,8 @@ generator (``loadgen/main.go``) against ``/stream``, samples the server's CPU ti
 at the edges of the measurement window and its memory at the end, stops it and
 moves on. quoteflow is started exactly as a user would start it::
 
-    quoteflow serve --universe S --tick-interval T/1000 --port P --max-connections 20000
+    quoteflow serve --universe S --tick-interval T/1000 --port P --max-connections 20000 \
+        --max-connections-per-ip 20000
 
 Scenarios (C connections, S symbols ticking every T ms):
 
@@ -673,7 +674,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--quoteflow-args",
-        default="--max-connections 20000 --log-level warning",
+        default="--max-connections 20000 --max-connections-per-ip 20000 --log-level warning",
         help="extra 'quoteflow serve' options (default: %(default)s)",
     )
     p.add_argument(

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -47,6 +47,9 @@ _ID_RE = re.compile(r"[0-9]{1,19}")
 # JSONEncoder per call, a third of the encoding time at 100k events/s.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _MAX_ID = 2**63 - 1
+# tuple.__new__ builds an _Entry without the NamedTuple's Python-level __new__ (a third
+# of the cost of a buffer entry at 100k events/s).
+_new_entry = tuple.__new__
 
 
 class _Entry(NamedTuple):
@@ -108,7 +111,14 @@ class MemoryBroker(Broker):
         self._next_id = 1
         self._groups: dict[tuple[frozenset[str] | None, frozenset[str]], _Group] = {}
         self._n_subs = 0
-        self._latest: dict[str, dict[str, Any]] = {}
+        # Latest tick payload per symbol (the source's dict, without "seq") and its id;
+        # snapshot() merges them, so publishing does not copy every payload.
+        self._latest: dict[str, Mapping[str, Any]] = {}
+        self._latest_seq: dict[str, int] = {}
+        # SSE frame templates per event type, see _learn_frame.
+        self._frames: dict[str, str] = {}
+        for kind in sorted(ALL_EVENTS):
+            self._learn_frame(kind)
         self._closed = False
 
     # -- ids ---------------------------------------------------------------------------
@@ -177,36 +187,75 @@ class MemoryBroker(Broker):
         Parameters
         ----------
         batch : sequence of MarketEvent
-            One tick round (payload dicts are copied, not modified).
+            One tick round. Payload dicts are not modified; the latest tick of each
+            symbol is kept by reference for :meth:`snapshot` (sources hand over fresh
+            dicts every round). A batch with an ``encoded`` attribute
+            (:class:`quoteflow.market.EncodedBatch`) brings its payloads' JSON along,
+            which is used instead of encoding them again.
         """
         if not batch or self._closed:
             return
         now = self._clock()
+        encoded: Sequence[tuple[Any, str]] = getattr(batch, "encoded", None) or ()
+        n_encoded = len(encoded)
         entries: list[_Entry] = []
-        published = self.stats.published
+        append = entries.append
+        latest, latest_seq = self._latest, self._latest_seq
+        frames = self._frames
+        counts: dict[str, int] = {}
         next_id = self._next_id
-        for ev in batch:
-            payload = dict(ev.data)
-            payload["seq"] = next_id
+        for i, ev in enumerate(batch):
+            data = ev.data
+            kind = ev.event
+            frame = frames.get(kind)
+            text: str | None = None
+            if i < n_encoded and frame is not None:
+                pair = encoded[i]
+                # The pre-encoded text is trusted only for the very payload it was made
+                # from, and "seq" is the broker's to add.
+                if pair[0] is data and "seq" not in data and data:
+                    text = pair[1]
             try:
-                data = _JSON.encode(payload)
-                encoded = encode_event(data, id=str(next_id), event=ev.event)
+                if text is not None and frame is not None:
+                    # '"seq"' goes before the closing brace without re-encoding the rest.
+                    encoded_event = (frame % (next_id, text[:-1], next_id)).encode()
+                else:
+                    payload = dict(data)
+                    payload["seq"] = next_id
+                    encoded_event = encode_event(_JSON.encode(payload), id=str(next_id), event=kind)
+                    if frame is None:
+                        self._learn_frame(kind)
             except (TypeError, ValueError) as exc:
                 # One bad event (a NaN price, an unserialisable value, a newline in the
                 # type) must not stop the feed for everyone: drop it, keep ids contiguous.
                 self.stats.dropped += 1
-                log.warning("dropping unencodable %s event for %r: %s", ev.event, ev.symbol, exc)
+                log.warning("dropping unencodable %s event for %r: %s", kind, ev.symbol, exc)
                 continue
-            entries.append(_Entry(next_id, ev.event, ev.symbol, encoded, now))
-            published[ev.event] = published.get(ev.event, 0) + 1
-            if ev.event == "tick":
-                self._latest[ev.symbol] = payload
+            append(_new_entry(_Entry, (next_id, kind, ev.symbol, encoded_event, now)))
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "tick":
+                latest[ev.symbol] = data
+                latest_seq[ev.symbol] = next_id
             next_id += 1
         self._next_id = next_id
+        published = self.stats.published
+        for kind, n in counts.items():
+            published[kind] = published.get(kind, 0) + n
         self._evict_old(now)
         self._buffer.extend(entries)
         if self._groups:
             self._fan_out(entries, now)
+
+    def _learn_frame(self, kind: str) -> None:
+        """Cache the SSE frame of event type ``kind`` as a %-template (id, JSON, id).
+
+        Built by :func:`~quoteflow.server.sse.encode_event` itself, so SSE framing is
+        still written in one place; only a type the encoder accepted is cached.
+        """
+        if "%" in kind or len(self._frames) >= 64:
+            return  # a '%' would break the template; and no unbounded cache of odd types
+        template = encode_event('%s,"seq":%d}', id="%d", event=kind).decode()
+        self._frames[kind] = template
 
     def _fan_out(self, entries: list[_Entry], now: float) -> None:
         # Indexes by symbol are built lazily: only filtered groups need them.
@@ -369,9 +418,16 @@ class MemoryBroker(Broker):
         dict
             ``{symbol: payload}``, sorted by symbol.
         """
-        latest = self._latest
+        latest, seqs = self._latest, self._latest_seq
         names = sorted(latest if symbols is None else (s for s in symbols if s in latest))
-        return {s: dict(latest[s]) for s in names}
+        out: dict[str, dict[str, Any]] = {}
+        for s in names:
+            payload = dict(latest[s])
+            seq = seqs.get(s)
+            if seq is not None:  # (a Redis broker stores payloads with "seq" already)
+                payload["seq"] = seq
+            out[s] = payload
+        return out
 
     def close(self) -> None:
         """Close every subscription and drop the buffer (idempotent)."""

@@ -37,7 +37,7 @@ from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.redis import RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
-from quoteflow.server.app import ServerSettings, ServerState, make_app
+from quoteflow.server.app import GcGovernor, ServerSettings, ServerState, make_app
 
 if TYPE_CHECKING:
     from quoteflow.sources import Source
@@ -317,6 +317,8 @@ def run_server(
 
     async def main() -> int:
         server = QuoteServer(source, host=host, port=port, **options)
+        # This process is the server: keep GC pauses off the live streams (GcGovernor).
+        server.state.gc_governor = GcGovernor()
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

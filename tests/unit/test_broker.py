@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,3 +274,136 @@ def test_an_unencodable_event_is_dropped_not_fatal() -> None:
     )
     assert [(i, p["price"]) for i, _, p in decode(sub.take().data)] == [(1, 1.0), (2, 2.0)]
     assert b.stats.dropped == 2 and b.last_id == "2"
+
+
+# -- pre-encoded batches (Market.step) ---------------------------------------------------
+
+
+def _plain(events: list[MarketEvent]) -> list[MarketEvent]:
+    """The same events as a plain list: the broker's generic encoder."""
+    return list(events)
+
+
+def test_pre_encoded_market_batch_gives_the_same_bytes_as_the_generic_encoder() -> None:
+    from quoteflow.market import EncodedBatch, Market
+
+    market = Market.universe(50, seed=3, bar_interval=0.5, tick_interval=0.25)
+    fast, slow = MemoryBroker(), MemoryBroker()
+    fast_sub = fast.subscribe(None, ALL_EVENTS, None)
+    slow_sub = slow.subscribe(None, ALL_EVENTS, None)
+    for k in range(4):  # the second tick closes a bar: bars are pre-encoded too
+        events = market.step(now=1_800_000_000.0 + k / 4)
+        assert isinstance(events, EncodedBatch) and len(events.encoded) == len(events)
+        fast.publish(events)
+        slow.publish(_plain(events))
+    got, want = fast_sub.take().data, slow_sub.take().data
+    assert got == want
+    assert [e for _, e, _ in decode(got)].count("bar") == 100
+    assert fast.snapshot() == slow.snapshot()
+    # ticks 1-50, 51-100, bars 101-150, ticks 151-200, 201-250: SYM0007's last is 208
+    assert fast.snapshot()["SYM0007"]["seq"] == 208
+    first = decode(got)[0][2]
+    assert first["ts_ns"] == 1_800_000_000_000_000_000 and first["ts"].endswith(".000Z")
+
+
+def test_pre_encoded_text_is_only_used_for_its_own_payload() -> None:
+    from quoteflow.market import EncodedBatch
+
+    a = {"symbol": "AAA", "n": 1}
+    stale = EncodedBatch(
+        [MarketEvent("tick", "AAA", {"symbol": "AAA", "n": 2})],  # edited after encoding
+        [(a, '{"symbol":"AAA","n":1}')],
+    )
+    b = MemoryBroker()
+    sub = b.subscribe(None, ALL_EVENTS, None)
+    b.publish(stale)
+    assert decode(sub.take().data) == [(1, "tick", {"symbol": "AAA", "n": 2, "seq": 1})]
+
+
+def test_market_with_non_finite_price_falls_back_and_the_bad_event_is_dropped() -> None:
+    from quoteflow.market import Market
+    from quoteflow.models import GBM
+
+    market = Market({"A": GBM(0.0, 0.2), "B": GBM(0.0, 0.2)}, seed=1, bar_interval=None)
+    market._prices[1] = float("inf")  # a model that blew up
+    with np.errstate(invalid="ignore", over="ignore"):
+        events = market.step(now=1_800_000_000.0)
+    assert events.encoded == []  # type: ignore[attr-defined]
+    b = MemoryBroker()
+    sub = b.subscribe(None, ALL_EVENTS, None)
+    b.publish(events)
+    assert [(i, p["symbol"]) for i, _, p in decode(sub.take().data)] == [(1, "A")]
+    assert b.stats.dropped == 1
+
+
+# -- subscription writers ----------------------------------------------------------------
+
+
+class Writer:
+    """A SubscriptionWriter whose socket is either free or busy."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.busy = False
+        self.written: list[bytes] = []
+        self.wakes = 0
+
+    def try_write(self, chunk: bytes, n_events: int, published_at: float) -> bool:
+        if self.busy:
+            return False
+        self.written.append(chunk)
+        return True
+
+    def wake(self) -> None:
+        self.wakes += 1
+        if not self.busy and self.sub.has_pending():
+            self.written.append(self.sub.take().data)
+
+
+def test_writer_takes_live_chunks_directly_and_queue_while_busy_is_backlog() -> None:
+    b = MemoryBroker(max_backlog_bytes=1000)
+    sub = b.subscribe(None, ALL_EVENTS, "0")  # nothing to replay yet
+    w = Writer(sub)
+    sub.set_writer(w)
+    b.publish(batch(0))
+    assert len(w.written) == 1 and not sub.has_pending() and sub.backlog_bytes == 0
+    w.busy = True
+    b.publish(batch(1))
+    b.publish(batch(2))
+    assert len(w.written) == 1 and sub.has_pending() and sub.backlog_bytes > 0
+    w.busy = False
+    w.wake()  # the write in flight completed
+    assert [i for chunk in w.written for i, _, _ in decode(chunk)] == list(range(1, 10))
+    w.busy = True
+    for k in range(3, 20):  # never drained: over the bound
+        b.publish(batch(k))
+    assert sub.closed and sub.close_reason == CloseReason.SLOW_CONSUMER
+    assert b.stats.slow_consumer_disconnects == 1 and b.subscriber_count == 0
+
+
+def test_writer_gets_the_replay_preamble_through_wake() -> None:
+    b = MemoryBroker()
+    b.publish(batch(0))
+    sub = b.subscribe(None, ALL_EVENTS, "1")
+    w = Writer(sub)
+    sub.set_writer(w)
+    w.wake()  # what a handler does right after set_writer
+    b.publish(batch(1))
+    assert [i for chunk in w.written for i, _, _ in decode(chunk)] == [2, 3, 4, 5, 6]
+
+
+def test_a_failing_writer_closes_only_its_own_subscription() -> None:
+    class Broken(Writer):
+        def try_write(self, chunk: bytes, n_events: int, published_at: float) -> bool:
+            raise OSError("boom")
+
+    b = MemoryBroker()
+    bad = b.subscribe(None, ALL_EVENTS, None)
+    bad.set_writer(Broken(bad))
+    good = b.subscribe(None, ALL_EVENTS, None)
+    w = Writer(good)
+    good.set_writer(w)
+    b.publish(batch(0))
+    assert bad.closed and bad.close_reason == CloseReason.CLIENT_GONE
+    assert len(w.written) == 1 and not good.closed
+    assert b.subscriber_count == 1

@@ -1,0 +1,1 @@
+"""Transports benchmark: SSE vs WebSocket vs polling (``quoteflow bench transports``)."""

@@ -1,0 +1,167 @@
+"""``GET /ws``: the same feed as ``/stream``, over a WebSocket (for the transport comparison).
+
+Same subscription and resume semantics as ``/stream``: query parameters ``symbols``,
+``events`` and ``lastEventId`` (validated before the upgrade, so a bad request is a JSON
+400 like on ``/stream``), auth, the connection limits, the replay buffer (resume with no
+gap, or a ``reset`` message with a snapshot), the slow-consumer bound. Every event is one
+text frame (RFC 6455 §5.6) holding ``{"id": "...", "event": "tick", "data": {...}}``;
+a heartbeat is a ping frame. The client never needs to send anything (messages it sends
+are ignored).
+
+The broker fans out SSE bytes (encoded once per event, joined once per group and
+batch). :func:`ws_frames` turns such a chunk into WebSocket frames, and since every
+member of a group receives the same chunk object in a row, a one-entry cache makes that
+conversion once per group and batch too. The frames then go to the socket through the
+same :class:`~quoteflow.server.handlers.SocketWriter` as SSE.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import tornado.websocket
+
+from quoteflow.broker.base import CloseReason, Subscription
+from quoteflow.client import SSEParser
+from quoteflow.server.handlers import ApiError, SocketWriter, StreamHandler
+
+__all__ = ["WebSocketStreamHandler", "ws_frame", "ws_frames"]
+
+# RFC 6455 §5.2: FIN bit + opcode. Text frames carry the events; pings the heartbeats.
+_TEXT = 0x81
+_PING = 0x89
+_CLOSE_CODES = {
+    CloseReason.SHUTDOWN: (1001, "server shutting down; reconnect with lastEventId"),
+    CloseReason.BROKER_CLOSED: (1001, "server shutting down; reconnect with lastEventId"),
+    CloseReason.TOKEN_EXPIRED: (1008, "token expired"),
+    CloseReason.SLOW_CONSUMER: (1008, "slow consumer: reconnect with lastEventId"),
+}
+
+
+def ws_frame(payload: bytes, opcode: int = _TEXT) -> bytes:
+    """One unmasked, unfragmented server-to-client frame (RFC 6455 §5.2).
+
+    Parameters
+    ----------
+    payload : bytes
+        The application data (UTF-8 text for a text frame).
+    opcode : int
+        First byte: FIN plus the opcode (0x81 text, 0x89 ping).
+
+    Returns
+    -------
+    bytes
+        Header (2, 4 or 10 bytes: the 7-bit, 16-bit or 64-bit payload length) + payload.
+    """
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", opcode, 127, n)
+    return head + payload
+
+
+def _message(event: str, data: str, event_id: str | None) -> bytes:
+    # ``data`` is the broker's JSON text: spliced in as is, not parsed and re-encoded.
+    return (
+        '{"id":' + json.dumps(event_id) + ',"event":' + json.dumps(event) + ',"data":' + data + "}"
+    ).encode()
+
+
+_cache: tuple[bytes, bytes] = (b"", b"")
+
+
+def ws_frames(chunk: bytes) -> bytes:
+    """Convert SSE bytes from the broker into WebSocket frames, one text frame per event.
+
+    Parameters
+    ----------
+    chunk : bytes
+        Complete SSE blocks (events, ``: keepalive`` comments).
+
+    Returns
+    -------
+    bytes
+        The frames, concatenated; a chunk holding no event (a heartbeat) becomes one
+        ping frame.
+    """
+    global _cache
+    last, frames = _cache
+    if chunk is last:
+        return frames
+    # Parsed by the one SSE parser of the package, so the two transports cannot drift.
+    events = SSEParser().feed(chunk)
+    if events:
+        frames = b"".join([ws_frame(_message(e.event, e.data, e.id)) for e in events])
+    else:
+        frames = ws_frame(b"", _PING)
+    _cache = (chunk, frames)
+    return frames
+
+
+class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
+    """``GET /ws``: the feed as WebSocket text frames (see the module docstring)."""
+
+    _writer: SocketWriter | None = None
+    _opened = False
+
+    def check_origin(self, origin: str) -> bool:
+        """Same origin, or an origin allowed by ``--cors-origin``."""
+        if super().check_origin(origin):
+            return True
+        allowed = self.state.settings.cors_origins
+        return "*" in allowed or origin in allowed
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Validate and subscribe (JSON errors before the upgrade), then upgrade."""
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(
+                400, "/ws is a WebSocket endpoint (Upgrade: websocket); use /stream for SSE"
+            )
+        self.open_subscription()
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if not self._opened:  # the handshake was refused (origin, version...)
+                self._cleanup(CloseReason.CLIENT_GONE)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        """Connected: start writing the replay, then live data."""
+        self._opened = True
+        sub = self.sub
+        conn = self.ws_connection
+        stream = getattr(conn, "stream", None)
+        if sub is None or stream is None:
+            return
+        state = self.state
+        writer = SocketWriter(
+            stream, sub, state.metrics, state.latency_samples, frame=ws_frames, shared=True
+        )
+        self._writer = writer
+        writer.done.add_done_callback(lambda _: self._finished_writing(sub))
+        writer.start()
+
+    def _finished_writing(self, sub: Subscription) -> None:
+        code, reason = _CLOSE_CODES.get(sub.close_reason or "", (1000, ""))
+        if self.ws_connection is not None:
+            self.close(code, reason)
+
+    def on_message(self, message: str | bytes) -> None:
+        """Messages from the client are ignored (the subscription is in the URL)."""
+
+    def on_close(self) -> None:
+        """The connection ended (either side): stop the subscription."""
+        self._cleanup(CloseReason.CLIENT_GONE)
+
+    def cut(self) -> None:
+        """Close the connection at once (slow consumer; shutdown of a stuck writer)."""
+        conn = self.ws_connection
+        stream = getattr(conn, "stream", None)
+        if stream is not None:
+            stream.close()
+        elif conn is None:
+            super().cut()

@@ -1,0 +1,174 @@
+"""``GET /ws``: the feed as WebSocket text frames, with /stream's resume and limits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+
+from quoteflow.broker.memory import MemoryBroker
+from quoteflow.server.ws import ws_frame, ws_frames
+from tests.integration.fakes import FakeSource, request, run, serving, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def _connect(port: int, query: str = "") -> tornado.websocket.WebSocketClientConnection:
+    return await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/ws{query}")
+
+
+async def _close(conn: tornado.websocket.WebSocketClientConnection) -> None:
+    """Close and wait for the server's close frame (the socket is closed afterwards)."""
+    conn.close()
+    async with asyncio.timeout(10):
+        while await conn.read_message() is not None:
+            pass
+
+
+async def _read(conn: tornado.websocket.WebSocketClientConnection, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(20):
+        while len(out) < n:
+            msg = await conn.read_message()
+            assert msg is not None, "the server closed the WebSocket"
+            assert isinstance(msg, str)  # text frames
+            out.append(json.loads(msg))
+    return out
+
+
+def test_messages_are_json_text_frames_with_id_event_and_data() -> None:
+    async def body() -> None:
+        async with serving(FakeSource(("AAA", "BBB"), bar_every=3)) as server:
+            assert server.port is not None
+            conn = await _connect(server.port, "?symbols=aaa&events=tick,bar")
+            msgs = await _read(conn, 12)
+            await _close(conn)
+            assert {m["event"] for m in msgs} == {"tick", "bar"}
+            for m in msgs:
+                assert set(m) == {"id", "event", "data"}
+                assert isinstance(m["id"], str) and m["data"]["seq"] == int(m["id"])
+                assert m["data"]["symbol"] == "AAA"
+            ids = [int(m["id"]) for m in msgs]
+            assert ids == sorted(set(ids))
+
+    run(body)
+
+
+def test_resume_with_last_event_id_has_no_gap_and_no_duplicate() -> None:
+    async def body() -> None:
+        async with serving(FakeSource(("AAA", "BBB", "CCC"), interval=0.002)) as server:
+            assert server.port is not None
+            first = await _connect(server.port)
+            got = await _read(first, 30)
+            await _close(first)
+            last = got[-1]["id"]
+            # More events are published while the client is away.
+            broker = server.broker
+            await wait_for(lambda: int(broker.last_id or 0) > int(last) + 50, what="publishing")
+            second = await _connect(server.port, f"?lastEventId={last}")
+            more = await _read(second, 100)
+            await _close(second)
+            ids = [int(m["id"]) for m in got + more]
+            # Every symbol is subscribed, so ids are contiguous across the reconnect.
+            assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+    run(body)
+
+
+def test_resume_from_an_evicted_id_gets_a_reset_message() -> None:
+    async def body() -> None:
+        broker = MemoryBroker(buffer_size=10)
+        async with serving(FakeSource(("AAA",), interval=0.002), broker=broker) as server:
+            assert server.port is not None
+            await wait_for(lambda: int(broker.last_id or 0) > 30, what="publishing")
+            conn = await _connect(server.port, "?lastEventId=1")
+            (reset,) = await _read(conn, 1)
+            await _close(conn)
+            assert reset["event"] == "reset" and reset["data"]["reason"] == "evicted"
+            assert "AAA" in reset["data"]["snapshot"]
+
+    run(body)
+
+
+def test_bad_parameters_are_a_json_400_before_the_upgrade() -> None:
+    async def body() -> None:
+        async with serving(FakeSource(("AAA", "BBB"))) as server:
+            port = server.port
+            assert port is not None
+            upgrade = {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+                "Sec-WebSocket-Version": "13",
+            }
+            for query, word in (
+                ("?symbols=NOPE", "NOPE"),
+                ("?events=quote", "quote"),
+                ("?lastEventId=abc", "abc"),
+            ):
+                status, payload = await request(port, "GET", "/ws" + query, headers=upgrade)
+                assert status == 400, (query, payload)
+                assert word in payload["error"] and payload["known_symbols"] == ["AAA", "BBB"]
+            # Not a WebSocket request at all: JSON 400 pointing to /stream.
+            status, payload = await request(port, "GET", "/ws")
+            assert status == 400 and "/stream" in payload["error"]
+            with pytest.raises(tornado.httpclient.HTTPClientError) as err:
+                await _connect(port, "?symbols=NOPE")
+            assert err.value.code == 400
+            assert server.state.streams == set()  # nothing left registered
+
+    run(body)
+
+
+def _stalled_ws_client(port: int) -> socket.socket:
+    """Open /ws with a tiny receive buffer and never read a byte."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+def test_a_stalled_websocket_client_is_cut_off_and_others_keep_going() -> None:
+    async def body() -> None:
+        source = FakeSource(("AAA", "BIG"), interval=0.004, big={"BIG": 64 * 1024})
+        broker = MemoryBroker(buffer_size=64, max_backlog_bytes=256 * 1024)
+        async with serving(source, broker=broker) as server:
+            assert server.port is not None
+            stalled = _stalled_ws_client(server.port)
+            try:
+                normal = await _connect(server.port, "?symbols=AAA")
+                await wait_for(
+                    lambda: broker.stats.slow_consumer_disconnects >= 1,
+                    timeout=60,
+                    what="the stalled WebSocket client to be dropped",
+                )
+                msgs = await _read(normal, 50)  # the normal client still gets data
+                await _close(normal)
+                assert all(m["data"]["symbol"] == "AAA" for m in msgs)
+            finally:
+                stalled.close()
+
+    run(body)
+
+
+def test_frames_from_sse_chunks() -> None:
+    chunk = b'id: 7\nevent: tick\ndata: {"symbol":"A","seq":7}\n\n'
+    assert ws_frames(chunk) == ws_frame(b'{"id":"7","event":"tick","data":{"symbol":"A","seq":7}}')
+    assert ws_frames(b": keepalive\n\n") == b"\x89\x00"  # a heartbeat becomes a ping
+    assert ws_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"  # 16-bit length form
+    assert ws_frame(b"x" * 70000)[:2] == b"\x81\x7f"  # 64-bit length form
