@@ -168,7 +168,9 @@ def busy_server() -> Iterator[QuoteServer]:
 # --------------------------------------------------------------------------- browser
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while a sync Playwright is open its event loop counts as
+# running in the main thread, and every later test's asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Debian Chromium (Playwright must never download a browser)."""
     executable = require_executable("chromium")
