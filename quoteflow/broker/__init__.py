@@ -15,6 +15,7 @@ from quoteflow.broker.base import (
     EventIdError,
     EventLike,
     Subscription,
+    SubscriptionWriter,
 )
 from quoteflow.broker.memory import MemoryBroker
 
@@ -28,4 +29,5 @@ __all__ = [
     "EventLike",
     "MemoryBroker",
     "Subscription",
+    "SubscriptionWriter",
 ]
