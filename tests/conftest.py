@@ -18,10 +18,25 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
+#: Debian's Chromium, headless. The background-networking flags keep it from dialling out
+#: (this machine has no network but the package registries).
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def require_executable(name: str, apt_package: str | None = None) -> str:
     """Path of executable ``name``; skip locally / fail in CI when it is missing."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
     if path is None:
         msg = f"{name} not found: apt-get install {apt_package or name}"
         if IN_CI:

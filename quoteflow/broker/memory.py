@@ -359,7 +359,10 @@ class MemoryBroker(Broker):
         if after < oldest - 1:
             self._send_reset(sub, after, "evicted")
             return
-        start = after + 1 - oldest
+        self._replay_from(sub, after + 1 - oldest)
+
+    def _replay_from(self, sub: Subscription, start: int) -> None:
+        """Queue the buffered events from position ``start`` on that match ``sub``'s filter."""
         symbols, events = sub.symbols, sub.events
         parts = [
             e.data
@@ -371,17 +374,23 @@ class MemoryBroker(Broker):
         if parts:
             sub.push_preamble(b"".join(parts), len(parts))
 
+    def _format_id(self, key: int) -> str:
+        """The wire form of an internal id key (decimal here)."""
+        return str(key)
+
+    def _reset_event_id(self) -> str | None:
+        """Id carried by a reset: the newest, so a reconnect after it resumes from there."""
+        return str(self._next_id - 1)
+
     def _send_reset(self, sub: Subscription, after: int, reason: str) -> None:
         self.stats.resets += 1
-        newest = self._next_id - 1
         payload = {
             "reason": reason,
-            "last_id": str(after),
+            "last_id": self._format_id(after),
             "snapshot": self.snapshot(sub.symbols),
         }
         data = _JSON.encode(payload)
-        # The reset carries the newest id so that a reconnect after it resumes from here.
-        sub.push_preamble(encode_event(data, id=str(newest), event="reset"), 1)
+        sub.push_preamble(encode_event(data, id=self._reset_event_id(), event="reset"), 1)
 
     def _on_closed(self, sub: Subscription) -> None:
         # Counted here, not at the push, so a heartbeat that tips the backlog counts too.

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -543,36 +542,21 @@ class RedisBroker(MemoryBroker):
         if not keys or after < keys[0]:
             # Stream ids are not contiguous: with nothing at or before ``after`` held here
             # we cannot prove that nothing was missed, so say so (reset with a snapshot).
-            self._send_reset_str(sub, after, "evicted")
+            self._send_reset(sub, after, "evicted")
             return
         newest = keys[-1]
         if after == newest:
             return
         if after > newest:
-            self._send_reset_str(sub, after, "unknown_id")
+            self._send_reset(sub, after, "unknown_id")
             return
-        start = bisect.bisect_right(keys, after)
-        symbols, events = sub.symbols, sub.events
-        parts = [
-            e.data
-            for e in itertools.islice(self._buffer, start, None)
-            if e.event in events and (symbols is None or e.symbol in symbols)
-        ]
-        self.stats.replays += 1
-        self.stats.replayed_events += len(parts)
-        if parts:
-            sub.push_preamble(b"".join(parts), len(parts))
+        self._replay_from(sub, bisect.bisect_right(keys, after))
 
-    def _send_reset_str(self, sub: Subscription, after: int, reason: str) -> None:
-        self.stats.resets += 1
-        ms, seq = after >> _SEQ_BITS, after & ((1 << _SEQ_BITS) - 1)
-        payload = {
-            "reason": reason,
-            "last_id": f"{ms}-{seq}",
-            "snapshot": self.snapshot(sub.symbols),
-        }
-        data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        sub.push_preamble(encode_event(data, id=self._last_sid, event="reset"), 1)
+    def _format_id(self, key: int) -> str:
+        return f"{key >> _SEQ_BITS}-{key & ((1 << _SEQ_BITS) - 1)}"
+
+    def _reset_event_id(self) -> str | None:
+        return self._last_sid
 
     def ticked_symbols(self) -> list[str]:
         """Symbols seen ticking in the stream (without copying their payloads)."""

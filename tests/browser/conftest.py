@@ -35,18 +35,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.conftest import ARTIFACTS, ROOT, require_executable
+from tests.conftest import ARTIFACTS, CHROMIUM_ARGS, ROOT, require_executable
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 SERVER_START_TIMEOUT = 30.0
 URL_RE = re.compile(r"http://[^\s/]+:\d+/")

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, require_executable
+from tests.conftest import CHROMIUM_ARGS, free_port, require_executable
 from tests.notebooks._kernel import NOTEBOOKS_DIR, ensure_python3_kernelspec, kernel_env
 
 pytestmark = [
@@ -40,16 +40,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # JupyterLab settings for a deterministic page: every cell in the DOM (the default
 # windowing renders only the visible ones, hiding prompts from the checks below) and no

@@ -36,7 +36,12 @@ assert not _left and not running_servers(), f"servers left running: {_left} {run
 
 def test_there_are_notebooks() -> None:
     names = {p.name for p in notebooks()}
-    assert {"01_quickstart.ipynb", "02_calibrate.ipynb", "03_live_market.ipynb"} <= names
+    assert {
+        "01_quickstart.ipynb",
+        "02_calibrate.ipynb",
+        "03_live_market.ipynb",
+        "04_transports.ipynb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
