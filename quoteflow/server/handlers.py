@@ -76,6 +76,11 @@ class ApiError(tornado.web.HTTPError):
 #: a JSON body, and the resume id an EventSource polyfill sets on reconnect.
 _CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
 
+#: Request header fields (names and values, request line excluded) beyond this get a JSON
+#: 431 (RFC 6585 §5). The transport limit (runner.MAX_HEADER_SIZE) is larger, so that
+#: oversized headers reach this check and get an answer rather than a bare close.
+HEADER_FIELDS_LIMIT = 64 * 1024
+
 
 class JSONHandler(tornado.web.RequestHandler):
     """Base handler: shared state, JSON responses and JSON errors, CORS."""
@@ -115,6 +120,15 @@ class JSONHandler(tornado.web.RequestHandler):
             return "*"
         origin = self.request.headers.get("Origin")
         return origin if origin in origins else None
+
+    def prepare(self) -> None:
+        """Refuse oversized header fields with a JSON 431 before any work is done."""
+        size = sum(len(k) + len(v) + 4 for k, v in self.request.headers.get_all())
+        if size > HEADER_FIELDS_LIMIT:
+            raise ApiError(
+                431,
+                f"request header fields too large: {size} bytes, limit {HEADER_FIELDS_LIMIT}",
+            )
 
     def options(self, *args: str) -> None:
         """CORS preflight (e.g. before a cross-origin ``PUT /symbols/...``)."""
@@ -792,6 +806,7 @@ class NotFoundHandler(JSONHandler):
 
     def prepare(self) -> None:
         """Refuse every method with 404."""
+        super().prepare()
         raise ApiError(
             404,
             f"no such endpoint: {self.request.path}",

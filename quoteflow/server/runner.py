@@ -54,11 +54,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Request headers above this size are refused by tornado before any handler runs (it
-# closes the connection), so a client cannot make the server buffer arbitrary headers.
-# 128 KiB (tornado's default is 64) lets an over-long symbol list, e.g. 10,000 symbols,
-# reach the handler and get a JSON 400 "too many symbols" instead of a bare close.
-MAX_HEADER_SIZE = 128 * 1024
+# Request line + headers above this size are refused by tornado before any handler runs
+# (it closes the connection), so a client cannot make the server buffer arbitrary
+# headers. 256 KiB (tornado's default is 64) lets an over-long symbol list, e.g. 10,000
+# symbols, reach the handler and get a JSON 400 "too many symbols", and lets header fields
+# over handlers.HEADER_FIELDS_LIMIT (64 KiB) get a JSON 431 instead of a bare close.
+MAX_HEADER_SIZE = 256 * 1024
 # Request bodies only exist for PUT /symbols (a small JSON object).
 MAX_BODY_SIZE = 64 * 1024
 

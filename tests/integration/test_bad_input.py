@@ -90,7 +90,13 @@ def test_bad_requests_are_4xx_json_while_a_stream_keeps_flowing() -> None:
                 results.append(await request(port, method, path, payload, headers))
             # Transport-level abuse: oversized headers, garbage, an oversized body.
             huge = await raw_exchange(
-                port, b"GET /stream HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+                port,
+                b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+                + b"a" * 200_000
+                + b"\r\n\r\n",
+            )
+            beyond = await raw_exchange(
+                port, b"GET /stream HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 400_000 + b"\r\n\r\n"
             )
             garbage = await raw_exchange(port, b"\x00\x01GARBAGE\r\n\r\n")
             fat = await raw_exchange(
@@ -120,10 +126,13 @@ def test_bad_requests_are_4xx_json_while_a_stream_keeps_flowing() -> None:
             assert want_text in json.dumps(got), (where, got)
             if path.startswith("/stream") and status == 400:
                 assert got["known_symbols"] == ["AAA", "BBB", "CCC"], where
-        # Tornado refuses headers over max_header_size by closing the connection (it
-        # sends no status line); garbage gets its plain 400; a body over max_body_size
-        # is refused before it is read.
-        assert huge == b""
+        # Header fields over 64 KiB get a JSON 431; beyond the transport limit (256 KiB)
+        # tornado closes the connection without a status line; garbage gets its plain 400;
+        # a body over max_body_size is refused before it is read.
+        assert huge.startswith(b"HTTP/1.1 431"), huge[:80]
+        body = json.loads(huge.split(b"\r\n\r\n", 1)[1])
+        assert "request header fields too large" in body["error"]
+        assert beyond == b""
         assert garbage.startswith(b"HTTP/1.1 400")
         assert not fat.startswith(b"HTTP/1.0 200") and not fat.startswith(b"HTTP/1.1 200")
         _ids_contiguous(watcher)
