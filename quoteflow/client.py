@@ -1122,6 +1122,9 @@ def _iter_events(url: str, kwargs: dict[str, Any]) -> Generator[Event, None, Non
             items.put(exc)
         finally:
             await es.close()
+            # Set on the loop thread: a close scheduled from the reader after this point
+            # must not create a task while asyncio.run() is already shutting down.
+            holder["done"] = True
 
     def run() -> None:
         try:
@@ -1150,7 +1153,8 @@ def _iter_events(url: str, kwargs: dict[str, Any]) -> Generator[Event, None, Non
             stream_ = es
 
             def schedule_close() -> None:
-                loop.create_task(stream_.close())
+                if not holder.get("done"):
+                    loop.create_task(stream_.close())
 
             # call_soon_threadsafe, not run_coroutine_threadsafe: if the loop has just
             # finished it raises before any coroutine exists (none left un-awaited).
