@@ -22,7 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -135,6 +135,20 @@ class Stepper(ABC):
             If ``model`` is of another model class.
         """
         raise NotImplementedError(f"{type(self).__name__} does not support changing parameters")
+
+
+_M = TypeVar("_M", bound="PriceModel")
+
+
+def require_model(stepper: Stepper, model: PriceModel, cls: type[_M]) -> _M:
+    """``model`` as a ``cls``, or a ``TypeError`` saying how to switch model class."""
+    if not isinstance(model, cls):
+        raise TypeError(
+            f"{type(stepper).__name__}.set_model needs a {cls.__name__}, got "
+            f"{type(model).__name__}; build a new stepper with "
+            "model.stepper(stepper.prices, stepper.dt)"
+        )
+    return model
 
 
 class PriceModel(ABC):

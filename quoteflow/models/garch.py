@@ -36,7 +36,14 @@ from quoteflow.models._garch_recursion import (
     variance_and_gradient,
     variance_filter,
 )
-from quoteflow.models.base import FitResult, FloatArray, PriceModel, Stepper, validate_prices
+from quoteflow.models.base import (
+    FitResult,
+    FloatArray,
+    PriceModel,
+    Stepper,
+    require_model,
+    validate_prices,
+)
 from quoteflow.models.gbm import (
     _check_dt,
     _check_shocks,
@@ -827,11 +834,7 @@ class GARCHStepper(Stepper):
 
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on; prices and volatility are kept."""
-        if not isinstance(model, GARCH):
-            raise TypeError(
-                f"GARCHStepper.set_model needs a GARCH, got {type(model).__name__}; "
-                "build a new stepper with model.stepper(stepper.prices, stepper.dt)"
-            )
+        model = require_model(self, model, GARCH)
         old: GARCH | None = getattr(self, "_state", (None,))[0]
         mu_h, omega_h, alpha_h, beta_h = model.step_coefficients(self.dt)
         # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.

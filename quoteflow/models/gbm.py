@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from quoteflow.models.base import FitResult, FloatArray, PriceModel, Stepper, validate_prices
+from quoteflow.models.base import (
+    FitResult,
+    FloatArray,
+    PriceModel,
+    Stepper,
+    require_model,
+    validate_prices,
+)
 
 __all__ = ["GBM", "GBMStepper"]
 
@@ -265,11 +272,7 @@ class GBMStepper(Stepper):
 
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on (current prices are kept)."""
-        if not isinstance(model, GBM):
-            raise TypeError(
-                f"GBMStepper.set_model needs a GBM, got {type(model).__name__}; "
-                "build a new stepper with model.stepper(stepper.prices, stepper.dt)"
-            )
+        model = require_model(self, model, GBM)
         drift = (model.mu - 0.5 * model.sigma**2) * self.dt
         vol = model.sigma * math.sqrt(self.dt)
         # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.

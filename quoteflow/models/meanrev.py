@@ -22,7 +22,14 @@ import numpy as np
 from scipy.signal import lfilter
 
 from quoteflow.errors import DataError
-from quoteflow.models.base import FitResult, FloatArray, PriceModel, Stepper, validate_prices
+from quoteflow.models.base import (
+    FitResult,
+    FloatArray,
+    PriceModel,
+    Stepper,
+    require_model,
+    validate_prices,
+)
 from quoteflow.models.gbm import (
     _check_dt,
     _check_shocks,
@@ -315,12 +322,7 @@ class MeanReversionStepper(Stepper):
 
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on (current prices are kept)."""
-        if not isinstance(model, MeanReversion):
-            raise TypeError(
-                f"MeanReversionStepper.set_model needs a MeanReversion, got "
-                f"{type(model).__name__}; build a new stepper with "
-                "model.stepper(stepper.prices, stepper.dt)"
-            )
+        model = require_model(self, model, MeanReversion)
         phi, sd = _ou_discretisation(model.kappa, model.sigma, self.dt)
         # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.
         self._state: tuple[MeanReversion, float, float, float] = (
