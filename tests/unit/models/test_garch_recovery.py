@@ -8,14 +8,19 @@ Tolerances argued from the sample size: at n = 5000 the QML estimator is close t
 normal limit (Bollerslev & Wooldridge 1992), so ``(estimate - truth) / robust_se`` is
 close to N(0, 1) for every parameter.
 
-- Fixed 20 seeds (0-19), every estimate within 3 robust standard errors: a |N(0,1)| > 3
-  event has probability 0.27 %. A systematic bias or a too-small standard error (e.g. a
-  wrong sandwich) pushes several |z| well past 3. Exception: ``nu`` of the t model gets
-  3.5. Its likelihood is strongly asymmetric, so the Wald z of ``nu`` has heavier tails
-  than N(0, 1) at this n. Measured over seeds 0-199: |z| > 3 occurred 1 time in 800
-  normal-model estimates and 8 times in 1000 t-model estimates (2.7 expected under exact
-  normality), and seed 13 gives z(nu) = -3.38. The seed set was fixed before that
-  was known; we did not go looking for seeds that pass.
+- Fixed 20 seeds (0-19, fixed before any result was seen), every estimate within 3
+  robust standard errors: a |N(0,1)| > 3 event has probability 0.27 %. A systematic
+  bias or a too-small standard error (e.g. a wrong sandwich) pushes several |z| well
+  past 3. One exceedance is recorded and pinned instead: seed 13 gives
+  z(nu) = -3.378 for the t model. It is a chance event, not a defect. Over seeds 0-999
+  (``python -m benchmarks.models.garch_recovery_study``, docs/models.md "Parameter
+  recovery") z(nu) has sd 0.997 and 3 of 1000 |z| > 3 (2.7 expected); the t model's
+  omega/alpha/beta are mildly heavy-tailed (skew +-0.4-0.5, 7-8 of 1000 beyond 3).
+  1.9 % of t-model seeds and 1.3 % of normal-model seeds have some |z| > 3, so 20
+  fixed seeds of both models all pass with probability about 52 % for a correct
+  estimator. We keep the seeds fixed in advance and pin the one exceedance (its value,
+  to 0.05) rather than widen the limit or pick other seeds: any change to the
+  estimator or its standard errors moves it and fails the test.
 - Coverage over 200 seeds of the 95 % Wald interval must lie in [90 %, 99 %]: the
   binomial standard deviation of a coverage estimate from 200 trials is
   sqrt(0.95 * 0.05 / 200) = 1.5 %, so the band is about -3.2 / +2.6 standard deviations
@@ -49,16 +54,23 @@ def _z_scores(dist: str, seeds: range) -> np.ndarray:
     return np.array(rows)
 
 
+#: (dist, seed, parameter) -> its z-score: the recorded exceedances of 3 (see above).
+KNOWN_EXCEEDANCES = {("t", 13, "nu"): -3.378}
+
+
 @pytest.mark.parametrize("dist", ["normal", "t"])
 def test_estimates_within_three_robust_se_for_twenty_seeds(dist: str) -> None:
     z = _z_scores(dist, range(20))
     assert np.all(np.isfinite(z))
-    limit = np.full(z.shape[1], 3.0)
-    if dist == "t":
-        limit[-1] = 3.5  # nu, see the module docstring
-    ratio = np.abs(z) / limit
-    worst = np.unravel_index(np.argmax(ratio), z.shape)
-    assert np.all(ratio < 1.0), f"seed {worst[0]}, parameter {worst[1]}: z = {z[worst]:.2f}"
+    names = list(TRUTH[dist].params())[: z.shape[1]]
+    outside = {
+        (dist, int(seed), names[j]): float(z[seed, j])
+        for seed, j in zip(*np.nonzero(np.abs(z) >= 3.0), strict=True)
+    }
+    known = {k: v for k, v in KNOWN_EXCEEDANCES.items() if k[0] == dist}
+    assert outside.keys() == known.keys(), f"|z| >= 3: {outside}, recorded: {known}"
+    for key, value in known.items():
+        assert outside[key] == pytest.approx(value, abs=0.05), key
 
 
 @pytest.mark.slow
