@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from quoteflow.broker.base import (
     ALL_EVENTS,
@@ -47,17 +47,76 @@ _ID_RE = re.compile(r"[0-9]{1,19}")
 # JSONEncoder per call, a third of the encoding time at 100k events/s.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _MAX_ID = 2**63 - 1
-# tuple.__new__ builds an _Entry without the NamedTuple's Python-level __new__ (a third
-# of the cost of a buffer entry at 100k events/s).
-_new_entry = tuple.__new__
 
 
-class _Entry(NamedTuple):
-    id: int
-    event: str
-    symbol: str
-    data: bytes
-    time: float
+class ReplayLog:
+    """The events kept for replay: parallel deques of ids, types, symbols, frames, times.
+
+    No object is created per event. A per-event record (a tuple, or a NamedTuple) is a
+    GC-tracked container, and with a full buffer each new one is balanced by an evicted
+    one, so CPython's young-generation count stays flat and no collection runs while
+    tens of thousands of fresh records pile up in generation 0. The pass that finally
+    runs walks all of them: measured in ``quoteflow serve`` at 830,000 events/s with a
+    100,000-event buffer, young passes of 101,000 objects took 40-45 ms and held every
+    stream that long, and (tuple subclasses are never untracked) full passes took
+    60-80 ms (``benchmarks/fanout/stall_probe.py``). ints, strs, bytes and floats are
+    not GC-tracked, so deques of them cost the collector nothing, and 100,000 events
+    take ~3 MB less memory without the record objects.
+
+    The deques share one ``maxlen`` and are always appended and popped together, so
+    position ``i`` of each describes the same event.
+    """
+
+    __slots__ = ("frames", "keys", "kinds", "symbols", "times")
+
+    def __init__(self, maxlen: int) -> None:
+        #: Sort keys (MemoryBroker: the ids; RedisBroker: packed stream ids), increasing.
+        self.keys: deque[int] = deque(maxlen=maxlen)
+        self.kinds: deque[str] = deque(maxlen=maxlen)
+        self.symbols: deque[str] = deque(maxlen=maxlen)
+        self.frames: deque[bytes] = deque(maxlen=maxlen)
+        self.times: deque[float] = deque(maxlen=maxlen)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def extend(
+        self, keys: list[int], kinds: list[str], symbols: list[str], frames: list[bytes], now: float
+    ) -> None:
+        """Append one batch (the lists are parallel), published at ``now``."""
+        self.keys.extend(keys)
+        self.kinds.extend(kinds)
+        self.symbols.extend(symbols)
+        self.frames.extend(frames)
+        self.times.extend(itertools.repeat(now, len(keys)))
+
+    def evict_before(self, horizon: float) -> None:
+        """Drop the events published before ``horizon``."""
+        times = self.times
+        while times and times[0] < horizon:
+            times.popleft()
+            self.keys.popleft()
+            self.kinds.popleft()
+            self.symbols.popleft()
+            self.frames.popleft()
+
+    def frames_from(
+        self, start: int, symbols: frozenset[str] | None, events: frozenset[str]
+    ) -> list[bytes]:
+        """The frames from position ``start`` on whose type and symbol pass the filter."""
+        rows = zip(
+            itertools.islice(self.kinds, start, None),
+            itertools.islice(self.symbols, start, None),
+            itertools.islice(self.frames, start, None),
+            strict=True,
+        )
+        if symbols is None:
+            return [f for k, _s, f in rows if k in events]
+        return [f for k, s, f in rows if k in events and s in symbols]
+
+    def clear(self) -> None:
+        for d in (self.keys, self.kinds, self.symbols, self.frames, self.times):
+            d.clear()
 
 
 @dataclass(eq=False)
@@ -107,7 +166,7 @@ class MemoryBroker(Broker):
         self.max_backlog_bytes = max_backlog_bytes
         self.stats = BrokerStats()
         self._clock = clock
-        self._buffer: deque[_Entry] = deque(maxlen=buffer_size)
+        self._log = ReplayLog(buffer_size)
         self._next_id = 1
         self._groups: dict[tuple[frozenset[str] | None, frozenset[str]], _Group] = {}
         self._n_subs = 0
@@ -156,12 +215,12 @@ class MemoryBroker(Broker):
     @property
     def oldest_id(self) -> int | None:
         """Id of the oldest event still in the replay buffer."""
-        return self._buffer[0].id if self._buffer else None
+        return self._log.keys[0] if self._log else None
 
     @property
     def buffered(self) -> int:
         """Number of events in the replay buffer."""
-        return len(self._buffer)
+        return len(self._log)
 
     @property
     def subscriber_count(self) -> int:
@@ -176,10 +235,7 @@ class MemoryBroker(Broker):
     # -- publish -----------------------------------------------------------------------
 
     def _evict_old(self, now: float) -> None:
-        horizon = now - self.buffer_age
-        buf = self._buffer
-        while buf and buf[0].time < horizon:
-            buf.popleft()
+        self._log.evict_before(now - self.buffer_age)
 
     def publish(self, batch: Sequence[EventLike]) -> None:
         """Assign ids, encode once, store for replay and fan out to every group.
@@ -198,8 +254,11 @@ class MemoryBroker(Broker):
         now = self._clock()
         encoded: Sequence[tuple[Any, str]] = getattr(batch, "encoded", None) or ()
         n_encoded = len(encoded)
-        entries: list[_Entry] = []
-        append = entries.append
+        # The batch as parallel lists (see ReplayLog): id, type, symbol, SSE frame.
+        keys: list[int] = []
+        kinds: list[str] = []
+        syms: list[str] = []
+        frames_out: list[bytes] = []
         latest, latest_seq = self._latest, self._latest_seq
         frames = self._frames
         counts: dict[str, int] = {}
@@ -231,7 +290,10 @@ class MemoryBroker(Broker):
                 self.stats.dropped += 1
                 log.warning("dropping unencodable %s event for %r: %s", kind, ev.symbol, exc)
                 continue
-            append(_new_entry(_Entry, (next_id, kind, ev.symbol, encoded_event, now)))
+            keys.append(next_id)
+            kinds.append(kind)
+            syms.append(ev.symbol)
+            frames_out.append(encoded_event)
             counts[kind] = counts.get(kind, 0) + 1
             if kind == "tick":
                 latest[ev.symbol] = data
@@ -242,9 +304,9 @@ class MemoryBroker(Broker):
         for kind, n in counts.items():
             published[kind] = published.get(kind, 0) + n
         self._evict_old(now)
-        self._buffer.extend(entries)
+        self._log.extend(keys, kinds, syms, frames_out, now)
         if self._groups:
-            self._fan_out(entries, now)
+            self._fan_out(kinds, syms, frames_out, now)
 
     def _learn_frame(self, kind: str) -> None:
         """Cache the SSE frame of event type ``kind`` as a %-template (id, JSON, id).
@@ -257,7 +319,10 @@ class MemoryBroker(Broker):
         template = encode_event('%s,"seq":%d}', id="%d", event=kind).decode()
         self._frames[kind] = template
 
-    def _fan_out(self, entries: list[_Entry], now: float) -> None:
+    def _fan_out(
+        self, kinds: list[str], symbols: list[str], frames: list[bytes], now: float
+    ) -> None:
+        """Send one batch (parallel lists, as in :class:`ReplayLog`) to every group."""
         # Indexes by symbol are built lazily: only filtered groups need them.
         by_symbol: dict[str, list[int]] | None = None
         by_events: dict[frozenset[str], tuple[bytes, int]] = {}
@@ -266,17 +331,18 @@ class MemoryBroker(Broker):
                 cached = by_events.get(group.events)
                 if cached is None:
                     if group.events >= ALL_EVENTS:
-                        parts = [e.data for e in entries]
+                        parts = frames
                     else:
-                        parts = [e.data for e in entries if e.event in group.events]
+                        want = group.events
+                        parts = [f for k, f in zip(kinds, frames, strict=True) if k in want]
                     cached = (b"".join(parts), len(parts))
                     by_events[group.events] = cached
                 chunk, n = cached
             else:
                 if by_symbol is None:
                     by_symbol = {}
-                    for i, e in enumerate(entries):
-                        by_symbol.setdefault(e.symbol, []).append(i)
+                    for i, sym in enumerate(symbols):
+                        by_symbol.setdefault(sym, []).append(i)
                 # Gather by symbol then sort by position: ids must strictly increase on
                 # a stream, and a small filter should not scan the whole batch.
                 idx: list[int] = []
@@ -286,7 +352,7 @@ class MemoryBroker(Broker):
                         idx.extend(hit)
                 if len(group.symbols) > 1:
                     idx.sort()
-                parts = [entries[i].data for i in idx if entries[i].event in group.events]
+                parts = [frames[i] for i in idx if kinds[i] in group.events]
                 n = len(parts)
                 chunk = b"".join(parts)
             if n == 0:
@@ -352,7 +418,7 @@ class MemoryBroker(Broker):
         newest = self._next_id - 1
         if after == newest:
             return  # up to date: nothing missed
-        oldest = self._buffer[0].id if self._buffer else self._next_id
+        oldest = self._log.keys[0] if self._log else self._next_id
         if after > newest:
             self._send_reset(sub, after, "unknown_id")
             return
@@ -364,11 +430,7 @@ class MemoryBroker(Broker):
     def _replay_from(self, sub: Subscription, start: int) -> None:
         """Queue the buffered events from position ``start`` on that match ``sub``'s filter."""
         symbols, events = sub.symbols, sub.events
-        parts = [
-            e.data
-            for e in itertools.islice(self._buffer, start, None)
-            if e.event in events and (symbols is None or e.symbol in symbols)
-        ]
+        parts = self._log.frames_from(start, symbols, events)
         self.stats.replays += 1
         self.stats.replayed_events += len(parts)
         if parts:
@@ -447,4 +509,4 @@ class MemoryBroker(Broker):
             sub.close(CloseReason.BROKER_CLOSED)
         self._groups.clear()
         self._n_subs = 0
-        self._buffer.clear()
+        self._log.clear()

@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from quoteflow.broker.base import EventIdError, EventLike, Subscription
-from quoteflow.broker.memory import MemoryBroker, _Entry
+from quoteflow.broker.memory import MemoryBroker
 from quoteflow.errors import ConfigError
 from quoteflow.server.sse import encode_event
 from quoteflow.sources import MarketEvent, Source
@@ -150,7 +150,6 @@ class RedisBroker(MemoryBroker):
         self._producer_seen: dict[str, int] = {}
         self.duplicates_skipped = 0
         self._outbox_event = asyncio.Event()
-        self._keys: deque[int] = deque(maxlen=buffer_size)  # sort keys parallel to _buffer
         self._last_sid: str | None = None  # newest stream id ingested
         self._read_from = "$"
         self._tasks: list[asyncio.Task[None]] = []
@@ -478,7 +477,12 @@ class RedisBroker(MemoryBroker):
 
     def _ingest(self, rows: list[tuple[bytes, dict[bytes, bytes]]], *, prime: bool = False) -> None:
         now = self._clock()
-        entries: list[_Entry] = []
+        # The new entries as parallel lists (see ReplayLog): key, type, symbol, SSE frame.
+        keys: list[int] = []
+        kinds: list[str] = []
+        syms: list[str] = []
+        frames: list[bytes] = []
+        newest = self._log.keys[-1] if self._log else -1
         for raw_id, fields in rows:
             sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             # Past this entry whatever happens below: a skipped or malformed entry must
@@ -500,7 +504,7 @@ class RedisBroker(MemoryBroker):
             except (KeyError, UnicodeDecodeError, ValueError, EventIdError) as exc:
                 log.warning("skipping malformed stream entry %s: %s", sid, exc)
                 continue
-            if self._keys and key <= self._keys[-1]:
+            if key <= newest:
                 continue  # already have it (e.g. re-read after a reconnect)
             if producer:
                 if n <= self._producer_seen.get(producer, 0):
@@ -508,25 +512,21 @@ class RedisBroker(MemoryBroker):
                     self.duplicates_skipped += 1
                     continue
                 self._producer_seen[producer] = n
-            entries.append(_Entry(key, event, symbol, frame, now))
-            self._keys.append(key)
+            keys.append(key)
+            kinds.append(event)
+            syms.append(symbol)
+            frames.append(frame)
+            newest = key
             if payload is not None:
                 self._latest[symbol] = payload
             self._last_sid = sid
-        if not entries:
+        if not keys:
             return
         if not prime:
             self._evict_old(now)
-        self._buffer.extend(entries)
+        self._log.extend(keys, kinds, syms, frames, now)
         if not prime and self._groups:
-            self._fan_out(entries, now)
-
-    def _evict_old(self, now: float) -> None:
-        horizon = now - self.buffer_age
-        buf = self._buffer
-        while buf and buf[0].time < horizon:
-            buf.popleft()
-            self._keys.popleft()
+            self._fan_out(kinds, syms, frames, now)
 
     # -- ids and replay ----------------------------------------------------------------
 
@@ -538,7 +538,7 @@ class RedisBroker(MemoryBroker):
         return self._last_sid
 
     def _replay_into(self, sub: Subscription, after: int) -> None:
-        keys = self._keys
+        keys = self._log.keys
         if not keys or after < keys[0]:
             # Stream ids are not contiguous: with nothing at or before ``after`` held here
             # we cannot prove that nothing was missed, so say so (reset with a snapshot).

@@ -173,9 +173,9 @@ def test_producer_writes_every_batch_in_order_regression_outbox_count(tmp_path: 
             assert got[0][0] == "reset"
             got.clear()
             # Replay the whole buffer from its first id: k = 0..39 per symbol, in order.
-            oldest = reader._buffer[0]
+            oldest = reader._log.keys[0]
             assert not sub.has_pending()  # a fresh subscription starts live
-            ms, seq = oldest.id >> 32, oldest.id & 0xFFFFFFFF
+            ms, seq = oldest >> 32, oldest & 0xFFFFFFFF
             d = reader.subscribe(None, frozenset({"tick"}), f"{ms}-{seq}")
             drain(d, SSEParser(), got)
             assert [p["k"] for _, p in got] == [k for k in range(40) for _ in SYMBOLS][1:]

@@ -39,6 +39,9 @@ import (
 	"time"
 )
 
+// maxSlowPerConn bounds the slow events one connection records for -slow-ms.
+const maxSlowPerConn = 2000
+
 const (
 	phaseRamp int32 = iota
 	phaseWarmup
@@ -117,13 +120,15 @@ type connStats struct {
 	noTimestamp   uint64 // events in the window without a usable timestamp
 	negative      uint64 // latencies below zero (clock skew / ms truncation)
 	maxLatencyNs  int64
-	disconnected  bool // the server ended the stream before the run was over
+	slow          [][2]int64 // (generation ns, latency ns) of events later than -slow-ms, capped
+	disconnected  bool       // the server ended the stream before the run was over
 	disconnectErr string
 }
 
 type loadgen struct {
 	addr, path, host string
 	tsField          string
+	slowNs           int64 // 0: do not record slow events
 	phase            int32
 	connected        int64
 	connectErrors    int64
@@ -359,6 +364,9 @@ func (lg *loadgen) dispatch(index int, st *connStats, data []byte, tick, idOK bo
 	if lat > st.maxLatencyNs {
 		st.maxLatencyNs = lat
 	}
+	if lg.slowNs > 0 && lat > lg.slowNs && len(st.slow) < maxSlowPerConn {
+		st.slow = append(st.slow, [2]int64{gen, lat})
+	}
 	lg.hist.add(index, lat)
 }
 
@@ -430,6 +438,7 @@ func main() {
 	rampRate := flag.Float64("ramp-rate", 2000, "new connections started per second")
 	connectTimeout := flag.Float64("connect-timeout", 120, "give up connecting after this many seconds")
 	tsField := flag.String("ts-field", "auto", "generation timestamp: auto (ts_ns, else ts), ts_ns or ts")
+	slowMs := flag.Float64("slow-ms", 0, "if > 0, list events later than this (per connection, first 2000) as slow_events")
 	flag.Parse()
 	if *conns < 1 || *duration <= 0 || *rampRate <= 0 {
 		fmt.Fprintln(os.Stderr, "loadgen: -c must be >= 1, -duration and -ramp-rate > 0")
@@ -444,7 +453,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "loadgen: warning: %d connections but the open-file limit is %d\n", *conns, fdLimit)
 	}
 
-	lg := &loadgen{addr: *addr, path: *path, host: *addr, tsField: *tsField, errSamples: map[string]int{}}
+	lg := &loadgen{addr: *addr, path: *path, host: *addr, tsField: *tsField,
+		slowNs: int64(*slowMs * 1e6), errSamples: map[string]int{}}
 	stats := make([]connStats, *conns)
 	var ready, finished sync.WaitGroup
 	ready.Add(*conns)
@@ -568,6 +578,17 @@ func main() {
 			Max:     round(float64(maxLat)/1e6, 3),
 			Missing: total.noTimestamp, Neg: total.negative,
 		},
+	}
+	if lg.slowNs > 0 {
+		// [connection, generation ns, latency us] of every recorded slow event.
+		slow := [][3]int64{}
+		for i := range stats {
+			for _, e := range stats[i].slow {
+				slow = append(slow, [3]int64{int64(i), e[0], e[1] / 1000})
+			}
+		}
+		result["slow_ms"] = *slowMs
+		result["slow_events"] = slow
 	}
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
