@@ -144,11 +144,16 @@ def raise_fd_limit() -> int:
 
 
 def quoteflow_command(override: str = "") -> list[str]:
-    """``override`` if given, else ``quoteflow`` as installed, else ``python -m quoteflow``."""
+    """``override`` if given, else the ``quoteflow`` script of this interpreter's
+    environment, else ``python -m quoteflow``.
+
+    Not the first ``quoteflow`` on PATH: with several environments (a venv run without
+    activating it, a system install) that can be another installation's code.
+    """
     if override:
         return shlex.split(override)
-    exe = shutil.which("quoteflow")
-    return [exe] if exe else [sys.executable, "-m", "quoteflow"]
+    exe = Path(sys.executable).with_name("quoteflow")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "quoteflow"]
 
 
 def server_command(

@@ -61,7 +61,7 @@ class ReplayLog:
     stream that long, and (tuple subclasses are never untracked) full passes took
     60-80 ms (``benchmarks/fanout/stall_probe.py``). ints, strs, bytes and floats are
     not GC-tracked, so deques of them cost the collector nothing, and 100,000 events
-    take ~3 MB less memory without the record objects.
+    take 4.1 MB here against 8.8 MB as a deque of tuples (tracemalloc).
 
     The deques share one ``maxlen`` and are always appended and popped together, so
     position ``i`` of each describes the same event.
