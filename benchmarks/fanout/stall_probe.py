@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,8 @@ def _tcp_counters(server_pid: int = 0) -> dict[str, int]:
     # for a CPU while runnable (schedstat field 2), both in ms.
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("cpu") and line[3].isdigit():
-            values[f"steal_ms_{line.split()[0]}"] = int(line.split()[8]) * 10
+            ticks = int(line.split()[8])
+            values[f"steal_ms_{line.split()[0]}"] = ticks * 1000 // os.sysconf("SC_CLK_TCK")
     if server_pid:
         try:
             wait_ns = int(Path(f"/proc/{server_pid}/schedstat").read_text().split()[1])

@@ -93,3 +93,37 @@ def test_loadgen_parser_and_histogram_go_tests(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_stall_probe_watches_the_collector_the_loop_and_late_events(tmp_path: Path) -> None:
+    """benchmarks/fanout/stall_probe.py: a short run records what its report is built from."""
+    require_executable("go", "golang-go")
+    require_executable("taskset", "util-linux")
+    out = tmp_path / "probe.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "benchmarks.fanout.stall_probe",
+            "--interval-ms", "50", "--symbols", "10", "--connections", "5",
+            "--duration", "2", "--server-cpus", "0", "--loadgen-cpus", "0",
+            "--slow-ms", "0.001", "--out", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    lg = data["loadgen"]
+    assert lg["connected"] == 5 and lg["events_window"] > 0 and lg["lost_events"] == 0
+    # Every timed event is later than 1 us, so each is listed: (connection, gen ns, lat us).
+    slow = lg["slow_events"]
+    assert len(slow) == min(lg["latency"]["samples"], 5 * 2000) > 0
+    assert {conn for conn, _, _ in slow} == set(range(5))
+    # The server process ran with the observers: GC passes (start-up makes some).
+    assert any(gen == 2 for _, gen, *_ in data["server"]["gc"])
+    report = "\n".join(data["report"])
+    assert "kernel counters over the run" in report
+    assert "connections late" in report
+    assert proc.stdout.strip().splitlines()[0].startswith("T=50 ms, C=5, S=10:")
