@@ -107,7 +107,7 @@ def _install_observers(out_path: str) -> None:
     asyncio.run = run
 
 
-def _tcp_counters(server_pid: int = 0) -> dict[str, int]:
+def _system_counters(server_pid: int = 0) -> dict[str, int]:
     values: dict[str, int] = {}
     # Steal (the hypervisor ran something else) per CPU, and how long the server waited
     # for a CPU while runnable (schedstat field 2), both in ms.
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             while lg.poll() is None:
-                samples.append((time.time_ns(), _tcp_counters(server.pid)))
+                samples.append((time.time_ns(), _system_counters(server.pid)))
                 time.sleep(0.05)
             out.seek(0)
             result = json.loads(out.read() or b"{}")

@@ -33,26 +33,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quoteflow.models.garch import GARCH
-
-TRUTH = {
-    "normal": GARCH(mu=0.05, omega=0.02, alpha=0.08, beta=0.9),
-    "t": GARCH(mu=0.05, omega=0.02, alpha=0.08, beta=0.9, dist="t", nu=6.0),
-}
-N_RETURNS = 5000
-
-
-def _z_scores(dist: str, seeds: range) -> np.ndarray:
-    """``(estimate - truth) / robust_se`` per seed (rows) and parameter (columns)."""
-    model = TRUTH[dist]
-    rows = []
-    for seed in seeds:
-        prices = model.simulate(N_RETURNS, seed=seed)[:, 0]
-        res = GARCH.fit(prices, dist=dist)
-        assert res.converged, f"seed {seed}: {res.notes}"
-        rows.append([(v - getattr(model, k)) / res.std_err[k] for k, v in res.params.items()])
-    return np.array(rows)
-
+# The truth (as above) and the simulate-fit-z loop, shared with the 1000-seed study.
+from benchmarks.models.garch_recovery_study import z_scores
 
 #: (dist, seed, parameter) -> its z-score: the recorded exceedances of 3 (see above).
 KNOWN_EXCEEDANCES = {("t", 13, "nu"): -3.378}
@@ -60,9 +42,8 @@ KNOWN_EXCEEDANCES = {("t", 13, "nu"): -3.378}
 
 @pytest.mark.parametrize("dist", ["normal", "t"])
 def test_estimates_within_three_robust_se_for_twenty_seeds(dist: str) -> None:
-    z = _z_scores(dist, range(20))
+    names, z = z_scores(dist, range(20))
     assert np.all(np.isfinite(z))
-    names = list(TRUTH[dist].params())[: z.shape[1]]
     outside = {
         (dist, int(seed), names[j]): float(z[seed, j])
         for seed, j in zip(*np.nonzero(np.abs(z) >= 3.0), strict=True)
@@ -77,9 +58,8 @@ def test_estimates_within_three_robust_se_for_twenty_seeds(dist: str) -> None:
 @pytest.mark.parametrize("dist", ["normal", "t"])
 def test_coverage_of_95pct_intervals_over_200_seeds(dist: str) -> None:
     # ~5 s per distribution on one core (200 fits of 5000 returns at ~10-20 ms each).
-    z = _z_scores(dist, range(200))
+    names, z = z_scores(dist, range(200))
     coverage = np.mean(np.abs(z) < 1.959964, axis=0)
-    names = list(TRUTH[dist].params())[: z.shape[1]]
     for name, c in zip(names, coverage, strict=True):
         assert 0.90 <= c <= 0.99, f"{dist} {name}: coverage {c:.3f}"
     # No systematic bias: the mean z-score of each parameter is within ~3.5/sqrt(200).
