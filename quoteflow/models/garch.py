@@ -40,7 +40,6 @@ from quoteflow.models.base import (
     FitResult,
     FloatArray,
     PriceModel,
-    Stepper,
     require_model,
     validate_prices,
 )
@@ -50,6 +49,7 @@ from quoteflow.models.gbm import (
     _check_sim_args,
     _finite,
     _initial_prices,
+    _PathStepper,
     _positive,
 )
 
@@ -788,7 +788,7 @@ class GARCHFitResult(FitResult):
         return out
 
 
-class GARCHStepper(Stepper):
+class GARCHStepper(_PathStepper[GARCH]):
     """Streaming GARCH(1,1): per-path price and conditional variance, one step at a time.
 
     Each :meth:`step` maps the given standard-normal shocks to the model's innovations
@@ -814,16 +814,9 @@ class GARCHStepper(Stepper):
     """
 
     def __init__(self, model: GARCH, s0: float | FloatArray, dt: float) -> None:
-        self.dt = _check_dt(dt)
-        self.prices = _initial_prices(s0)
-        self.set_model(model)
+        super().__init__(model, s0, dt)
         per_step = self._state[2] / (1.0 - self._state[3] - self._state[4])
         self.variance = np.full(self.prices.size, per_step)
-
-    @property
-    def model(self) -> GARCH:
-        """The model currently driving the paths."""
-        return self._state[0]
 
     @property
     def volatility(self) -> FloatArray:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -88,6 +88,26 @@ def _check_shocks(z: Any, n: int) -> FloatArray:
     if arr.shape != (n,):
         raise ValueError(f"shocks z must have shape ({n},) (one per path), got {arr.shape}")
     return arr
+
+
+_ModelT = TypeVar("_ModelT", bound=PriceModel)
+
+
+class _PathStepper(Stepper, Generic[_ModelT]):
+    """What every model's stepper starts with: a checked ``dt``, one path per start price,
+    and the model, held first in the ``_state`` tuple that ``set_model`` swaps at once."""
+
+    _state: tuple[Any, ...]
+
+    def __init__(self, model: _ModelT, s0: float | FloatArray, dt: float) -> None:
+        self.dt = _check_dt(dt)
+        self.prices = _initial_prices(s0)
+        self.set_model(model)
+
+    @property
+    def model(self) -> _ModelT:
+        """The model currently driving the paths."""
+        return cast(_ModelT, self._state[0])
 
 
 @dataclass(frozen=True)
@@ -247,7 +267,7 @@ class GBM(PriceModel):
         return GBMStepper(self, s0, dt)
 
 
-class GBMStepper(Stepper):
+class GBMStepper(_PathStepper[GBM]):
     """Exact one-step GBM update ``S <- S exp((mu - sigma^2/2) dt + sigma sqrt(dt) z)``.
 
     Parameters
@@ -259,16 +279,6 @@ class GBMStepper(Stepper):
     dt
         Step length in years.
     """
-
-    def __init__(self, model: GBM, s0: float | FloatArray, dt: float) -> None:
-        self.dt = _check_dt(dt)
-        self.prices = _initial_prices(s0)
-        self.set_model(model)
-
-    @property
-    def model(self) -> GBM:
-        """The model currently driving the paths."""
-        return self._state[0]
 
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on (current prices are kept)."""

@@ -26,7 +26,6 @@ from quoteflow.models.base import (
     FitResult,
     FloatArray,
     PriceModel,
-    Stepper,
     require_model,
     validate_prices,
 )
@@ -35,6 +34,7 @@ from quoteflow.models.gbm import (
     _check_shocks,
     _check_sim_args,
     _initial_prices,
+    _PathStepper,
     _positive,
 )
 
@@ -297,7 +297,7 @@ class MeanReversion(PriceModel):
         return MeanReversionStepper(self, s0, dt)
 
 
-class MeanReversionStepper(Stepper):
+class MeanReversionStepper(_PathStepper[MeanReversion]):
     """Exact one-step update of the log price ``x <- log theta + phi (x - log theta) + sd z``.
 
     Parameters
@@ -309,16 +309,6 @@ class MeanReversionStepper(Stepper):
     dt
         Step length in years.
     """
-
-    def __init__(self, model: MeanReversion, s0: float | FloatArray, dt: float) -> None:
-        self.dt = _check_dt(dt)
-        self.prices = _initial_prices(s0)
-        self.set_model(model)
-
-    @property
-    def model(self) -> MeanReversion:
-        """The model currently driving the paths."""
-        return self._state[0]
 
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on (current prices are kept)."""
