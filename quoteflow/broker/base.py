@@ -23,6 +23,7 @@ were most of the cost of a small write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -40,6 +41,7 @@ __all__ = [
     "Delivery",
     "EventIdError",
     "EventLike",
+    "ReplayFeed",
     "Subscription",
     "SubscriptionWriter",
 ]
@@ -90,6 +92,31 @@ class SubscriptionWriter(Protocol):
         ...
 
 
+class ReplayFeed(Protocol):
+    """Where a resuming subscription's replay comes from, a chunk at a time.
+
+    A replay is never materialised whole: :meth:`Subscription.take` pulls the next chunk
+    only when the previous one has been written, so a client that does not read holds
+    one chunk, not the whole buffer (:class:`quoteflow.broker.memory.ReplayCursor`).
+    """
+
+    def ready(self) -> bool:
+        """True when a chunk may be pulled now (else the subscription is woken later)."""
+        ...
+
+    def pull(self, max_bytes: int) -> tuple[bytes, int, bool]:
+        """The next chunk: ``(data, n_events, finished)``; about ``max_bytes`` at most."""
+        ...
+
+    def release(self, n_bytes: int) -> None:
+        """``n_bytes`` pulled earlier have been written (or dropped)."""
+        ...
+
+    def cancel(self) -> None:
+        """The subscription closed: stop (release any wait)."""
+        ...
+
+
 class Delivery(NamedTuple):
     """Everything pending for one subscriber, taken at once and written with one write.
 
@@ -125,6 +152,10 @@ class BrokerStats:
     slow_consumer_disconnects: int = 0
     replays: int = 0
     replayed_events: int = 0
+    #: Replay bytes pulled from the buffer and not yet written, over all subscriptions.
+    replay_bytes_in_flight: int = 0
+    #: Times a replay waited for the global replay memory budget.
+    replay_waits: int = 0
     resets: int = 0
     dropped: int = 0
 
@@ -157,8 +188,12 @@ class Subscription:
         "_chunks",
         "_close_callbacks",
         "_events_pending",
+        "_in_flight",
         "_oldest",
         "_preamble",
+        "_preamble_events",
+        "_replay",
+        "_replay_from",
         "_waiter",
         "_writer",
         "close_reason",
@@ -183,11 +218,17 @@ class Subscription:
         self.last_activity = time.monotonic()
         self._chunks: list[bytes] = []
         self._preamble: list[bytes] = []
+        self._preamble_events = 0
         self._backlog = 0
         self._events_pending = 0
         self._oldest: float | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._writer: SubscriptionWriter | None = None
+        #: The replay still to send (resume), pulled a chunk per take; then None.
+        self._replay: ReplayFeed | None = None
+        #: The feed of the last replay chunk taken, and its size, until it is written.
+        self._replay_from: ReplayFeed | None = None
+        self._in_flight = 0
         self._close_callbacks: list[Callable[[Subscription], None]] = []
         if on_close is not None:
             self._close_callbacks.append(on_close)
@@ -206,6 +247,11 @@ class Subscription:
     def backlog_bytes(self) -> int:
         """Bytes of live data queued and not yet taken."""
         return self._backlog
+
+    @property
+    def replaying(self) -> bool:
+        """True while part of a replay is still to be taken (live data waits behind it)."""
+        return self._replay is not None
 
     def add_close_callback(self, callback: Callable[[Subscription], None]) -> None:
         """Call ``callback(self)`` when the subscription closes (now, if it already has)."""
@@ -236,7 +282,7 @@ class Subscription:
         if self.close_reason is not None:
             return False
         writer = self._writer
-        if writer is not None and not self._chunks and not self._preamble:
+        if writer is not None and not self._chunks and not self._preamble and not self._replay:
             # Nothing queued: the writer may put the chunk on the socket right away, the
             # cheapest path there is (no queue, no join, no wake-up).
             try:
@@ -258,20 +304,36 @@ class Subscription:
         if self._oldest is None:
             self._oldest = published_at
         self.last_activity = published_at
-        self._wake()
+        if self._replay is None:
+            # (During a replay the writer is driven by the replay's own steps: waking it
+            # here would build a replay chunk inside the publisher's fan-out loop.)
+            self._wake()
         return True
 
     def push_preamble(self, chunk: bytes, n_events: int = 0) -> None:
-        """Queue bytes sent before live data (retry line, replay, reset).
+        """Queue bytes sent before live data (retry line, reset event).
 
-        Not counted against the backlog bound: a replay can legitimately be larger than
-        the bound, and it is bounded by the replay buffer anyway.
+        Not counted against the backlog bound: these are small, one per subscription.
+        A replay goes through :meth:`attach_replay` instead, a chunk at a time.
         """
         if self.close_reason is not None:
             return
         self._preamble.append(chunk)
-        self._events_pending += n_events
+        self._preamble_events += n_events
         self.last_activity = time.monotonic()
+        self._wake()
+
+    def attach_replay(self, feed: ReplayFeed) -> None:
+        """Send ``feed``'s chunks, one per :meth:`take`, before any live data.
+
+        Live chunks pushed meanwhile queue behind the replay and count as backlog, so a
+        client that reads too slowly to finish its replay is dropped as a slow consumer
+        like any other; the replay itself occupies one chunk in flight.
+        """
+        if self.close_reason is not None:
+            feed.cancel()
+            return
+        self._replay = feed
         self._wake()
 
     def push_heartbeat(self, chunk: bytes) -> None:
@@ -284,22 +346,32 @@ class Subscription:
             return
         self._chunks.append(chunk)
         self.last_activity = time.monotonic()
-        self._wake()
+        if self._replay is None:
+            self._wake()
 
     def close(self, reason: str) -> None:
         """End the subscription (idempotent); wakes the handler so it can finish."""
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        if self._replay is not None:
+            self._replay.cancel()
+            self._replay = None
+        self._release()
         if reason == CloseReason.SLOW_CONSUMER:
             # Nothing more will be written; release the memory right away.
             self._chunks.clear()
             self._preamble.clear()
+            self._preamble_events = 0
             self._backlog = 0
         self._wake()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             callback(self)
+
+    def wake(self) -> None:
+        """Wake the writer (or :meth:`wait`): something may be ready to take."""
+        self._wake()
 
     def _wake(self) -> None:
         writer = self._writer
@@ -345,11 +417,16 @@ class Subscription:
 
     def has_pending(self) -> bool:
         """True when a :meth:`take` would return data."""
-        return bool(self._chunks or self._preamble)
+        if self._preamble:
+            return True
+        replay = self._replay
+        if replay is None:
+            return bool(self._chunks)
+        return replay.ready()
 
     async def wait(self) -> None:
         """Return once data is pending or the subscription is closed."""
-        while not self._chunks and not self._preamble and self.close_reason is None:
+        while not self.has_pending() and self.close_reason is None:
             loop = asyncio.get_running_loop()
             self._waiter = loop.create_future()
             try:
@@ -357,17 +434,69 @@ class Subscription:
             finally:
                 self._waiter = None
 
+    def written(self) -> None:
+        """The data of the last :meth:`take` has been written: release its replay bytes.
+
+        A writer calls this when its write completed; taking again implies it.
+        """
+        if self._release() and self._replay is not None and self._writer is not None:
+            # Continue the replay on the next loop iteration, not inside this one:
+            # other clients' writes and the publisher run in between.
+            with contextlib.suppress(RuntimeError):  # no loop: the next take pulls
+                asyncio.get_running_loop().call_soon(self._wake)
+
+    def _release(self) -> bool:
+        """Return the last replay chunk's bytes to its feed; True if there was one."""
+        feed = self._replay_from
+        if feed is None:
+            return False
+        self._replay_from = None
+        feed.release(self._in_flight)
+        self._in_flight = 0
+        return True
+
     def take(self) -> Delivery:
-        """Everything pending, joined into one bytes object (one write, one flush)."""
-        parts = self._preamble + self._chunks if self._preamble else self._chunks
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        delivery = _new_delivery(Delivery, (data, self._events_pending, self._oldest))
+        """Everything pending, joined into one bytes object (one write, one flush).
+
+        While a replay is attached, that is the preamble and the replay's next chunk;
+        live chunks follow once the replay is finished.
+        """
+        self._release()
+        parts = self._preamble
+        events = self._preamble_events
+        if parts:
+            self._preamble = []
+            self._preamble_events = 0
+        feed = self._replay
+        if feed is not None:
+            parts = [*parts]
+            if not feed.ready():
+                return self._delivery(parts, events, None)
+            data, n, finished = feed.pull(self.max_backlog_bytes)
+            if self.close_reason is not None:  # the replay found it was overtaken
+                return _new_delivery(Delivery, (b"", 0, None))
+            if data:
+                parts.append(data)
+                events += n
+                self._replay_from = feed
+                self._in_flight = len(data)
+                self.last_activity = time.monotonic()
+            if not finished:
+                return self._delivery(parts, events, None)
+            self._replay = None
+        # Live chunks (and heartbeats), after whatever preceded them.
+        parts = parts + self._chunks if parts else self._chunks
+        delivery = self._delivery(parts, events + self._events_pending, self._oldest)
         self._chunks = []
-        self._preamble = []
         self._backlog = 0
         self._events_pending = 0
         self._oldest = None
         return delivery
+
+    @staticmethod
+    def _delivery(parts: list[bytes], events: int, published_at: float | None) -> Delivery:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return _new_delivery(Delivery, (data, events, published_at))
 
 
 class Broker(ABC):

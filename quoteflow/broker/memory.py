@@ -8,12 +8,17 @@ Hot-path design (the later benchmark is 100 clients x 100 symbols x 10 ticks/s a
   published batch a group's matching bytes are joined once and that single bytes object
   is appended to every member: no per-event, per-client Python work;
 - the replay buffer is tornado's chat-demo idea (a capped message list, "messages since
-  cursor") as a ``deque`` bounded by count and by age. Ids are contiguous, so the
-  position of "the event after id n" is arithmetic, not a search.
+  cursor") as a ``deque`` bounded by count and by age;
+- a resume is streamed out of that buffer by a :class:`ReplayCursor`, one chunk per
+  write, never copied whole: 100 clients resuming from the oldest of 100,000 events
+  would otherwise each hold a private copy of the buffer (14 MB each, issue 10), and the
+  bytes of all replays in flight together are bounded by a :class:`ReplayBudget`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import itertools
 import json
 import logging
@@ -35,7 +40,7 @@ from quoteflow.broker.base import (
 )
 from quoteflow.server.sse import encode_event
 
-__all__ = ["MemoryBroker"]
+__all__ = ["DEFAULT_REPLAY_MEMORY", "REPLAY_CHUNK", "MemoryBroker", "ReplayBudget", "ReplayCursor"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,14 @@ _ID_RE = re.compile(r"[0-9]{1,19}")
 # JSONEncoder per call, a third of the encoding time at 100k events/s.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _MAX_ID = 2**63 - 1
+
+#: Default bound on replay bytes in flight to all resuming clients together (bytes).
+DEFAULT_REPLAY_MEMORY = 64 << 20
+#: Largest replay chunk taken in one write (bytes); ``--max-backlog`` lowers it.
+REPLAY_CHUNK = 256 << 10
+#: Buffer rows one chunk may scan: a narrow filter over a long buffer is searched in
+#: steps of this many rows, each its own loop iteration (about 2 ms each).
+REPLAY_SCAN_ROWS = 16_384
 
 
 class ReplayLog:
@@ -67,9 +80,12 @@ class ReplayLog:
     position ``i`` of each describes the same event.
     """
 
-    __slots__ = ("frames", "keys", "kinds", "symbols", "times")
+    __slots__ = ("evicted", "frames", "keys", "kinds", "symbols", "times")
 
     def __init__(self, maxlen: int) -> None:
+        #: Newest key dropped so far (None: nothing dropped): a replay that still needs
+        #: a key at or below it has been overtaken by eviction.
+        self.evicted: int | None = None
         #: Sort keys (MemoryBroker: the ids; RedisBroker: packed stream ids), increasing.
         self.keys: deque[int] = deque(maxlen=maxlen)
         self.kinds: deque[str] = deque(maxlen=maxlen)
@@ -84,6 +100,13 @@ class ReplayLog:
         self, keys: list[int], kinds: list[str], symbols: list[str], frames: list[bytes], now: float
     ) -> None:
         """Append one batch (the lists are parallel), published at ``now``."""
+        maxlen = self.keys.maxlen
+        held = len(self.keys)
+        overflow = held + len(keys) - maxlen if maxlen is not None else 0
+        if overflow > 0:  # the deques drop that many from the left
+            self.evicted = (
+                self.keys[overflow - 1] if overflow <= held else keys[overflow - held - 1]
+            )
         self.keys.extend(keys)
         self.kinds.extend(kinds)
         self.symbols.extend(symbols)
@@ -95,28 +118,195 @@ class ReplayLog:
         times = self.times
         while times and times[0] < horizon:
             times.popleft()
-            self.keys.popleft()
+            self.evicted = self.keys.popleft()
             self.kinds.popleft()
             self.symbols.popleft()
             self.frames.popleft()
 
-    def frames_from(
-        self, start: int, symbols: frozenset[str] | None, events: frozenset[str]
-    ) -> list[bytes]:
-        """The frames from position ``start`` on whose type and symbol pass the filter."""
+    def position_after(self, key: int) -> int:
+        """Position of the first event whose key is above ``key``."""
+        return bisect.bisect_right(self.keys, key)
+
+    def scan(
+        self,
+        after: int,
+        until: int,
+        symbols: frozenset[str] | None,
+        events: frozenset[str],
+        max_bytes: int,
+        max_rows: int = REPLAY_SCAN_ROWS,
+    ) -> tuple[list[bytes], int]:
+        """Frames after key ``after`` up to key ``until`` that pass the filter.
+
+        Stops after about ``max_bytes`` of frames (at least one frame) or ``max_rows``
+        rows scanned. Returns the frames and the key of the last row scanned (``after``
+        when none was).
+        """
+        start = self.position_after(after)
+        stop = start + max_rows
         rows = zip(
-            itertools.islice(self.kinds, start, None),
-            itertools.islice(self.symbols, start, None),
-            itertools.islice(self.frames, start, None),
+            itertools.islice(self.keys, start, stop),
+            itertools.islice(self.kinds, start, stop),
+            itertools.islice(self.symbols, start, stop),
+            itertools.islice(self.frames, start, stop),
             strict=True,
         )
-        if symbols is None:
-            return [f for k, _s, f in rows if k in events]
-        return [f for k, s, f in rows if k in events and s in symbols]
+        out: list[bytes] = []
+        size = 0
+        last = after
+        for key, kind, sym, frame in rows:
+            if key > until:
+                break
+            last = key
+            if kind in events and (symbols is None or sym in symbols):
+                out.append(frame)
+                size += len(frame)
+                if size >= max_bytes:
+                    break
+        return out, last
 
     def clear(self) -> None:
+        if self.keys:
+            self.evicted = self.keys[-1]
         for d in (self.keys, self.kinds, self.symbols, self.frames, self.times):
             d.clear()
+
+
+class ReplayBudget:
+    """Bound on the replay bytes in flight to all subscriptions of a broker together.
+
+    A replay chunk is charged when taken and released when written (or when its
+    subscription closes). When the budget is spent, resuming subscriptions wait (in
+    arrival order) and are woken as bytes are released; live streams are not affected.
+
+    Parameters
+    ----------
+    limit : int
+        Bytes; one chunk may overshoot it (a chunk holds at least one event).
+    stats : BrokerStats
+        ``replay_bytes_in_flight`` and ``replay_waits`` are kept there.
+    """
+
+    def __init__(self, limit: int, stats: BrokerStats) -> None:
+        if limit < 1:
+            raise ValueError(f"replay memory must be >= 1 byte, got {limit}")
+        self.limit = limit
+        self._stats = stats
+        self._waiting: dict[Subscription, None] = {}  # insertion-ordered set
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes charged and not released."""
+        return self._stats.replay_bytes_in_flight
+
+    def available(self) -> int:
+        """Bytes that may be charged now (<= 0: wait)."""
+        return self.limit - self._stats.replay_bytes_in_flight
+
+    def charge(self, n_bytes: int) -> None:
+        """Count ``n_bytes`` as in flight."""
+        self._stats.replay_bytes_in_flight += n_bytes
+
+    def release(self, n_bytes: int) -> None:
+        """``n_bytes`` were written: wake the waiting subscriptions if there is room."""
+        self._stats.replay_bytes_in_flight -= n_bytes
+        if self._waiting and self.available() > 0:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            try:
+                call_soon = asyncio.get_running_loop().call_soon
+            except RuntimeError:  # no loop (tests of the broker alone): they take again
+                return
+            for sub in waiting:
+                call_soon(sub.wake)
+
+    def wait(self, sub: Subscription) -> None:
+        """Wake ``sub`` once bytes are released."""
+        if sub not in self._waiting:
+            self._stats.replay_waits += 1
+            self._waiting[sub] = None
+
+    def forget(self, sub: Subscription) -> None:
+        """``sub`` no longer waits (it closed)."""
+        self._waiting.pop(sub, None)
+
+
+class ReplayCursor:
+    """A resuming subscription's replay, read out of the buffer a chunk at a time.
+
+    It covers the events after ``after`` up to ``until`` (the newest event when the
+    subscription was made; later ones reach the subscription live), so a resume still
+    has no gap and no duplicate. If the buffer evicts an event the cursor has not sent
+    yet (the client reads more slowly than events expire), the subscription is closed
+    as a slow consumer; its reconnect gets a ``reset``.
+
+    Parameters
+    ----------
+    log : ReplayLog
+        The broker's buffer.
+    budget : ReplayBudget
+        The broker's replay memory budget.
+    stats : BrokerStats
+        ``replayed_events`` is counted there.
+    sub : Subscription
+        The resuming subscription.
+    after, until : int
+        Keys bounding the replay: ``after`` < key <= ``until``.
+    """
+
+    __slots__ = ("_budget", "_log", "_stats", "_sub", "after", "until")
+
+    def __init__(
+        self,
+        log: ReplayLog,
+        budget: ReplayBudget,
+        stats: BrokerStats,
+        sub: Subscription,
+        after: int,
+        until: int,
+    ) -> None:
+        self._log = log
+        self._budget = budget
+        self._stats = stats
+        self._sub = sub
+        self.after = after
+        self.until = until
+
+    def ready(self) -> bool:
+        """True if the budget has room; else the subscription waits for it."""
+        if self._budget.available() > 0:
+            return True
+        self._budget.wait(self._sub)
+        return False
+
+    def pull(self, max_bytes: int) -> tuple[bytes, int, bool]:
+        """The next chunk, at most about ``min(max_bytes, REPLAY_CHUNK, budget)`` bytes."""
+        log = self._log
+        if log.evicted is not None and log.evicted > self.after:
+            self._sub.close(CloseReason.SLOW_CONSUMER)
+            return b"", 0, True
+        sub = self._sub
+        limit = max(1, min(max_bytes, REPLAY_CHUNK, self._budget.available()))
+        parts, last = log.scan(self.after, self.until, sub.symbols, sub.events, limit)
+        finished = last >= self.until or last == self.after  # done, or nothing left held
+        self.after = last
+        data = b"".join(parts)
+        self._budget.charge(len(data))
+        self._stats.replayed_events += len(parts)
+        return data, len(parts), finished
+
+    def release(self, n_bytes: int) -> None:
+        """Give ``n_bytes`` back to the budget."""
+        self._budget.release(n_bytes)
+
+    def cancel(self) -> None:
+        """Stop waiting for the budget."""
+        self._budget.forget(self._sub)
+
+    def overtaken(self) -> bool:
+        """True if the buffer has evicted an event this cursor still has to send."""
+        evicted = self._log.evicted
+        return evicted is not None and evicted > self.after
 
 
 @dataclass(eq=False)
@@ -138,6 +328,9 @@ class MemoryBroker(Broker):
     max_backlog_bytes : int
         Per-subscriber bound on unsent live bytes before it is dropped as a slow
         consumer.
+    replay_memory_bytes : int
+        Bound on replay bytes in flight to all resuming subscribers together
+        (:class:`ReplayBudget`); resumes beyond it wait their turn.
     clock : callable
         Monotonic seconds, for buffer ages and latency stamps (injectable for tests).
 
@@ -153,6 +346,7 @@ class MemoryBroker(Broker):
         buffer_size: int = 100_000,
         buffer_age: float = 300.0,
         max_backlog_bytes: int = 1 << 20,
+        replay_memory_bytes: int = DEFAULT_REPLAY_MEMORY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if buffer_size < 1:
@@ -165,8 +359,11 @@ class MemoryBroker(Broker):
         self.buffer_age = float(buffer_age)
         self.max_backlog_bytes = max_backlog_bytes
         self.stats = BrokerStats()
+        self.replay_budget = ReplayBudget(replay_memory_bytes, self.stats)
         self._clock = clock
         self._log = ReplayLog(buffer_size)
+        # Replays not yet fully taken: dropped as slow consumers once overtaken.
+        self._cursors: dict[Subscription, ReplayCursor] = {}
         self._next_id = 1
         self._groups: dict[tuple[frozenset[str] | None, frozenset[str]], _Group] = {}
         self._n_subs = 0
@@ -236,6 +433,16 @@ class MemoryBroker(Broker):
 
     def _evict_old(self, now: float) -> None:
         self._log.evict_before(now - self.buffer_age)
+        if self._cursors:
+            self._drop_overtaken()
+
+    def _drop_overtaken(self) -> None:
+        """Close replays whose next event was evicted (checked before each publish)."""
+        for sub, cursor in list(self._cursors.items()):
+            if sub.closed or not sub.replaying:
+                del self._cursors[sub]
+            elif cursor.overtaken():
+                sub.close(CloseReason.SLOW_CONSUMER)
 
     def publish(self, batch: Sequence[EventLike]) -> None:
         """Assign ids, encode once, store for replay and fan out to every group.
@@ -428,13 +635,16 @@ class MemoryBroker(Broker):
         self._replay_from(sub, after + 1 - oldest)
 
     def _replay_from(self, sub: Subscription, start: int) -> None:
-        """Queue the buffered events from position ``start`` on that match ``sub``'s filter."""
-        symbols, events = sub.symbols, sub.events
-        parts = self._log.frames_from(start, symbols, events)
+        """Replay to ``sub`` the buffered events from position ``start`` on that match its
+        filter, up to the newest: streamed by a :class:`ReplayCursor`, a chunk per take."""
         self.stats.replays += 1
-        self.stats.replayed_events += len(parts)
-        if parts:
-            sub.push_preamble(b"".join(parts), len(parts))
+        keys = self._log.keys
+        if start >= len(keys):
+            return
+        after = keys[start - 1] if start > 0 else keys[0] - 1
+        cursor = ReplayCursor(self._log, self.replay_budget, self.stats, sub, after, keys[-1])
+        self._cursors[sub] = cursor
+        sub.attach_replay(cursor)
 
     def _format_id(self, key: int) -> str:
         """The wire form of an internal id key (decimal here)."""
@@ -462,6 +672,7 @@ class MemoryBroker(Broker):
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove ``sub`` from fan-out (idempotent); does not close it."""
+        self._cursors.pop(sub, None)
         group = self._groups.get(sub.key)
         if group is None or sub not in group.members:
             return
@@ -508,5 +719,6 @@ class MemoryBroker(Broker):
         for sub in self.subscriptions():
             sub.close(CloseReason.BROKER_CLOSED)
         self._groups.clear()
+        self._cursors.clear()
         self._n_subs = 0
         self._log.clear()

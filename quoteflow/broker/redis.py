@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from quoteflow.broker.base import EventIdError, EventLike, Subscription
-from quoteflow.broker.memory import MemoryBroker
+from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker
 from quoteflow.errors import ConfigError
 from quoteflow.server.sse import encode_event
 from quoteflow.sources import MarketEvent, Source
@@ -119,6 +119,7 @@ class RedisBroker(MemoryBroker):
         buffer_size: int = 100_000,
         buffer_age: float = 300.0,
         max_backlog_bytes: int = 1 << 20,
+        replay_memory_bytes: int = DEFAULT_REPLAY_MEMORY,
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = 0.1,
         backoff_max: float = 2.0,
@@ -127,6 +128,7 @@ class RedisBroker(MemoryBroker):
             buffer_size=buffer_size,
             buffer_age=buffer_age,
             max_backlog_bytes=max_backlog_bytes,
+            replay_memory_bytes=replay_memory_bytes,
             clock=clock,
         )
         if not url.startswith(("redis://", "rediss://", "unix://")):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.ioloop import PeriodicCallback
+from tornado.log import access_log
 
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
@@ -42,6 +43,7 @@ from quoteflow.server.handlers import (
     StreamHandler,
     SymbolHandler,
     SymbolsHandler,
+    refusal_logs,
 )
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.sse import encode_comment
@@ -56,6 +58,7 @@ __all__ = [
     "ServerSettings",
     "ServerState",
     "default_instance_id",
+    "log_request",
     "make_app",
 ]
 
@@ -149,7 +152,10 @@ class ServerSettings:
         reverse proxy). Only behind a proxy that sets them: a direct client could forge
         them and escape the per-address limit.
     instance : str
-        Name of this server in the ``X-Quoteflow-Instance`` header and ``/healthz``.
+        Name of this server in ``/healthz`` (and the ``X-Quoteflow-Instance`` header).
+    instance_header : bool
+        Send ``X-Quoteflow-Instance: <instance>`` on every response. Off by default: the
+        default name is ``host:pid``, which nobody needs to learn without auth.
     """
 
     heartbeat: float = 15.0
@@ -162,6 +168,7 @@ class ServerSettings:
     max_connections_per_ip: int = 100
     trust_proxy: bool = False
     instance: str = field(default_factory=default_instance_id)
+    instance_header: bool = False
 
     def __post_init__(self) -> None:
         if not self.heartbeat > 0:
@@ -207,6 +214,8 @@ class ServerState:
         #: Open streams per client address (the per-IP limit).
         self.streams_by_ip: dict[str, int] = {}
         self.metrics = ServerMetrics(broker, source, lambda: len(self.streams))
+        #: Summaries of streams refused by a connection limit (see refusal_logs).
+        self.refusals = refusal_logs()
         #: Delivery latencies of live writes, observed after each fan-out.
         self.latency_samples = LatencySamples(self.metrics.delivery_latency.observe)
         self.started = time.monotonic()
@@ -355,6 +364,27 @@ class ServerState:
             self.broker.close()
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log line of a finished request (tornado's ``log_function`` setting).
+
+    As tornado's default (info below 400, warning below 500, error from 500), except for
+    requests refused by a connection limit (``handler.quiet_log``): in a flood they would
+    write one line each, so they are counted in ``/metrics`` and summarised once per
+    interval by the handler instead.
+    """
+    if getattr(handler, "quiet_log", False):
+        return
+    status = handler.get_status()
+    if status < 400:
+        method = access_log.info
+    elif status < 500:
+        method = access_log.warning
+    else:
+        method = access_log.error
+    request_time = 1000.0 * handler.request.request_time()
+    method("%d %s %.2fms", status, handler._request_summary(), request_time)
+
+
 def make_app(
     source: Source,
     broker: Broker | None = None,
@@ -411,6 +441,7 @@ def make_app(
         # SSE must not be gzip-buffered, and JSON answers are small.
         "compress_response": False,
         "default_handler_class": NotFoundHandler,
+        "log_function": log_request,
         "xsrf_cookies": False,
     }
     app_settings.update(tornado_settings)

@@ -22,6 +22,7 @@ from quoteflow.broker.base import ALL_EVENTS, CloseReason, EventIdError, Subscri
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import AuthError, Claims, extract_token, verify_token
 from quoteflow.server.metrics import CONTENT_TYPE
+from quoteflow.server.overload import IntervalLog
 from quoteflow.server.sse import encode_retry
 
 if TYPE_CHECKING:
@@ -42,9 +43,25 @@ __all__ = [
     "StreamHandler",
     "SymbolHandler",
     "SymbolsHandler",
+    "refusal_logs",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def refusal_logs() -> dict[str, IntervalLog]:
+    """One summary line per interval for streams refused by each connection limit.
+
+    Not one line per refusal: a flood would write thousands (``/metrics`` counts each
+    one in ``quoteflow_streams_rejected``). One set per app (``ServerState.refusals``).
+    """
+    return {
+        reason: IntervalLog(log, f"%d stream(s) refused since the last report: {what}")
+        for reason, what in (
+            ("max_connections", "the server is at --max-connections (%d open streams)"),
+            ("max_connections_per_ip", "a client address is at --max-connections-per-ip (%d)"),
+        )
+    }
 
 
 class ApiError(tornado.web.HTTPError):
@@ -89,6 +106,9 @@ class JSONHandler(tornado.web.RequestHandler):
     lists_symbols = False
     #: Methods announced to a CORS preflight.
     cors_methods = "GET, OPTIONS"
+    #: Set on a request refused by a connection limit: no access-log line of its own
+    #: (see :func:`quoteflow.server.app.log_request`).
+    quiet_log = False
 
     @property
     def state(self) -> ServerState:
@@ -99,11 +119,13 @@ class JSONHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         """Name the instance (which server behind a load balancer answered) and CORS."""
         settings = self.state.settings
-        self.set_header("X-Quoteflow-Instance", settings.instance)
+        if settings.instance_header:
+            self.set_header("X-Quoteflow-Instance", settings.instance)
         allowed = self._cors_origin()
         if allowed is not None:
             self.set_header("Access-Control-Allow-Origin", allowed)
-            self.set_header("Access-Control-Expose-Headers", "X-Quoteflow-Instance")
+            if settings.instance_header:
+                self.set_header("Access-Control-Expose-Headers", "X-Quoteflow-Instance")
             if allowed != "*":
                 # The answer depends on the Origin header: caches must key on it. Cookies
                 # (access_token) are only allowed for named origins (Fetch §3.2.5 forbids
@@ -425,7 +447,15 @@ class SocketWriter:
                 self._write(b"", 0, None)
                 return
             delivery = sub.take()
+            if not delivery.data:
+                # A replay step that found nothing to send yet (a narrow filter over a
+                # long buffer): go on in the next loop iteration.
+                if sub.replaying:
+                    asyncio.get_running_loop().call_soon(self.wake)
+                return
             self._write(delivery.data, delivery.events, delivery.published_at)
+            if not self._busy:
+                sub.written()  # all of it went out at once
         elif sub.closed:
             self._finish()
 
@@ -463,6 +493,7 @@ class SocketWriter:
 
     def _drained(self, future: asyncio.Future[None]) -> None:
         self._busy = False
+        self._sub.written()
         if future.cancelled() or future.exception() is not None:
             self._finish()
             return
@@ -570,7 +601,7 @@ class StreamHandler(JSONHandler):
             "lastEventId", None
         )
         if len(state.streams) >= state.settings.max_connections:
-            state.metrics.streams_rejected.labels("max_connections").inc()
+            self._refused("max_connections", len(state.streams))
             raise ApiError(
                 503,
                 f"too many connections ({state.settings.max_connections}); retry later",
@@ -579,7 +610,7 @@ class StreamHandler(JSONHandler):
         ip = self.request.remote_ip or "?"
         per_ip = state.settings.max_connections_per_ip
         if state.streams_by_ip.get(ip, 0) >= per_ip:
-            state.metrics.streams_rejected.labels("max_connections_per_ip").inc()
+            self._refused("max_connections_per_ip", per_ip)
             raise ApiError(
                 429,
                 f"too many streams from {ip} ({per_ip}); close some or subscribe to "
@@ -604,6 +635,12 @@ class StreamHandler(JSONHandler):
                 max(claims.seconds_left(), 0.0), sub.close, CloseReason.TOKEN_EXPIRED
             )
         return sub
+
+    def _refused(self, reason: str, figure: int) -> None:
+        """Count a refusal by a connection limit; log a summary at most once per interval."""
+        self.state.metrics.streams_rejected.labels(reason).inc()
+        self.quiet_log = True
+        self.state.refusals[reason].hit(figure)
 
     def _on_sub_closed(self, sub: Subscription) -> None:
         if sub.close_reason != CloseReason.SLOW_CONSUMER:

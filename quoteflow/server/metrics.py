@@ -93,6 +93,16 @@ class _BrokerCollector(Collector):
             "Events re-sent from the replay buffer to resuming streams.",
             value=stats.replayed_events,
         )
+        yield GaugeMetricFamily(
+            "quoteflow_replay_bytes_in_flight",
+            "Replay bytes taken from the buffer and not yet written (bounded by --replay-memory).",
+            value=stats.replay_bytes_in_flight,
+        )
+        yield CounterMetricFamily(
+            "quoteflow_replay_waits",
+            "Times a resuming stream waited for --replay-memory to free up.",
+            value=stats.replay_waits,
+        )
         yield CounterMetricFamily(
             "quoteflow_resets",
             "Resumes that could not be served (id evicted or unknown): event 'reset' sent.",
@@ -177,6 +187,13 @@ class ServerMetrics:
         self.streams_rejected = Counter(
             "quoteflow_streams_rejected",
             "SSE stream requests refused, by reason.",
+            labelnames=["reason"],
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "quoteflow_connections_refused",
+            "Connections answered with 503 before any request was read, by reason "
+            "(open_files: the process was at its open-file limit).",
             labelnames=["reason"],
             registry=self.registry,
         )

@@ -34,10 +34,11 @@ import tornado.netutil
 import tornado.web
 
 from quoteflow.broker.base import Broker
-from quoteflow.broker.memory import MemoryBroker
+from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker
 from quoteflow.broker.redis import RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
 from quoteflow.server.app import GcGovernor, ServerSettings, ServerState, make_app
+from quoteflow.server.overload import Acceptor, connection_cap, fd_reserve, raise_open_file_limit
 
 if TYPE_CHECKING:
     from quoteflow.sources import Source
@@ -62,6 +63,13 @@ log = logging.getLogger(__name__)
 MAX_HEADER_SIZE = 256 * 1024
 # Request bodies only exist for PUT /symbols (a small JSON object).
 MAX_BODY_SIZE = 64 * 1024
+#: Default seconds a connection may take to send its request line and headers, which is
+#: also how long an idle keep-alive connection stays open (tornado's header timeout is
+#: its idle_connection_timeout). Slow or never-finished headers (slowloris) end there.
+HEADER_TIMEOUT = 20.0
+#: Default seconds a request body (PUT /symbols, at most MAX_BODY_SIZE) may take to
+#: arrive: a never-finished body must not hold its connection (and fd) for ever.
+BODY_TIMEOUT = 10.0
 
 
 # Listen backlog. tornado's default (128) overflows when thousands of EventSource clients
@@ -85,6 +93,28 @@ def _bind(host: str, port: int) -> list[socket.socket]:
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {reason}") from None
 
 
+class _HTTPServer(tornado.httpserver.HTTPServer):
+    """tornado's HTTPServer, accepting through :class:`~quoteflow.server.overload.Acceptor`.
+
+    tornado's accept handler retries a failing ``accept()`` at once, which at the
+    open-file limit is a busy loop; the acceptor answers with 503 and backs off instead.
+    """
+
+    acceptor: Acceptor
+
+    def add_sockets(self, sockets: Any) -> None:
+        """Listen on ``sockets`` (as tornado's, with the acceptor's accept handler)."""
+        for sock in sockets:
+            # TCPServer.stop() unregisters and closes through these two tables.
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = self.acceptor.add(sock)
+
+    def stop(self) -> None:
+        """Stop listening and release the acceptor's spare descriptor."""
+        super().stop()
+        self.acceptor.close()
+
+
 class QuoteServer:
     """A quote server for one source: HTTP server, app, broker, publish pump.
 
@@ -101,10 +131,13 @@ class QuoteServer:
         ``max_backlog``.
     settings : ServerSettings, optional
         Heartbeat, retry, connection and symbol limits.
-    buffer_size, buffer_age, max_backlog : optional
-        Bounds of the default broker (events, seconds, bytes).
+    buffer_size, buffer_age, max_backlog, replay_memory : optional
+        Bounds of the default broker (events, seconds, bytes, bytes).
     idle_connection_timeout : float
-        Seconds an idle keep-alive connection (not a stream) stays open.
+        Seconds a connection may take to send a request's line and headers; also how
+        long an idle keep-alive connection (not a stream) stays open.
+    body_timeout : float
+        Seconds a request body may take to arrive.
     heartbeat, retry_ms, max_connections, max_symbols, auth_secret : optional
         Shortcuts for the :class:`ServerSettings` fields of the same names (they
         override ``settings``).
@@ -121,7 +154,9 @@ class QuoteServer:
         buffer_size: int = 100_000,
         buffer_age: float = 300.0,
         max_backlog: int = 1 << 20,
-        idle_connection_timeout: float = 60.0,
+        replay_memory: int = DEFAULT_REPLAY_MEMORY,
+        idle_connection_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
         heartbeat: float | None = None,
         retry_ms: int | None = None,
         max_connections: int | None = None,
@@ -144,10 +179,14 @@ class QuoteServer:
         self.host = host
         self.requested_port = port
         self.broker: Broker = broker or MemoryBroker(
-            buffer_size=buffer_size, buffer_age=buffer_age, max_backlog_bytes=max_backlog
+            buffer_size=buffer_size,
+            buffer_age=buffer_age,
+            max_backlog_bytes=max_backlog,
+            replay_memory_bytes=replay_memory,
         )
         self.settings = settings
         self.idle_connection_timeout = idle_connection_timeout
+        self.body_timeout = body_timeout
         self.app: tornado.web.Application = make_app(source, self.broker, settings=self.settings)
         self.state: ServerState = self.app.settings["quoteflow"]
         self.port: int | None = None
@@ -189,13 +228,18 @@ class QuoteServer:
         if self._http is not None:
             return
         sockets = _bind(self.host, self.requested_port)
-        http = tornado.httpserver.HTTPServer(
+        http = _HTTPServer(
             self.app,
             # X-Real-IP / X-Forwarded-For become remote_ip (per-IP limit) only when told.
             xheaders=self.settings.trust_proxy,
             max_header_size=MAX_HEADER_SIZE,
             max_body_size=MAX_BODY_SIZE,
             idle_connection_timeout=self.idle_connection_timeout,
+            body_timeout=self.body_timeout,
+        )
+        http.acceptor = Acceptor(
+            http._handle_connection,
+            on_refused=self.state.metrics.connections_refused.labels("open_files").inc,
         )
         http.add_sockets(sockets)
         self._http = http
@@ -468,8 +512,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--instance-id",
         default=None,
         metavar="NAME",
-        help="name of this instance in the X-Quoteflow-Instance header and /healthz "
-        "(default host:pid)",
+        help="name of this instance in /healthz and, with --instance-header, in the "
+        "X-Quoteflow-Instance response header (default host:pid)",
+    )
+    net.add_argument(
+        "--instance-header",
+        action="store_true",
+        help="send X-Quoteflow-Instance: NAME on every response (off by default: it "
+        "names the host and pid to anyone, without auth)",
     )
     lim = parser.add_argument_group("stream behaviour and limits")
     lim.add_argument(
@@ -491,7 +541,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive(int, "connection limit"),
         default=10_000,
         metavar="N",
-        help="open streams beyond which /stream answers 503 (default 10000)",
+        help="open streams beyond which /stream answers 503 (default 10000; lowered to "
+        "what the open-file limit can hold, with a reserve, and said so at start-up)",
+    )
+    lim.add_argument(
+        "--header-timeout",
+        type=_positive(float, "header timeout"),
+        default=HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="a request's line and headers must arrive within this; also the idle "
+        f"keep-alive timeout (default {HEADER_TIMEOUT:g})",
+    )
+    lim.add_argument(
+        "--body-timeout",
+        type=_positive(float, "body timeout"),
+        default=BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"a request body (PUT) must arrive within this (default {BODY_TIMEOUT:g})",
     )
     lim.add_argument(
         "--max-connections-per-ip",
@@ -527,6 +593,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=1 << 20,
         metavar="BYTES",
         help="unsent bytes after which a slow client is disconnected (default 1048576)",
+    )
+    lim.add_argument(
+        "--replay-memory",
+        type=_positive(int, "replay memory"),
+        default=DEFAULT_REPLAY_MEMORY,
+        metavar="BYTES",
+        help="replay bytes in flight to all resuming clients together; more resumes wait "
+        f"their turn (default {DEFAULT_REPLAY_MEMORY})",
     )
     parser.add_argument(
         "--log-level",
@@ -611,6 +685,7 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
             cors_origins=_cors_origins(getattr(args, "cors_origin", [])),
             max_connections_per_ip=getattr(args, "max_connections_per_ip", 100),
             trust_proxy=bool(getattr(args, "trust_proxy", False)),
+            instance_header=bool(getattr(args, "instance_header", False)),
             **extra,
         )
     except ValueError as exc:
@@ -664,7 +739,24 @@ def _broker(args: argparse.Namespace) -> Broker | None:
         buffer_size=args.buffer_size,
         buffer_age=args.buffer_age,
         max_backlog_bytes=args.max_backlog,
+        replay_memory_bytes=args.replay_memory,
     )
+
+
+def _cap_connections(settings: ServerSettings) -> ServerSettings:
+    """Raise the open-file limit; lower ``max_connections`` to what it can hold (and say so)."""
+    soft, _hard = raise_open_file_limit()
+    cap = connection_cap(settings.max_connections, soft)
+    if cap >= settings.max_connections:
+        return settings
+    print(
+        f"quoteflow: --max-connections lowered from {settings.max_connections} to {cap}: "
+        f"the open-file limit is {soft} and {fd_reserve(soft)} descriptors are kept for "
+        "health checks, Redis and logs (raise it with ulimit -n)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return dataclasses.replace(settings, max_connections=cap)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -693,6 +785,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     settings = _settings(args)  # first: a bad secret fails before any work
+    settings = _cap_connections(settings)
     broker = _broker(args)
     source: Source
     if isinstance(broker, RedisBroker) and not broker.produce:
@@ -720,6 +813,9 @@ def run_serve(args: argparse.Namespace) -> int:
         buffer_size=args.buffer_size,
         buffer_age=args.buffer_age,
         max_backlog=args.max_backlog,
+        replay_memory=args.replay_memory,
+        idle_connection_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
     )
 
 

@@ -1,0 +1,395 @@
+"""Issue 10, defects 1 and 2: ``quoteflow serve`` at its open-file limit and under
+resumes from an old id, as a real process over real sockets.
+
+Each test starts the server, attacks it, and watches what a healthy client would see
+(``/healthz``, a witness stream) and what the process does (CPU time, RSS, its log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import resource
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.integration.fakes import RawStream, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+URL_RE = re.compile(r"quoteflow serving \d+ symbols on http://127\.0\.0\.1:(\d+)/")
+#: The open-file limit the server runs under in the fd test: small, so the attack is cheap.
+NOFILE = 256
+
+
+class Served:
+    """A ``quoteflow serve`` process: its pid, port and log file."""
+
+    def __init__(self, proc: subprocess.Popen[str], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (/proc/PID/stat)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the ")" closing comm: state is field 3, utime 14 and stime 15 (proc(5)).
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def serve(
+    tmp_path: Path, *args: str, preexec: Callable[[], None] | None = None
+) -> Iterator[Served]:
+    log = tmp_path / "server.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quoteflow", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=preexec,
+        )
+    try:
+        assert proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(60)  # hang guard: start-up
+        sel.close()
+        line = proc.stdout.readline() if ready else ""
+        match = URL_RE.search(line)
+        assert match, f"no URL line ({line!r}); log: {log.read_text()[-2000:]}"
+        yield Served(proc, int(match.group(1)), log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _low_nofile() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+async def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """One GET; (status, JSON body). Survives a reset after the answer has arrived."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = b""
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await writer.drain()
+        async with asyncio.timeout(timeout):  # hang guard: the server must answer
+            while chunk := await reader.read(65536):
+                data += chunk
+    except ConnectionResetError:
+        pass  # a refused connection may be reset once its 503 is out
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1."), f"no HTTP answer: {data[:200]!r}"
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body.startswith((b"{", b"[")) else body.decode()
+
+
+async def never_finished_put(port: int) -> asyncio.StreamWriter:
+    """A PUT whose body never completes: the connection (and fd) it holds."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"PUT /symbols/SYM0000 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"sigma": '
+    )
+    await writer.drain()
+    return writer
+
+
+async def cpu_rate(server: Served, window: float) -> float:
+    """CPU seconds per wall second of the server over ``window`` seconds."""
+    c0, t0 = server.cpu_seconds(), time.monotonic()
+    await asyncio.sleep(window)  # a measurement window, not synchronisation
+    return (server.cpu_seconds() - c0) / (time.monotonic() - t0)
+
+
+def test_fd_exhaustion_does_not_spin_and_keeps_answering(tmp_path: Path) -> None:
+    """Defect 1: 300 never-finished PUT bodies against an open-file limit of 256.
+
+    Before the fix every accept() failed in a tight loop (a full core, megabytes of
+    EMFILE tracebacks) and /healthz got no answer until the attackers left.
+    """
+
+    async def body(server: Served) -> None:
+        port = server.port
+        status, health = await http_get(port, "/healthz")
+        assert status == 200 and health["status"] == "ok"
+        attackers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(NOFILE + 44):
+                attackers.append(await never_finished_put(port))
+            # Under attack: the limit is reached and the server answers with a JSON 503.
+            status, health = await http_get(port, "/healthz")
+            assert status == 503 and health["status"] == "full", health
+            status, refused = await http_get(port, "/stream?symbols=SYM0000")
+            assert status == 503 and "open-file limit" in refused["error"]
+            # Behaviour bound on a busy loop (not a speed test): an idle server with
+            # its listening socket readable must not burn a core retrying accept().
+            rate = await cpu_rate(server, 2.0)
+            assert rate < 0.3, f"server burns {rate:.2f} s of CPU per second under attack"
+        finally:
+            for w in attackers:
+                w.transport.abort()
+
+        # Attackers gone: new streams are served again.
+        async def stream_ok() -> bool:
+            try:
+                s = await RawStream.open(port, "/stream?symbols=SYM0000")
+            except (OSError, asyncio.IncompleteReadError):
+                return False
+            try:
+                if s.status != 200:
+                    return False
+                await s.read_until(lambda r: len(r.events) >= 2, timeout=10)
+                return True
+            finally:
+                await s.close()
+
+        deadline = time.monotonic() + 30  # hang guard
+        while not await stream_ok():
+            assert time.monotonic() < deadline, "no stream served after the attack"
+            await asyncio.sleep(0.1)
+        status, metrics = await http_get(port, "/metrics")
+        assert status == 200
+        m = re.search(r'quoteflow_connections_refused_total\{reason="open_files"\} (\S+)', metrics)
+        assert m and float(m.group(1)) >= 2, "refusals at the open-file limit not counted"
+
+    with serve(
+        tmp_path,
+        "--universe",
+        "3",
+        "--tick-interval",
+        "0.05",
+        # Long timeouts: the attack must last through the measurement.
+        "--body-timeout",
+        "120",
+        "--header-timeout",
+        "120",
+        preexec=_low_nofile,
+    ) as server:
+        run(lambda: body(server))
+        log = server.log_text()
+    assert "--max-connections lowered from 10000 to 224" in log
+    assert "Traceback" not in log and "Too many open files" not in log
+    assert log.count("open-file limit reached") <= 2, log[-3000:]
+    assert len(log.splitlines()) < 30, f"log grew to {len(log.splitlines())} lines"
+
+
+def test_never_finished_body_and_headers_time_out(tmp_path: Path) -> None:
+    """Defect 1's cause: a request body (or header block) that never completes is cut
+    off after --body-timeout (--header-timeout) instead of holding its fd for ever."""
+
+    async def body(port: int) -> None:
+        put_reader, put = await asyncio.open_connection("127.0.0.1", port)
+        put.write(b"PUT /symbols/SYM0000 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+        slow.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never end
+        for reader, writer in ((put_reader, put), (slow_reader, slow)):
+            await writer.drain()
+            async with asyncio.timeout(30):  # hang guard; the timeouts are 1 s
+                while await reader.read(65536):
+                    pass
+            writer.close()
+
+    with serve(
+        tmp_path, "--universe", "3", "--body-timeout", "1", "--header-timeout", "1"
+    ) as server:
+        run(lambda: body(server.port))
+        assert "Traceback" not in server.log_text()
+
+
+# ------------------------------------------------------------------------- defect 2
+
+UNIVERSE = 200
+BUFFER = 20_000
+STALLED = 60
+REPLAY_MEMORY = 8 << 20
+#: Documented bound (docs/server.md, "Resume"): replay in flight is at most
+#: --replay-memory, held once in the broker's chunk and once in the socket's write
+#: buffer; plus slack for 60 connections' own state and allocator noise.
+RSS_BOUND = 2 * REPLAY_MEMORY + 40 * 2**20
+
+
+async def _witness(port: int, stop: asyncio.Event, out: dict[str, Any]) -> None:
+    """A healthy live stream of one symbol: ids step by UNIVERSE (one per tick round)."""
+    s = await RawStream.open(port, "/stream?symbols=SYM0000&events=tick")
+    assert s.status == 200
+    last_id: int | None = None
+    last_at = time.monotonic()
+    gaps: list[tuple[int, int]] = []
+    silence = 0.0
+    seen = 0
+    try:
+        while not stop.is_set():
+            if not await s.read_some():
+                raise EOFError("witness stream ended")
+            now = time.monotonic()
+            for ev in s.events[seen:]:
+                i = int(ev.id or 0)
+                if last_id is not None and i - last_id != UNIVERSE:
+                    gaps.append((last_id, i))
+                last_id = i
+                silence = max(silence, now - last_at)
+                last_at = now
+            seen = len(s.events)
+    finally:
+        await s.close()
+    out.update(gaps=gaps, silence=silence, events=seen)
+
+
+def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
+    """Defect 2: 60 clients resume from the oldest of 20,000 buffered events and never read.
+
+    Before the fix each built the whole replay (about 4 MB here) in memory at once, so
+    RSS grew by hundreds of MB, and a healthy stream stalled while they were built.
+    """
+
+    async def body(server: Served) -> None:
+        port = server.port
+        deadline = time.monotonic() + 60  # hang guard: the buffer fills in ~2 s
+
+        async def oldest() -> int:
+            _, snap = await http_get(port, "/snapshot?symbols=SYM0000")
+            return int(snap["last_id"])
+
+        while await oldest() < BUFFER + 2 * UNIVERSE:
+            assert time.monotonic() < deadline, "the replay buffer did not fill"
+            await asyncio.sleep(0.2)
+        stop = asyncio.Event()
+        seen: dict[str, Any] = {}
+        witness = asyncio.create_task(_witness(port, stop, seen))
+        await asyncio.sleep(0.5)  # let the witness establish its rhythm (a baseline)
+        rss_before = server.rss_bytes()
+        stalled: list[RawStream] = []
+        peak = rss_before
+        try:
+            for _ in range(STALLED):
+                newest = await oldest()
+                resume = str(newest - BUFFER + 4 * UNIVERSE)  # near the oldest held
+                stalled.append(
+                    await RawStream.open(port, "/stream", {"Last-Event-ID": resume}, rcvbuf=4096)
+                )
+                peak = max(peak, server.rss_bytes())
+            t_end = time.monotonic() + 3.0
+            while time.monotonic() < t_end:  # sampling RSS while they sit there
+                peak = max(peak, server.rss_bytes())
+                await asyncio.sleep(0.05)
+            status, _ = await http_get(port, "/healthz", timeout=5)
+            assert status == 200
+        finally:
+            for s in stalled:
+                s.abort()
+            stop.set()
+        await witness
+        growth = peak - rss_before
+        assert growth < RSS_BOUND, f"RSS grew {growth / 2**20:.0f} MB (bound {RSS_BOUND >> 20})"
+        assert seen["gaps"] == [], f"witness saw gaps {seen['gaps'][:5]}"
+        assert seen["silence"] < 1.0, f"witness was silent {seen['silence']:.2f} s"
+        assert seen["events"] > 100
+
+    with serve(
+        tmp_path,
+        "--universe",
+        str(UNIVERSE),
+        "--tick-interval",
+        "0.02",
+        "--bar-interval",
+        "3600",
+        "--buffer-size",
+        str(BUFFER),
+        "--replay-memory",
+        str(REPLAY_MEMORY),
+        "--max-connections-per-ip",
+        "1000",
+    ) as server:
+        run(lambda: body(server))
+        assert "Traceback" not in server.log_text()
+
+
+def test_stalled_resumes_wait_within_the_replay_budget(tmp_path: Path) -> None:
+    """The global budget: replay bytes in flight never exceed --replay-memory (plus one
+    chunk), however many stalled clients resume, and they are counted as waiting."""
+
+    async def body(port: int) -> None:
+        deadline = time.monotonic() + 60  # hang guard
+        while True:
+            _, snap = await http_get(port, "/snapshot?symbols=SYM0000")
+            if int(snap["last_id"]) > BUFFER:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        newest = int(snap["last_id"])
+        stalled = [
+            await RawStream.open(
+                port, "/stream", {"Last-Event-ID": str(newest - BUFFER // 2)}, rcvbuf=4096
+            )
+            for _ in range(20)
+        ]
+
+        def scrape(text: str, name: str) -> float:
+            m = re.search(rf"^{name} (\S+)$", text, re.M)
+            assert m, name
+            return float(m.group(1))
+
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                _, metrics = await http_get(port, "/metrics")
+                waits = scrape(metrics, "quoteflow_replay_waits_total")
+                in_flight = scrape(metrics, "quoteflow_replay_bytes_in_flight")
+                assert in_flight <= (1 << 20) + (256 << 10), in_flight
+                if waits >= 1:
+                    break
+                assert time.monotonic() < deadline, "no resume waited for the budget"
+                await asyncio.sleep(0.1)
+        finally:
+            for s in stalled:
+                s.abort()
+
+    with serve(
+        tmp_path,
+        "--universe",
+        str(UNIVERSE),
+        "--tick-interval",
+        "0.02",
+        "--buffer-size",
+        str(BUFFER),
+        "--replay-memory",
+        str(1 << 20),
+    ) as server:
+        run(lambda: body(server.port))
