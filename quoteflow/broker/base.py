@@ -416,7 +416,12 @@ class Subscription:
     # -- handler side ------------------------------------------------------------------
 
     def has_pending(self) -> bool:
-        """True when a :meth:`take` would return data."""
+        """True when a :meth:`take` would return data.
+
+        Like :meth:`take`, asked once the previous take has been written: a replay chunk
+        still counted in flight is released first (so it does not block its own next).
+        """
+        self._release()
         if self._preamble:
             return True
         replay = self._replay

@@ -80,12 +80,12 @@ class ReplayLog:
     position ``i`` of each describes the same event.
     """
 
-    __slots__ = ("evicted", "frames", "keys", "kinds", "symbols", "times")
+    __slots__ = ("cursors", "frames", "keys", "kinds", "symbols", "times")
 
     def __init__(self, maxlen: int) -> None:
-        #: Newest key dropped so far (None: nothing dropped): a replay that still needs
-        #: a key at or below it has been overtaken by eviction.
-        self.evicted: int | None = None
+        #: Replays in progress: before rows are dropped, each takes the frames it still
+        #: owes among them (:meth:`ReplayCursor.rescue`), so eviction never opens a gap.
+        self.cursors: set[ReplayCursor] = set()
         #: Sort keys (MemoryBroker: the ids; RedisBroker: packed stream ids), increasing.
         self.keys: deque[int] = deque(maxlen=maxlen)
         self.kinds: deque[str] = deque(maxlen=maxlen)
@@ -101,12 +101,9 @@ class ReplayLog:
     ) -> None:
         """Append one batch (the lists are parallel), published at ``now``."""
         maxlen = self.keys.maxlen
-        held = len(self.keys)
-        overflow = held + len(keys) - maxlen if maxlen is not None else 0
-        if overflow > 0:  # the deques drop that many from the left
-            self.evicted = (
-                self.keys[overflow - 1] if overflow <= held else keys[overflow - held - 1]
-            )
+        if self.cursors and maxlen is not None:
+            # The deques will drop this many held rows from the left.
+            self._evicting(min(len(self.keys) + len(keys) - maxlen, len(self.keys)))
         self.keys.extend(keys)
         self.kinds.extend(kinds)
         self.symbols.extend(symbols)
@@ -116,9 +113,11 @@ class ReplayLog:
     def evict_before(self, horizon: float) -> None:
         """Drop the events published before ``horizon``."""
         times = self.times
+        if self.cursors and times and times[0] < horizon:
+            self._evicting(bisect.bisect_left(times, horizon))
         while times and times[0] < horizon:
             times.popleft()
-            self.evicted = self.keys.popleft()
+            self.keys.popleft()
             self.kinds.popleft()
             self.symbols.popleft()
             self.frames.popleft()
@@ -165,9 +164,17 @@ class ReplayLog:
                     break
         return out, last
 
+    def _evicting(self, n: int) -> None:
+        """Rows ``[0, n)`` are about to be dropped: replays take what they still owe."""
+        if n <= 0:
+            return
+        last = self.keys[n - 1]
+        for cursor in list(self.cursors):
+            if cursor.after < last:
+                cursor.rescue(n)
+
     def clear(self) -> None:
-        if self.keys:
-            self.evicted = self.keys[-1]
+        self.cursors.clear()
         for d in (self.keys, self.kinds, self.symbols, self.frames, self.times):
             d.clear()
 
@@ -236,9 +243,11 @@ class ReplayCursor:
 
     It covers the events after ``after`` up to ``until`` (the newest event when the
     subscription was made; later ones reach the subscription live), so a resume still
-    has no gap and no duplicate. If the buffer evicts an event the cursor has not sent
-    yet (the client reads more slowly than events expire), the subscription is closed
-    as a slow consumer; its reconnect gets a ``reset``.
+    has no gap and no duplicate. Before the buffer evicts events the cursor has not
+    sent yet, the cursor keeps references to them (:meth:`rescue`; the bytes are not
+    copied) and counts their size as the subscription's backlog: past
+    ``max_backlog_bytes`` the subscription is closed as a slow consumer, like a live one
+    that does not read.
 
     Parameters
     ----------
@@ -254,7 +263,16 @@ class ReplayCursor:
         Keys bounding the replay: ``after`` < key <= ``until``.
     """
 
-    __slots__ = ("_budget", "_log", "_stats", "_sub", "after", "until")
+    __slots__ = (
+        "_budget",
+        "_log",
+        "_rescued",
+        "_rescued_bytes",
+        "_stats",
+        "_sub",
+        "after",
+        "until",
+    )
 
     def __init__(
         self,
@@ -269,8 +287,12 @@ class ReplayCursor:
         self._budget = budget
         self._stats = stats
         self._sub = sub
+        #: Key of the last buffer row read (sent, or rescued before its eviction).
         self.after = after
         self.until = until
+        self._rescued: deque[bytes] = deque()
+        self._rescued_bytes = 0
+        log.cursors.add(self)
 
     def ready(self) -> bool:
         """True if the budget has room; else the subscription waits for it."""
@@ -281,15 +303,27 @@ class ReplayCursor:
 
     def pull(self, max_bytes: int) -> tuple[bytes, int, bool]:
         """The next chunk, at most about ``min(max_bytes, REPLAY_CHUNK, budget)`` bytes."""
-        log = self._log
-        if log.evicted is not None and log.evicted > self.after:
-            self._sub.close(CloseReason.SLOW_CONSUMER)
-            return b"", 0, True
         sub = self._sub
         limit = max(1, min(max_bytes, REPLAY_CHUNK, self._budget.available()))
-        parts, last = log.scan(self.after, self.until, sub.symbols, sub.events, limit)
-        finished = last >= self.until or last == self.after  # done, or nothing left held
-        self.after = last
+        parts: list[bytes] = []
+        size = 0
+        rescued = self._rescued
+        while rescued and size < limit:
+            frame = rescued.popleft()
+            parts.append(frame)
+            size += len(frame)
+        self._rescued_bytes -= size
+        finished = False
+        if size < limit and not rescued:
+            more, last = self._log.scan(
+                self.after, self.until, sub.symbols, sub.events, limit - size
+            )
+            parts += more
+            # Done once the scan reached ``until``, or nothing after ``after`` is held.
+            finished = last >= self.until or last == self.after
+            self.after = last
+        if finished:
+            self._log.cursors.discard(self)
         data = b"".join(parts)
         self._budget.charge(len(data))
         self._stats.replayed_events += len(parts)
@@ -300,13 +334,24 @@ class ReplayCursor:
         self._budget.release(n_bytes)
 
     def cancel(self) -> None:
-        """Stop waiting for the budget."""
+        """Stop: forget the wait for the budget and the rescued frames."""
         self._budget.forget(self._sub)
+        self._log.cursors.discard(self)
+        self._rescued.clear()
+        self._rescued_bytes = 0
 
-    def overtaken(self) -> bool:
-        """True if the buffer has evicted an event this cursor still has to send."""
-        evicted = self._log.evicted
-        return evicted is not None and evicted > self.after
+    def rescue(self, n: int) -> None:
+        """Keep the frames this replay owes among buffer rows ``[0, n)``, about to go."""
+        sub = self._sub
+        parts, last = self._log.scan(
+            self.after, self.until, sub.symbols, sub.events, max_bytes=1 << 62, max_rows=n
+        )
+        self.after = last
+        self._rescued.extend(parts)
+        self._rescued_bytes += sum(map(len, parts))
+        if self._rescued_bytes > sub.max_backlog_bytes:
+            # The client reads more slowly than the buffer turns over.
+            sub.close(CloseReason.SLOW_CONSUMER)
 
 
 @dataclass(eq=False)
@@ -362,8 +407,6 @@ class MemoryBroker(Broker):
         self.replay_budget = ReplayBudget(replay_memory_bytes, self.stats)
         self._clock = clock
         self._log = ReplayLog(buffer_size)
-        # Replays not yet fully taken: dropped as slow consumers once overtaken.
-        self._cursors: dict[Subscription, ReplayCursor] = {}
         self._next_id = 1
         self._groups: dict[tuple[frozenset[str] | None, frozenset[str]], _Group] = {}
         self._n_subs = 0
@@ -433,16 +476,6 @@ class MemoryBroker(Broker):
 
     def _evict_old(self, now: float) -> None:
         self._log.evict_before(now - self.buffer_age)
-        if self._cursors:
-            self._drop_overtaken()
-
-    def _drop_overtaken(self) -> None:
-        """Close replays whose next event was evicted (checked before each publish)."""
-        for sub, cursor in list(self._cursors.items()):
-            if sub.closed or not sub.replaying:
-                del self._cursors[sub]
-            elif cursor.overtaken():
-                sub.close(CloseReason.SLOW_CONSUMER)
 
     def publish(self, batch: Sequence[EventLike]) -> None:
         """Assign ids, encode once, store for replay and fan out to every group.
@@ -642,9 +675,9 @@ class MemoryBroker(Broker):
         if start >= len(keys):
             return
         after = keys[start - 1] if start > 0 else keys[0] - 1
-        cursor = ReplayCursor(self._log, self.replay_budget, self.stats, sub, after, keys[-1])
-        self._cursors[sub] = cursor
-        sub.attach_replay(cursor)
+        sub.attach_replay(
+            ReplayCursor(self._log, self.replay_budget, self.stats, sub, after, keys[-1])
+        )
 
     def _format_id(self, key: int) -> str:
         """The wire form of an internal id key (decimal here)."""
@@ -672,7 +705,6 @@ class MemoryBroker(Broker):
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove ``sub`` from fan-out (idempotent); does not close it."""
-        self._cursors.pop(sub, None)
         group = self._groups.get(sub.key)
         if group is None or sub not in group.members:
             return
@@ -719,6 +751,5 @@ class MemoryBroker(Broker):
         for sub in self.subscriptions():
             sub.close(CloseReason.BROKER_CLOSED)
         self._groups.clear()
-        self._cursors.clear()
         self._n_subs = 0
         self._log.clear()

@@ -236,12 +236,12 @@ def test_never_finished_body_and_headers_time_out(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- defect 2
 
 UNIVERSE = 200
-BUFFER = 20_000
-STALLED = 60
+BUFFER = 60_000
+STALLED = 40
 REPLAY_MEMORY = 8 << 20
 #: Documented bound (docs/server.md, "Resume"): replay in flight is at most
 #: --replay-memory, held once in the broker's chunk and once in the socket's write
-#: buffer; plus slack for 60 connections' own state and allocator noise.
+#: buffer; plus slack for 40 connections' own state and allocator noise.
 RSS_BOUND = 2 * REPLAY_MEMORY + 40 * 2**20
 
 
@@ -273,9 +273,9 @@ async def _witness(port: int, stop: asyncio.Event, out: dict[str, Any]) -> None:
 
 
 def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
-    """Defect 2: 60 clients resume from the oldest of 20,000 buffered events and never read.
+    """Defect 2: 40 clients resume from the oldest of 60,000 buffered events and never read.
 
-    Before the fix each built the whole replay (about 4 MB here) in memory at once, so
+    Before the fix each built the whole replay (about 9 MB here, over the 4 MB a socket's kernel buffer takes) in memory at once, so
     RSS grew by hundreds of MB, and a healthy stream stalled while they were built.
     """
 
@@ -317,6 +317,7 @@ def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
             stop.set()
         await witness
         growth = peak - rss_before
+        print(f"RSS growth {growth / 2**20:.1f} MB, witness silence {seen['silence']:.3f} s")
         assert growth < RSS_BOUND, f"RSS grew {growth / 2**20:.0f} MB (bound {RSS_BOUND >> 20})"
         assert seen["gaps"] == [], f"witness saw gaps {seen['gaps'][:5]}"
         assert seen["silence"] < 1.0, f"witness was silent {seen['silence']:.2f} s"
@@ -327,7 +328,7 @@ def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
         "--universe",
         str(UNIVERSE),
         "--tick-interval",
-        "0.02",
+        "0.01",
         "--bar-interval",
         "3600",
         "--buffer-size",
@@ -339,57 +340,3 @@ def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
     ) as server:
         run(lambda: body(server))
         assert "Traceback" not in server.log_text()
-
-
-def test_stalled_resumes_wait_within_the_replay_budget(tmp_path: Path) -> None:
-    """The global budget: replay bytes in flight never exceed --replay-memory (plus one
-    chunk), however many stalled clients resume, and they are counted as waiting."""
-
-    async def body(port: int) -> None:
-        deadline = time.monotonic() + 60  # hang guard
-        while True:
-            _, snap = await http_get(port, "/snapshot?symbols=SYM0000")
-            if int(snap["last_id"]) > BUFFER:
-                break
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.2)
-        newest = int(snap["last_id"])
-        stalled = [
-            await RawStream.open(
-                port, "/stream", {"Last-Event-ID": str(newest - BUFFER // 2)}, rcvbuf=4096
-            )
-            for _ in range(20)
-        ]
-
-        def scrape(text: str, name: str) -> float:
-            m = re.search(rf"^{name} (\S+)$", text, re.M)
-            assert m, name
-            return float(m.group(1))
-
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                _, metrics = await http_get(port, "/metrics")
-                waits = scrape(metrics, "quoteflow_replay_waits_total")
-                in_flight = scrape(metrics, "quoteflow_replay_bytes_in_flight")
-                assert in_flight <= (1 << 20) + (256 << 10), in_flight
-                if waits >= 1:
-                    break
-                assert time.monotonic() < deadline, "no resume waited for the budget"
-                await asyncio.sleep(0.1)
-        finally:
-            for s in stalled:
-                s.abort()
-
-    with serve(
-        tmp_path,
-        "--universe",
-        str(UNIVERSE),
-        "--tick-interval",
-        "0.02",
-        "--buffer-size",
-        str(BUFFER),
-        "--replay-memory",
-        str(1 << 20),
-    ) as server:
-        run(lambda: body(server.port))

@@ -446,3 +446,50 @@ def test_the_replay_buffer_keeps_no_gc_tracked_object_per_event() -> None:
     # per buffered event would add 2,000 here.
     assert grown < 50, grown
     b.close()
+
+
+def test_replay_is_streamed_in_chunks_within_the_global_replay_budget() -> None:
+    """Issue 10, defect 2: a resume is not copied whole; replays in flight share a budget."""
+
+    async def body() -> None:
+        b = MemoryBroker(buffer_size=3000, replay_memory_bytes=20_000)
+        for k in range(1000):
+            b.publish(batch(k))  # 3000 events, ~150 KB in the buffer
+        first = b.subscribe(None, ALL_EVENTS, "0")
+        second = b.subscribe(None, ALL_EVENTS, "0")
+        chunk = first.take()
+        assert 0 < len(chunk.data) <= 20_000 + 200  # one chunk, not the whole replay
+        assert b.stats.replay_bytes_in_flight == len(chunk.data)
+        assert not second.has_pending()  # the budget is spent: it waits its turn
+        assert b.stats.replay_waits == 1
+        woken = asyncio.ensure_future(second.wait())
+        await asyncio.sleep(0)
+        assert not woken.done()
+        first.written()  # the chunk reached the socket: its bytes are released
+        await asyncio.wait_for(woken, 1)
+        assert b.stats.replay_bytes_in_flight == 0
+        got = decode(chunk.data + drain(first))
+        assert [i for i, _, _ in got] == list(range(1, 3001))
+        b.publish(batch(1000))  # live after the replay, no gap
+        assert [i for i, _, _ in decode(drain(first))] == [3001, 3002, 3003]
+        assert [i for i, _, _ in decode(drain(second))] == list(range(1, 3004))
+        assert b.stats.replay_bytes_in_flight == 0
+
+    asyncio.run(body())
+
+
+def test_replay_overtaken_by_eviction_keeps_what_it_owes_or_is_cut_as_slow() -> None:
+    """A replay that has not sent events the buffer evicts keeps references to them (no
+    gap); once they exceed the backlog bound it is a slow consumer."""
+    b = MemoryBroker(buffer_size=30, max_backlog_bytes=10_000)
+    for k in range(10):
+        b.publish(batch(k))  # ids 1..30
+    sub = b.subscribe(None, ALL_EVENTS, "0")
+    for k in range(10, 20):
+        b.publish(batch(k))  # ids 31..60: 1..30 evicted before being sent
+    assert not sub.closed
+    assert [i for i, _, _ in decode(drain(sub))] == list(range(1, 61))
+    slow = b.subscribe(None, ALL_EVENTS, b.last_id and str(int(b.last_id) - 29))
+    for k in range(20, 400):
+        b.publish(batch(k))
+    assert slow.closed and slow.close_reason == CloseReason.SLOW_CONSUMER
