@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import resource
@@ -161,6 +162,7 @@ def test_fd_exhaustion_does_not_spin_and_keeps_answering(tmp_path: Path) -> None
             # Behaviour bound on a busy loop (not a speed test): an idle server with
             # its listening socket readable must not burn a core retrying accept().
             rate = await cpu_rate(server, 2.0)
+            print(f"server CPU under attack: {rate:.3f} s/s")
             assert rate < 0.3, f"server burns {rate:.2f} s of CPU per second under attack"
         finally:
             for w in attackers:
@@ -204,6 +206,7 @@ def test_fd_exhaustion_does_not_spin_and_keeps_answering(tmp_path: Path) -> None
     ) as server:
         run(lambda: body(server))
         log = server.log_text()
+    print(f"log: {len(log.splitlines())} lines")
     assert "--max-connections lowered from 10000 to 224" in log
     assert "Traceback" not in log and "Too many open files" not in log
     assert log.count("open-file limit reached") <= 2, log[-3000:]
@@ -340,3 +343,60 @@ def test_resume_from_old_id_is_no_memory_amplifier(tmp_path: Path) -> None:
     ) as server:
         run(lambda: body(server))
         assert "Traceback" not in server.log_text()
+
+
+# ------------------------------------------------------------------------- smaller
+
+
+def test_connection_limit_503s_are_counted_and_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10, "Smaller": a flood of 503s at --max-connections wrote one ERROR access-log
+    line each; now each is counted in /metrics and one summary line per interval is logged.
+    The instance header (host:pid) is only sent when asked for."""
+    from quoteflow.server.app import ServerSettings
+    from tests.integration.fakes import FakeSource, request, serving
+
+    async def body() -> None:
+        async with serving(FakeSource(), settings=ServerSettings(max_connections=1)) as server:
+            port = server.port
+            assert port is not None
+            holder = await RawStream.open(port, "/stream")
+            assert holder.status == 200 and "x-quoteflow-instance" not in holder.headers
+            try:
+                with caplog.at_level(logging.INFO):
+                    for _ in range(50):
+                        status, payload = await request(port, "GET", "/stream")
+                        assert status == 503 and "too many connections" in payload["error"]
+                _, metrics = await request(port, "GET", "/metrics")
+            finally:
+                await holder.close()
+        m = re.search(
+            r'quoteflow_streams_rejected_total\{reason="max_connections"\} (\S+)', metrics
+        )
+        assert m and float(m.group(1)) == 50
+        lines = [
+            r for r in caplog.records if "/stream" in r.getMessage() or "refused" in r.getMessage()
+        ]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert "stream(s) refused" in lines[0].getMessage()
+
+    run(body)
+
+
+def test_instance_header_is_opt_in() -> None:
+    from quoteflow.server.app import ServerSettings
+    from tests.integration.fakes import FakeSource, serving
+
+    async def body() -> None:
+        for enabled in (False, True):
+            settings = ServerSettings(instance="east-1", instance_header=enabled)
+            async with serving(FakeSource(), settings=settings) as server:
+                assert server.port is not None
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+                head = (await reader.read()).partition(b"\r\n\r\n")[0].decode().lower()
+                writer.close()
+                assert ("x-quoteflow-instance: east-1" in head) is enabled
+
+    run(body)

@@ -97,6 +97,7 @@ def server(workdir: Path, url: str, name: str = "A", *extra: str) -> QuoteflowPr
         "0",
         "--instance-id",
         name,
+        "--instance-header",
         "--heartbeat",
         "0.3",
         *extra,

@@ -146,6 +146,7 @@ def cluster(workdir: Path) -> Iterator[Cluster]:
                     "0",
                     "--instance-id",
                     name,
+                    "--instance-header",
                     "--retry-ms",
                     "200",
                     "--heartbeat",
