@@ -400,3 +400,17 @@ def test_instance_header_is_opt_in() -> None:
                 assert ("x-quoteflow-instance: east-1" in head) is enabled
 
     run(body)
+
+
+def test_soft_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """At start-up the soft RLIMIT_NOFILE goes up to the hard one, and --max-connections
+    is capped by that (raised) limit, saying so."""
+
+    def soft_below_hard() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 400))
+
+    with serve(tmp_path, "--universe", "2", preexec=soft_below_hard) as server:
+        limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
+        (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+        assert line.split()[3:5] == ["400", "400"], line
+        assert "--max-connections lowered from 10000 to 350" in server.log_text()
