@@ -543,8 +543,9 @@ class Broker(ABC):
         Returns
         -------
         Subscription
-            Pre-filled with the replayed events (or an ``event: reset`` with a
-            snapshot when the id cannot be resumed from), then live.
+            With the replay attached (streamed a chunk per take, see
+            :class:`ReplayFeed`) or an ``event: reset`` with a snapshot queued when the
+            id cannot be resumed from, then live.
 
         Raises
         ------

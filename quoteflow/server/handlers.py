@@ -581,7 +581,7 @@ class StreamHandler(JSONHandler):
         Returns
         -------
         Subscription
-            Pre-filled with the replay (or reset) for the resume point.
+            With the replay (streamed) or reset for the resume point attached.
 
         Raises
         ------
