@@ -28,7 +28,7 @@ from tornado.ioloop import PeriodicCallback
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.redis import RedisBroker
-from quoteflow.server.auth import check_secret
+from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.handlers import (
     ApiError,
     DashboardHandler,
@@ -43,6 +43,7 @@ from quoteflow.server.handlers import (
     SymbolHandler,
     SymbolsHandler,
 )
+from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.sse import encode_comment
 from quoteflow.server.ws import WebSocketStreamHandler
@@ -51,12 +52,14 @@ if TYPE_CHECKING:
     from quoteflow.sources import Source
 
 __all__ = [
+    "METRICS_ACCESS",
     "STATIC_PATH",
     "GcGovernor",
     "ServerSettings",
     "ServerState",
     "default_instance_id",
     "make_app",
+    "make_metrics_app",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,11 @@ log = logging.getLogger(__name__)
 STATIC_PATH = Path(__file__).resolve().parent / "static"
 
 _HEARTBEAT = encode_comment("keepalive")
+
+#: Who may read ``/metrics``: anyone (``open``), a token with the ``metrics`` or ``admin``
+#: claim (``token``), or anyone reaching a separate listener (``listener``, on
+#: ``metrics_port``; the main port then answers 404 for it).
+METRICS_ACCESS = ("open", "token", "listener")
 
 
 def default_instance_id() -> str:
@@ -150,6 +158,21 @@ class ServerSettings:
         them and escape the per-address limit.
     instance : str
         Name of this server in the ``X-Quoteflow-Instance`` header and ``/healthz``.
+    metrics_access : {"open", "token", "listener"} or None
+        Who may read ``/metrics`` (see :data:`METRICS_ACCESS`). None: ``token`` when auth
+        is on (fail closed), ``open`` when it is off; :attr:`metrics_policy` is the
+        value in force.
+    metrics_port : int or None
+        Port of the metrics listener (``metrics_access="listener"`` only; 0 picks one).
+    metrics_host : str or None
+        Interface of the metrics listener (None: the server's own host).
+    ws_max_message_size : int
+        Largest message (bytes, all fragments) a WebSocket client may send; a bigger one
+        closes the connection with 1009. The client never needs to send more than a
+        pong, so the bound is small.
+    ws_frame_timeout : float
+        Seconds within which a WebSocket client must answer a ping (and so finish any
+        frame it has started); otherwise the connection is closed with 1008.
     """
 
     heartbeat: float = 15.0
@@ -162,6 +185,18 @@ class ServerSettings:
     max_connections_per_ip: int = 100
     trust_proxy: bool = False
     instance: str = field(default_factory=default_instance_id)
+    metrics_access: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str | None = None
+    ws_max_message_size: int = 4096
+    ws_frame_timeout: float = 10.0
+
+    @property
+    def metrics_policy(self) -> str:
+        """The ``/metrics`` access in force: ``metrics_access`` or its default."""
+        if self.metrics_access is not None:
+            return self.metrics_access
+        return "token" if self.auth_secret is not None else "open"
 
     def __post_init__(self) -> None:
         if not self.heartbeat > 0:
@@ -184,6 +219,29 @@ class ServerSettings:
                 )
         if self.auth_secret is not None:
             check_secret(self.auth_secret)
+        self._check_metrics()
+        if self.ws_max_message_size < 126:
+            raise ValueError(
+                f"ws_max_message_size must be >= 126 bytes, got {self.ws_max_message_size}"
+            )
+        if not 0 < self.ws_frame_timeout < float("inf"):
+            raise ValueError(f"ws_frame_timeout must be > 0 seconds, got {self.ws_frame_timeout}")
+
+    def _check_metrics(self) -> None:
+        access = self.metrics_access
+        if access is not None and access not in METRICS_ACCESS:
+            raise ValueError(f"metrics access {access!r}: choose from {', '.join(METRICS_ACCESS)}")
+        if access == "token" and self.auth_secret is None:
+            raise ValueError(
+                "metrics access 'token' needs auth on (--auth-secret / QUOTEFLOW_AUTH_SECRET)"
+            )
+        if (access == "listener") != (self.metrics_port is not None):
+            raise ValueError(
+                "--metrics-port and --metrics-access listener go together: the listener "
+                "needs a port (0 picks one), and a port is only used by the listener"
+            )
+        if self.metrics_host is not None and access != "listener":
+            raise ValueError("--metrics-host only applies with --metrics-access listener")
 
 
 class ServerState:
@@ -242,7 +300,7 @@ class ServerState:
         ApiError
             Via ``error``, naming the unknown symbols.
         """
-        known = {s.upper(): s for s in self.source.symbols}
+        known = {symbol_key(s): s for s in self.source.symbols}
         if not known and not getattr(self.source, "symbols_known", True):
             # A serving-only instance that has not reached Redis yet cannot tell an
             # unknown symbol from one it has not heard of: say so instead of a 400.
@@ -250,7 +308,7 @@ class ServerState:
         out: set[str] = set()
         unknown: list[str] = []
         for name in names:
-            symbol = known.get(name.upper())
+            symbol = known.get(symbol_key(name))
             if symbol is None:
                 unknown.append(name)
             else:
@@ -406,12 +464,30 @@ def make_app(
             # BokehJS from the installed package: the dashboard works offline (no CDN).
             handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
         handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
-    app_settings: dict[str, object] = {
+    app_settings = _app_settings(state)
+    # A client has nothing to send on /ws but pongs (see ws.py): tiny messages only.
+    app_settings["websocket_max_message_size"] = settings.ws_max_message_size
+    app_settings.update(tornado_settings)
+    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]
+
+
+def _app_settings(state: ServerState) -> dict[str, object]:
+    return {
         "quoteflow": state,
         # SSE must not be gzip-buffered, and JSON answers are small.
         "compress_response": False,
         "default_handler_class": NotFoundHandler,
         "xsrf_cookies": False,
+        # The access log without ?access_token= values (quoteflow.server.logs).
+        "log_function": log_request,
     }
-    app_settings.update(tornado_settings)
-    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]
+
+
+def make_metrics_app(state: ServerState) -> tornado.web.Application:
+    """The application of the metrics listener (``metrics_access="listener"``).
+
+    Only ``/metrics`` (and JSON 404s), rendering the registry of ``state`` (the main
+    app's state: same numbers). No token: what protects it is who can reach its port.
+    """
+    handlers: list[Any] = [(r"/metrics", MetricsHandler, {"listener": True})]
+    return tornado.web.Application(handlers, **_app_settings(state))  # type: ignore[arg-type]
