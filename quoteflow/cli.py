@@ -399,9 +399,21 @@ def _add_token_parser(subparsers: SubParsers) -> None:
         help="comma-separated symbols the token may subscribe to (default: all)",
     )
     p.add_argument(
-        "--ttl", default="1h", metavar="DURATION", help="lifetime: 90s, 15m, 1h, 7d (default 1h)"
+        "--ttl",
+        default="1h",
+        metavar="DURATION",
+        help="lifetime: 90s, 15m, 1h, 7d; at most 3650d (default 1h)",
     )
-    p.add_argument("--admin", action="store_true", help="may change parameters (PUT /symbols/...)")
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="may change parameters (PUT /symbols/...) and read /metrics",
+    )
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="may read /metrics (servers with --metrics-access token, the default with auth)",
+    )
     p.add_argument("--subject", default=None, metavar="NAME", help="'sub' claim (who it is for)")
     p.add_argument(
         "--secret",
@@ -418,8 +430,8 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     from quoteflow.server.auth import mint_token, parse_ttl
 
-    secret = args.secret or os.environ.get("QUOTEFLOW_AUTH_SECRET")
-    if not secret:
+    secret = args.secret if args.secret is not None else os.environ.get("QUOTEFLOW_AUTH_SECRET")
+    if secret is None:
         raise DataError("no secret: pass --secret or set QUOTEFLOW_AUTH_SECRET")
     symbols = None
     if args.symbols is not None:
@@ -427,7 +439,12 @@ def _cmd_token(args: argparse.Namespace) -> int:
         if not symbols:
             raise DataError("--symbols is empty: name at least one symbol, or omit it for all")
     token = mint_token(
-        secret, symbols=symbols, ttl=parse_ttl(args.ttl), admin=args.admin, subject=args.subject
+        secret,
+        symbols=symbols,
+        ttl=parse_ttl(args.ttl),
+        admin=args.admin,
+        metrics=args.metrics,
+        subject=args.subject,
     )
     print(token)
     return 0

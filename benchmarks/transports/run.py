@@ -218,8 +218,15 @@ async def ws_client(port: int, st: ClientStats, win: Window) -> None:
             opcode = head[0] & 0x0F
             if opcode == 0x8:  # close
                 break
+            if opcode == 0x9:
+                # RFC 6455 §5.5.3: answer with a pong (masked, as every client frame);
+                # the server closes clients that do not (--ws-frame-timeout).
+                mask = os.urandom(4)
+                body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                writer.write(bytes([0x8A, 0x80 | len(payload)]) + mask + body)
+                continue
             if opcode != 0x1:
-                continue  # pings: the server's heartbeat
+                continue
             msg = json.loads(payload)
             if not win.open:
                 st.last_id = int(msg["id"])

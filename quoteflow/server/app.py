@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.ioloop import PeriodicCallback
-from tornado.log import access_log
 
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.redis import RedisBroker
-from quoteflow.server.auth import check_secret
+from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.handlers import (
     ApiError,
     DashboardHandler,
@@ -45,6 +44,7 @@ from quoteflow.server.handlers import (
     SymbolsHandler,
     refusal_logs,
 )
+from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.sse import encode_comment
 from quoteflow.server.ws import WebSocketStreamHandler
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from quoteflow.sources import Source
 
 __all__ = [
+    "METRICS_ACCESS",
     "STATIC_PATH",
     "GcGovernor",
     "ServerSettings",
@@ -60,6 +61,7 @@ __all__ = [
     "default_instance_id",
     "log_request",
     "make_app",
+    "make_metrics_app",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,11 @@ log = logging.getLogger(__name__)
 STATIC_PATH = Path(__file__).resolve().parent / "static"
 
 _HEARTBEAT = encode_comment("keepalive")
+
+#: Who may read ``/metrics``: anyone (``open``), a token with the ``metrics`` or ``admin``
+#: claim (``token``), or anyone reaching a separate listener (``listener``, on
+#: ``metrics_port``; the main port then answers 404 for it).
+METRICS_ACCESS = ("open", "token", "listener")
 
 
 def default_instance_id() -> str:
@@ -156,6 +163,21 @@ class ServerSettings:
     instance_header : bool
         Send ``X-Quoteflow-Instance: <instance>`` on every response. Off by default: the
         default name is ``host:pid``, which nobody needs to learn without auth.
+    metrics_access : {"open", "token", "listener"} or None
+        Who may read ``/metrics`` (see :data:`METRICS_ACCESS`). None: ``token`` when auth
+        is on (fail closed), ``open`` when it is off; :attr:`metrics_policy` is the
+        value in force.
+    metrics_port : int or None
+        Port of the metrics listener (``metrics_access="listener"`` only; 0 picks one).
+    metrics_host : str or None
+        Interface of the metrics listener (None: the server's own host).
+    ws_max_message_size : int
+        Largest message (bytes, all fragments) a WebSocket client may send; a bigger one
+        closes the connection with 1009. The client never needs to send more than a
+        pong, so the bound is small.
+    ws_frame_timeout : float
+        Seconds within which a WebSocket client must answer a ping (and so finish any
+        frame it has started); otherwise the connection is closed with 1008.
     """
 
     heartbeat: float = 15.0
@@ -169,6 +191,18 @@ class ServerSettings:
     trust_proxy: bool = False
     instance: str = field(default_factory=default_instance_id)
     instance_header: bool = False
+    metrics_access: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str | None = None
+    ws_max_message_size: int = 4096
+    ws_frame_timeout: float = 10.0
+
+    @property
+    def metrics_policy(self) -> str:
+        """The ``/metrics`` access in force: ``metrics_access`` or its default."""
+        if self.metrics_access is not None:
+            return self.metrics_access
+        return "token" if self.auth_secret is not None else "open"
 
     def __post_init__(self) -> None:
         if not self.heartbeat > 0:
@@ -191,6 +225,29 @@ class ServerSettings:
                 )
         if self.auth_secret is not None:
             check_secret(self.auth_secret)
+        self._check_metrics()
+        if self.ws_max_message_size < 126:
+            raise ValueError(
+                f"ws_max_message_size must be >= 126 bytes, got {self.ws_max_message_size}"
+            )
+        if not 0 < self.ws_frame_timeout < float("inf"):
+            raise ValueError(f"ws_frame_timeout must be > 0 seconds, got {self.ws_frame_timeout}")
+
+    def _check_metrics(self) -> None:
+        access = self.metrics_access
+        if access is not None and access not in METRICS_ACCESS:
+            raise ValueError(f"metrics access {access!r}: choose from {', '.join(METRICS_ACCESS)}")
+        if access == "token" and self.auth_secret is None:
+            raise ValueError(
+                "metrics access 'token' needs auth on (--auth-secret / QUOTEFLOW_AUTH_SECRET)"
+            )
+        if (access == "listener") != (self.metrics_port is not None):
+            raise ValueError(
+                "--metrics-port and --metrics-access listener go together: the listener "
+                "needs a port (0 picks one), and a port is only used by the listener"
+            )
+        if self.metrics_host is not None and access != "listener":
+            raise ValueError("--metrics-host only applies with --metrics-access listener")
 
 
 class ServerState:
@@ -251,7 +308,7 @@ class ServerState:
         ApiError
             Via ``error``, naming the unknown symbols.
         """
-        known = {s.upper(): s for s in self.source.symbols}
+        known = {symbol_key(s): s for s in self.source.symbols}
         if not known and not getattr(self.source, "symbols_known", True):
             # A serving-only instance that has not reached Redis yet cannot tell an
             # unknown symbol from one it has not heard of: say so instead of a 400.
@@ -259,7 +316,7 @@ class ServerState:
         out: set[str] = set()
         unknown: list[str] = []
         for name in names:
-            symbol = known.get(name.upper())
+            symbol = known.get(symbol_key(name))
             if symbol is None:
                 unknown.append(name)
             else:
@@ -364,27 +421,6 @@ class ServerState:
             self.broker.close()
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """The access log line of a finished request (tornado's ``log_function`` setting).
-
-    As tornado's default (info below 400, warning below 500, error from 500), except for
-    requests refused by a connection limit (``handler.quiet_log``): in a flood they would
-    write one line each, so they are counted in ``/metrics`` and summarised once per
-    interval by the handler instead.
-    """
-    if getattr(handler, "quiet_log", False):
-        return
-    status = handler.get_status()
-    if status < 400:
-        method = access_log.info
-    elif status < 500:
-        method = access_log.warning
-    else:
-        method = access_log.error
-    request_time = 1000.0 * handler.request.request_time()
-    method("%d %s %.2fms", status, handler._request_summary(), request_time)
-
-
 def make_app(
     source: Source,
     broker: Broker | None = None,
@@ -436,13 +472,31 @@ def make_app(
             # BokehJS from the installed package: the dashboard works offline (no CDN).
             handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
         handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
-    app_settings: dict[str, object] = {
+    app_settings = _app_settings(state)
+    # A client has nothing to send on /ws but pongs (see ws.py): tiny messages only.
+    app_settings["websocket_max_message_size"] = settings.ws_max_message_size
+    app_settings.update(tornado_settings)
+    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]
+
+
+def _app_settings(state: ServerState) -> dict[str, object]:
+    return {
         "quoteflow": state,
         # SSE must not be gzip-buffered, and JSON answers are small.
         "compress_response": False,
         "default_handler_class": NotFoundHandler,
-        "log_function": log_request,
         "xsrf_cookies": False,
+        # The access log without ?access_token= values, and without a line per request
+        # refused by a connection limit (quoteflow.server.logs).
+        "log_function": log_request,
     }
-    app_settings.update(tornado_settings)
-    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]
+
+
+def make_metrics_app(state: ServerState) -> tornado.web.Application:
+    """The application of the metrics listener (``metrics_access="listener"``).
+
+    Only ``/metrics`` (and JSON 404s), rendering the registry of ``state`` (the main
+    app's state: same numbers). No token: what protects it is who can reach its port.
+    """
+    handlers: list[Any] = [(r"/metrics", MetricsHandler, {"listener": True})]
+    return tornado.web.Application(handlers, **_app_settings(state))  # type: ignore[arg-type]

@@ -5,15 +5,21 @@ header, the ``access_token`` query parameter (the browser's ``EventSource`` cann
 headers) or the ``access_token`` cookie. Claims used:
 
 - ``exp`` (required, RFC 7519 §4.1.4): checked on connect; a stream ends at expiry.
+  ``exp``, ``nbf`` and ``iat`` must be JSON numbers (NumericDate, RFC 7519 §2): a string
+  or a boolean is refused, never coerced.
 - ``symbols`` (optional): list of symbols the token may subscribe to; absent or ``"*"``
-  means all.
-- ``admin`` (optional, bool): needed for ``PUT /symbols/{symbol}``.
+  means all. Matched like request symbols, case-insensitively (:func:`symbol_key`).
+- ``admin`` (optional): grants ``PUT /symbols/{symbol}`` (and ``/metrics``) only when it
+  is JSON ``true``; ``"false"``, ``1`` or ``[0]`` grant nothing.
+- ``metrics`` (optional): JSON ``true`` lets the token read ``/metrics`` when
+  ``--metrics-access token``.
 
 This module is pure (no tornado): handlers map :class:`AuthError` to a JSON 401/403.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,12 +29,15 @@ from quoteflow.errors import QuoteflowError
 
 __all__ = [
     "ALGORITHM",
+    "MAX_TTL",
+    "MIN_SECRET_BYTES",
     "AuthError",
     "Claims",
     "check_secret",
     "extract_token",
     "mint_token",
     "parse_ttl",
+    "symbol_key",
     "verify_token",
 ]
 
@@ -44,20 +53,48 @@ class AuthError(QuoteflowError):
         self.status = status
 
 
+def symbol_key(name: str) -> str:
+    """The form in which a symbol name is compared: request names and token claims alike.
+
+    Symbols are case-insensitive on every door (``?symbols=aapl``, a token's
+    ``"symbols": ["aapl"]``), so both sides are compared through this one function.
+    """
+    return name.strip().upper()
+
+
 @dataclass(frozen=True)
 class Claims:
-    """What a verified token allows."""
+    """What a verified token allows.
+
+    Attributes
+    ----------
+    subject : str or None
+        The ``sub`` claim.
+    symbols : frozenset of str or None
+        :func:`symbol_key` of every symbol the token may read; None: every symbol.
+    admin : bool
+        May change parameters (and read ``/metrics``).
+    expires_at : float
+        ``exp``, unix seconds.
+    metrics : bool
+        May read ``/metrics`` (``--metrics-access token``).
+    """
 
     subject: str | None
-    symbols: frozenset[str] | None  # None: every symbol
+    symbols: frozenset[str] | None
     admin: bool
-    expires_at: float  # unix seconds
+    expires_at: float
+    metrics: bool = False
+
+    def allows(self, symbol: str) -> bool:
+        """Whether the token may read ``symbol`` (compared by :func:`symbol_key`)."""
+        return self.symbols is None or symbol_key(symbol) in self.symbols
 
     def check_symbols(self, wanted: Iterable[str]) -> None:
         """Raise a 403 :class:`AuthError` naming the symbols this token may not read."""
         if self.symbols is None:
             return
-        denied = sorted(set(wanted) - self.symbols)
+        denied = sorted({w for w in wanted if not self.allows(w)})
         if denied:
             raise AuthError(
                 403,
@@ -83,28 +120,65 @@ def _jwt() -> Any:
 MIN_SECRET_BYTES = 32
 
 
+_MAKE_SECRET = "python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
 def check_secret(secret: str | None) -> str:
-    """Return ``secret`` if it is long enough for HS256, else raise a clear ``ValueError``."""
-    if not secret:
-        raise ValueError("an auth secret is needed (--auth-secret or QUOTEFLOW_AUTH_SECRET)")
-    if len(secret.encode()) < MIN_SECRET_BYTES:
+    """Return ``secret`` if it is fit to sign HS256 tokens, else raise a clear ``ValueError``.
+
+    An empty or whitespace-only secret is an error, never "auth off": a deployment whose
+    secret variable came out empty must not start without auth. A secret with fewer than
+    :data:`MIN_SECRET_BYTES` bytes outside whitespace, or one character repeated, is
+    refused as guessable.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong and how to make a good secret.
+    """
+    if secret is None or not secret.strip():
         raise ValueError(
-            f"auth secret too short: {len(secret.encode())} bytes, HS256 needs at least "
-            f"{MIN_SECRET_BYTES} (RFC 7518 §3.2); e.g. python -c 'import secrets; print(secrets.token_hex(32))'"
+            "auth secret is empty (or only whitespace): use a random secret of at least "
+            f"{MIN_SECRET_BYTES} bytes, e.g. {_MAKE_SECRET}; to run without auth, unset "
+            "QUOTEFLOW_AUTH_SECRET and drop --auth-secret"
+        )
+    solid = len("".join(secret.split()).encode())
+    if solid < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"auth secret too short: {solid} bytes (whitespace not counted), HS256 needs at "
+            f"least {MIN_SECRET_BYTES} (RFC 7518 §3.2); e.g. {_MAKE_SECRET}"
+        )
+    if len(set(secret)) == 1:
+        raise ValueError(
+            f"auth secret is one character repeated: anyone could guess it; e.g. {_MAKE_SECRET}"
         )
     return secret
 
 
+#: Longest token lifetime ``parse_ttl`` accepts (ten years): beyond that is a typo.
+MAX_TTL = 3650 * 86400.0
+
+
 def parse_ttl(text: str) -> float:
-    """Parse a duration like ``90``, ``90s``, ``15m``, ``1h``, ``7d`` into seconds."""
+    """Parse a duration like ``90``, ``90s``, ``15m``, ``1h``, ``7d`` into seconds.
+
+    Raises
+    ------
+    ValueError
+        Not a number with an optional unit, or not finite, or not in [1 s, :data:`MAX_TTL`]
+        (``exp`` has whole seconds: less than one would expire at once).
+    """
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     t = text.strip().lower()
     try:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         raise ValueError(f"bad duration {text!r}: use e.g. 90s, 15m, 1h or 7d") from None
-    if value <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
+    if not math.isfinite(value) or not 1 <= value <= MAX_TTL:
+        raise ValueError(
+            f"bad duration {text!r}: must be at least 1s and at most 3650d "
+            "(e.g. 90s, 15m, 1h or 7d)"
+        )
     return value
 
 
@@ -114,6 +188,7 @@ def mint_token(
     symbols: Iterable[str] | None = None,
     ttl: float = 3600.0,
     admin: bool = False,
+    metrics: bool = False,
     subject: str | None = None,
     now: float | None = None,
 ) -> str:
@@ -129,14 +204,24 @@ def mint_token(
         Lifetime in seconds.
     admin
         Whether the token may change parameters (``PUT /symbols/...``).
+    metrics
+        Whether the token may read ``/metrics`` (``--metrics-access token``).
+    subject
+        The ``sub`` claim.
+    now
+        Issue time, unix seconds (default: now).
     """
     check_secret(secret)
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"token lifetime must be a positive number of seconds, got {ttl}")
     issued = time.time() if now is None else now
     payload: dict[str, Any] = {"iat": int(issued), "exp": int(issued + ttl)}
     if symbols is not None:
         payload["symbols"] = sorted(symbols)
     if admin:
         payload["admin"] = True
+    if metrics:
+        payload["metrics"] = True
     if subject:
         payload["sub"] = subject
     token: str = _jwt().encode(payload, secret, algorithm=ALGORITHM)
@@ -163,7 +248,8 @@ def verify_token(token: str | None, secret: str, *, leeway: float = 0.0) -> Clai
     ------
     AuthError
         401 for a missing, malformed, wrongly signed or expired token; 401 for a token
-        without ``exp`` (a token that never expires is refused).
+        without ``exp`` (a token that never expires is refused) or whose ``exp``, ``nbf``
+        or ``iat`` is not a number.
     """
     if not token:
         raise AuthError(
@@ -182,19 +268,29 @@ def verify_token(token: str | None, secret: str, *, leeway: float = 0.0) -> Clai
         raise AuthError(401, f"token lacks the {exc.claim!r} claim") from None
     except jwt.InvalidTokenError as exc:
         raise AuthError(401, f"invalid token: {exc}") from None
+    for name in ("exp", "nbf", "iat"):
+        # PyJWT coerces with int(): "exp": "9999999999" would pass, "nbf": true too.
+        value = payload.get(name)
+        if value is not None and not (type(value) in (int, float) and math.isfinite(value)):
+            raise AuthError(
+                401, f"token claim {name!r} must be a number of seconds (NumericDate, RFC 7519 §2)"
+            )
     raw = payload.get("symbols")
     symbols: frozenset[str] | None
     if raw is None or raw == "*":
         symbols = None
     elif isinstance(raw, str):
-        symbols = frozenset(s for s in raw.split(",") if s)
+        symbols = frozenset(symbol_key(s) for s in raw.split(",") if s.strip())
     elif isinstance(raw, list) and all(isinstance(s, str) for s in raw):
-        symbols = frozenset(raw)
+        symbols = frozenset(symbol_key(s) for s in raw)
     else:
         raise AuthError(401, "token claim 'symbols' must be a list of strings")
+    subject = payload.get("sub")
     return Claims(
-        subject=payload.get("sub"),
+        subject=subject if isinstance(subject, str) else None,
         symbols=symbols,
-        admin=bool(payload.get("admin", False)),
+        # Only JSON true grants: "false", 1 or [0] are truthy but are not a grant.
+        admin=payload.get("admin") is True,
         expires_at=float(payload["exp"]),
+        metrics=payload.get("metrics") is True,
     )

@@ -13,14 +13,17 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import tornado.log
 import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
 from quoteflow.broker.base import ALL_EVENTS, CloseReason, EventIdError, Subscription
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import AuthError, Claims, extract_token, verify_token
+from quoteflow.server.logs import request_summary
 from quoteflow.server.metrics import CONTENT_TYPE
 from quoteflow.server.overload import IntervalLog
 from quoteflow.server.sse import encode_retry
@@ -37,6 +40,7 @@ __all__ = [
     "LiveHandler",
     "MetricsHandler",
     "NotFoundHandler",
+    "QuoteflowHandler",
     "SnapshotHandler",
     "SocketWriter",
     "StaticHandler",
@@ -99,15 +103,19 @@ _CORS_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
 HEADER_FIELDS_LIMIT = 64 * 1024
 
 
-class JSONHandler(tornado.web.RequestHandler):
-    """Base handler: shared state, JSON responses and JSON errors, CORS."""
+class QuoteflowHandler(tornado.web.RequestHandler):
+    """What every handler of the app has, static files included: the shared state, the
+    one JSON error path, and logs without secrets.
 
-    #: Add ``known_symbols`` to every 400 (subscription endpoints).
+    ``write_error`` only uses what this class defines, so it works for any handler that
+    derives from it, whatever else that handler is (a ``StaticFileHandler``, a
+    ``WebSocketHandler``).
+    """
+
+    #: Add ``known_symbols`` to every 400 (subscription endpoints set it).
     lists_symbols = False
-    #: Methods announced to a CORS preflight.
-    cors_methods = "GET, OPTIONS"
     #: Set on a request refused by a connection limit: no access-log line of its own
-    #: (see :func:`quoteflow.server.app.log_request`).
+    #: (see :func:`quoteflow.server.logs.log_request`).
     quiet_log = False
 
     @property
@@ -115,6 +123,60 @@ class JSONHandler(tornado.web.RequestHandler):
         """The app's :class:`~quoteflow.server.app.ServerState`."""
         state: ServerState = self.application.settings["quoteflow"]
         return state
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Every error is JSON; 500s hide the exception (it is logged by tornado)."""
+        payload: dict[str, Any]
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        if isinstance(exc, ApiError):
+            payload = exc.payload
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif status_code >= 500:
+            payload = {"error": "internal server error; see the server log"}
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+            # tornado's own 4xx (bad unicode in an argument, missing argument...): its
+            # message names the culprit and holds nothing secret.
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+            payload = {"error": f"{self._reason}: {message}"}
+        else:
+            payload = {"error": self._reason}
+        if status_code == 400 and self.lists_symbols and "known_symbols" not in payload:
+            # The wire contract: every 400 of a subscription endpoint names the symbols.
+            payload = {**payload, "known_symbols": self.state.known_symbols()}
+        self.state.metrics.http_errors.labels(str(status_code)).inc()
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(json.dumps(payload, separators=(",", ":"), allow_nan=False))
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """tornado's exception log, with the request named by :func:`request_summary`
+        (tornado's own prints the URI, ``?access_token=`` included)."""
+        if isinstance(value, tornado.web.HTTPError):
+            message = value.get_message()
+            if message:
+                tornado.log.gen_log.warning(
+                    "%d %s: %s", value.status_code, request_summary(self.request), message
+                )
+        else:
+            tornado.log.app_log.error(
+                "Uncaught exception %s",
+                request_summary(self.request),
+                exc_info=(typ, value, tb),  # type: ignore[arg-type]
+            )
+
+
+class JSONHandler(QuoteflowHandler):
+    """Base of the API handlers: JSON responses, CORS, auth, symbol parameters."""
+
+    #: Methods announced to a CORS preflight.
+    cors_methods = "GET, OPTIONS"
 
     def set_default_headers(self) -> None:
         """Name the instance (which server behind a load balancer answered) and CORS."""
@@ -172,46 +234,27 @@ class JSONHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-cache")
         self.finish(json.dumps(obj, separators=(",", ":"), allow_nan=False))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Every error is JSON; 500s hide the exception (it is logged by tornado)."""
-        payload: dict[str, Any]
-        exc_info = kwargs.get("exc_info")
-        exc = exc_info[1] if exc_info else None
-        if isinstance(exc, ApiError):
-            payload = exc.payload
-            for name, value in exc.headers.items():
-                self.set_header(name, value)
-        elif status_code >= 500:
-            payload = {"error": "internal server error; see the server log"}
-        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
-            # tornado's own 4xx (bad unicode in an argument, missing argument...): its
-            # message names the culprit and holds nothing secret.
-            message = exc.log_message % exc.args if exc.args else exc.log_message
-            payload = {"error": f"{self._reason}: {message}"}
-        else:
-            payload = {"error": self._reason}
-        if status_code == 400 and self.lists_symbols and "known_symbols" not in payload:
-            # The wire contract: every 400 of a subscription endpoint names the symbols.
-            payload = {**payload, "known_symbols": self.state.known_symbols()}
-        self.state.metrics.http_errors.labels(str(status_code)).inc()
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.finish(json.dumps(payload, separators=(",", ":"), allow_nan=False))
-
     def symbols_error(self, message: str, status: int = 400) -> ApiError:
         """An :class:`ApiError` that lists the known symbols (the wire contract's 400)."""
         return ApiError(status, message, known_symbols=self.state.known_symbols())
 
-    def authorize(self, *, admin: bool = False) -> Claims | None:
+    def authorize(self, *, admin: bool = False, metrics: bool = False) -> Claims | None:
         """Verify the request's token when auth is on; None when auth is off.
 
         The token comes from ``Authorization: Bearer``, the ``access_token`` query
         parameter (EventSource cannot set headers) or the ``access_token`` cookie.
 
+        Parameters
+        ----------
+        admin : bool
+            The token must carry ``"admin": true``.
+        metrics : bool
+            The token must carry ``"metrics": true`` or ``"admin": true``.
+
         Raises
         ------
         ApiError
-            401 (missing, bad or expired token) or 403 (``admin`` needed).
+            401 (missing, bad or expired token) or 403 (claim needed).
         """
         secret = self.state.settings.auth_secret
         if secret is None:
@@ -231,6 +274,10 @@ class JSONHandler(tornado.web.RequestHandler):
             raise ApiError(exc.status, str(exc), headers=challenge) from None
         if admin and not claims.admin:
             raise ApiError(403, "this token may not change parameters (needs the admin claim)")
+        if metrics and not (claims.metrics or claims.admin):
+            raise ApiError(
+                403, "this token may not read /metrics (needs the metrics or admin claim)"
+            )
         return claims
 
     def allowed_symbols(
@@ -241,7 +288,7 @@ class JSONHandler(tornado.web.RequestHandler):
         if claims is None or claims.symbols is None:
             return symbols
         if symbols is None:
-            return frozenset(s for s in self.state.source.symbols if s in claims.symbols)
+            return frozenset(s for s in self.state.source.symbols if claims.allows(s))
         try:
             claims.check_symbols(symbols)
         except AuthError as exc:
@@ -764,10 +811,28 @@ class SymbolHandler(JSONHandler):
 
 
 class MetricsHandler(JSONHandler):
-    """``GET /metrics``: Prometheus text format."""
+    """``GET /metrics``: Prometheus text format, for whom ``metrics_access`` allows.
+
+    Parameters (tornado ``initialize``)
+    -----------------------------------
+    listener : bool
+        True on the metrics listener's app (``make_metrics_app``).
+    """
+
+    listener = False
+
+    def initialize(self, listener: bool = False) -> None:
+        """Note whether this is the metrics listener."""
+        self.listener = listener
 
     def get(self) -> None:
-        """Render this app's registry."""
+        """Render this app's registry (401/403 without a fit token for ``token``; 404 on
+        the main port for ``listener``)."""
+        policy = self.state.settings.metrics_policy
+        if policy == "listener" and not self.listener:
+            raise ApiError(404, "/metrics is served on the metrics listener only (--metrics-port)")
+        if policy == "token":
+            self.authorize(metrics=True)
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.state.metrics.render())
 
@@ -831,11 +896,23 @@ class DashboardHandler(JSONHandler):
         self.finish(page)
 
 
-class StaticHandler(tornado.web.StaticFileHandler):
+class StaticHandler(QuoteflowHandler, tornado.web.StaticFileHandler):
     """Static files (dashboard assets, BokehJS) with JSON errors like every endpoint."""
 
-    write_error = JSONHandler.write_error
-    state = JSONHandler.state
+    def parse_url_path(self, url_path: str) -> str:
+        """Refuse control characters before the path reaches the file system.
+
+        A NUL byte (``/static/index.html%00.js``) makes ``os.stat`` raise ``ValueError``;
+        no file name the server ships contains a control character anyway.
+
+        Raises
+        ------
+        ApiError
+            400 naming the problem.
+        """
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url_path):
+            raise ApiError(400, "static file path must not contain control characters (NUL...)")
+        return super().parse_url_path(url_path)
 
 
 class NotFoundHandler(JSONHandler):

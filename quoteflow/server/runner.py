@@ -37,7 +37,14 @@ from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker
 from quoteflow.broker.redis import RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
-from quoteflow.server.app import GcGovernor, ServerSettings, ServerState, make_app
+from quoteflow.server.app import (
+    METRICS_ACCESS,
+    GcGovernor,
+    ServerSettings,
+    ServerState,
+    make_app,
+    make_metrics_app,
+)
 from quoteflow.server.overload import Acceptor, connection_cap, fd_reserve, raise_open_file_limit
 
 if TYPE_CHECKING:
@@ -190,6 +197,9 @@ class QuoteServer:
         self.app: tornado.web.Application = make_app(source, self.broker, settings=self.settings)
         self.state: ServerState = self.app.settings["quoteflow"]
         self.port: int | None = None
+        #: Port of the metrics listener (``metrics_access="listener"``), after start.
+        self.metrics_port: int | None = None
+        self._metrics_http: tornado.httpserver.HTTPServer | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -228,10 +238,22 @@ class QuoteServer:
         if self._http is not None:
             return
         sockets = _bind(self.host, self.requested_port)
+        # X-Real-IP / X-Forwarded-For become remote_ip (per-IP limit) only when told.
+        http = self._http_server(self.app, xheaders=self.settings.trust_proxy)
+        http.add_sockets(sockets)
+        self._http = http
+        self.port = int(sockets[0].getsockname()[1])
+        self._start_metrics_listener()
+        await self.state.start()
+        log.info("listening on %s", self.url)
+
+    def _http_server(
+        self, app: tornado.web.Application, *, xheaders: bool = False
+    ) -> _HTTPServer:
+        """An ``HTTPServer`` for ``app`` with this server's transport limits."""
         http = _HTTPServer(
-            self.app,
-            # X-Real-IP / X-Forwarded-For become remote_ip (per-IP limit) only when told.
-            xheaders=self.settings.trust_proxy,
+            app,
+            xheaders=xheaders,
             max_header_size=MAX_HEADER_SIZE,
             max_body_size=MAX_BODY_SIZE,
             idle_connection_timeout=self.idle_connection_timeout,
@@ -241,11 +263,18 @@ class QuoteServer:
             http._handle_connection,
             on_refused=self.state.metrics.connections_refused.labels("open_files").inc,
         )
+        return http
+
+    def _start_metrics_listener(self) -> None:
+        """Bind ``/metrics`` on its own port when ``metrics_access`` is ``listener``."""
+        settings = self.settings
+        if settings.metrics_policy != "listener" or settings.metrics_port is None:
+            return
+        sockets = _bind(settings.metrics_host or self.host, settings.metrics_port)
+        http = self._http_server(make_metrics_app(self.state))
         http.add_sockets(sockets)
-        self._http = http
-        self.port = int(sockets[0].getsockname()[1])
-        await self.state.start()
-        log.info("listening on %s", self.url)
+        self._metrics_http = http
+        self.metrics_port = int(sockets[0].getsockname()[1])
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: refuse new connections, end streams cleanly, stop the source.
@@ -260,10 +289,15 @@ class QuoteServer:
         self._stopped = True
         http = self._http
         http.stop()  # stop accepting: a reconnect goes to another instance
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
         await self.state.shutdown(timeout)
         # Idle keep-alive connections (finished streams included) are closed now.
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(http.close_all_connections(), timeout)
+        if self._metrics_http is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._metrics_http.close_all_connections(), timeout)
         await self.state.close_broker()
 
     # -- in a background thread --------------------------------------------------------
@@ -492,7 +526,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECRET",
         help="require HS256 JWTs signed with SECRET (>= 32 bytes; default: env "
-        "QUOTEFLOW_AUTH_SECRET, else auth off); prefer the env var: argv is visible in ps",
+        "QUOTEFLOW_AUTH_SECRET, else auth off; an empty value is an error, not 'off'); "
+        "prefer the env var: argv is visible in ps",
+    )
+    net.add_argument(
+        "--metrics-access",
+        choices=METRICS_ACCESS,
+        default=None,
+        help="who may read /metrics: open (anyone), token (a token with the metrics or "
+        "admin claim), listener (only on --metrics-port, not the main port); default: "
+        "token when auth is on, else open",
+    )
+    net.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="port of the /metrics listener (with --metrics-access listener; 0 picks one)",
+    )
+    net.add_argument(
+        "--metrics-host",
+        default=None,
+        metavar="HOST",
+        help="interface of the /metrics listener (default: --host)",
     )
     net.add_argument(
         "--cors-origin",
@@ -602,6 +657,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay bytes in flight to all resuming clients together; more resumes wait "
         f"their turn (default {DEFAULT_REPLAY_MEMORY})",
     )
+    lim.add_argument(
+        "--ws-max-message",
+        type=_positive(int, "WebSocket message limit"),
+        default=4096,
+        metavar="BYTES",
+        help="largest message a /ws client may send; bigger closes with 1009 (default 4096)",
+    )
+    lim.add_argument(
+        "--ws-frame-timeout",
+        type=_positive(float, "WebSocket frame timeout"),
+        default=10.0,
+        metavar="SECONDS",
+        help="a /ws client must answer a ping (finishing any frame it started) within "
+        "this time, else it is closed with 1008 (default 10)",
+    )
     parser.add_argument(
         "--log-level",
         default="info",
@@ -671,7 +741,10 @@ def _cors_origins(values: list[str]) -> tuple[str, ...]:
 
 
 def _settings(args: argparse.Namespace) -> ServerSettings:
-    secret = getattr(args, "auth_secret", None) or os.environ.get("QUOTEFLOW_AUTH_SECRET") or None
+    # An empty flag or variable is a mistake to report (check_secret), not "auth off".
+    secret = getattr(args, "auth_secret", None)
+    if secret is None:
+        secret = os.environ.get("QUOTEFLOW_AUTH_SECRET")
     extra: dict[str, Any] = {}
     if getattr(args, "instance_id", None):
         extra["instance"] = args.instance_id
@@ -686,6 +759,11 @@ def _settings(args: argparse.Namespace) -> ServerSettings:
             max_connections_per_ip=getattr(args, "max_connections_per_ip", 100),
             trust_proxy=bool(getattr(args, "trust_proxy", False)),
             instance_header=bool(getattr(args, "instance_header", False)),
+            metrics_access=getattr(args, "metrics_access", None),
+            metrics_port=getattr(args, "metrics_port", None),
+            metrics_host=getattr(args, "metrics_host", None),
+            ws_max_message_size=getattr(args, "ws_max_message", 4096),
+            ws_frame_timeout=getattr(args, "ws_frame_timeout", 10.0),
             **extra,
         )
     except ValueError as exc:
@@ -798,8 +876,12 @@ def run_serve(args: argparse.Namespace) -> int:
     def ready(server: QuoteServer) -> None:
         n = len(source.symbols)
         base = server.url
+        metrics = ""
+        if server.metrics_port is not None:
+            metrics = f", metrics on port {server.metrics_port}"
         print(
-            f"quoteflow serving {n} symbols on {base} (dashboard), stream at {base}stream",
+            f"quoteflow serving {n} symbols on {base} (dashboard), stream at {base}stream"
+            + metrics,
             flush=True,
         )
 

@@ -5,8 +5,20 @@ Same subscription and resume semantics as ``/stream``: query parameters ``symbol
 400 like on ``/stream``), auth, the connection limits, the replay buffer (resume with no
 gap, or a ``reset`` message with a snapshot), the slow-consumer bound. Every event is one
 text frame (RFC 6455 §5.6) holding ``{"id": "...", "event": "tick", "data": {...}}``;
-a heartbeat is a ping frame. The client never needs to send anything (messages it sends
-are ignored).
+a heartbeat is a ping frame. The client never needs to send anything but pongs (messages
+it sends are ignored).
+
+What a client sends is bounded in size and in time, so that it cannot make the server
+hold memory with messages it never finishes:
+
+- a message over ``ws_max_message_size`` (4 KiB; all fragments together) closes the
+  connection with 1009 (tornado's ``websocket_max_message_size``), before its payload
+  is read;
+- every ``ws_frame_timeout`` seconds (10) the server pings, and a client that has not
+  answered within the next ``ws_frame_timeout`` is closed with 1008. A pong cannot pass
+  a frame that was started and not finished (frames are sent whole, one after another,
+  RFC 6455 §5.4), so this bounds how long any frame may take, and it drops dead peers
+  too. The check runs on the server's one heartbeat timer, not a timer per connection.
 
 The broker fans out SSE bytes (encoded once per event, joined once per group and
 batch). :func:`ws_frames` turns such a chunk into WebSocket frames, and since every
@@ -18,7 +30,9 @@ same :class:`~quoteflow.server.handlers.SocketWriter` as SSE.
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import time
 from typing import Any
 
 import tornado.websocket
@@ -27,7 +41,12 @@ from quoteflow.broker.base import CloseReason, Subscription
 from quoteflow.client import SSEParser
 from quoteflow.server.handlers import ApiError, SocketWriter, StreamHandler
 
-__all__ = ["WebSocketStreamHandler", "ws_frame", "ws_frames"]
+__all__ = ["FRAME_TIMEOUT", "WebSocketStreamHandler", "ws_frame", "ws_frames"]
+
+log = logging.getLogger(__name__)
+
+#: Close reason of a client that did not answer a ping in time (see the module docstring).
+FRAME_TIMEOUT = "ws_frame_timeout"
 
 # RFC 6455 §5.2: FIN bit + opcode. Text frames carry the events; pings the heartbeats.
 _TEXT = 0x81
@@ -37,6 +56,8 @@ _CLOSE_CODES = {
     CloseReason.BROKER_CLOSED: (1001, "server shutting down; reconnect with lastEventId"),
     CloseReason.TOKEN_EXPIRED: (1008, "token expired"),
     CloseReason.SLOW_CONSUMER: (1008, "slow consumer: reconnect with lastEventId"),
+    # RFC 6455 §7.4.1: 1008, the endpoint received something that violates its policy.
+    FRAME_TIMEOUT: (1008, "no pong in time: finish every frame promptly and answer pings"),
 }
 
 
@@ -108,6 +129,12 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
 
     _writer: SocketWriter | None = None
     _opened = False
+    #: When the last liveness ping went out, and whether it is still unanswered
+    #: (monotonic seconds; see the module docstring).
+    _pinged_at = 0.0
+    _awaiting_pong = False
+    #: When the client was found not answering (then it is closed, and cut if it lingers).
+    _timed_out_at: float | None = None
 
     def check_origin(self, origin: str) -> bool:
         """Same origin, or an origin allowed by ``--cors-origin``."""
@@ -132,6 +159,7 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
     def open(self, *args: str, **kwargs: str) -> None:
         """Connected: start writing the replay, then live data."""
         self._opened = True
+        self._pinged_at = time.monotonic()
         sub = self.sub
         conn = self.ws_connection
         stream = getattr(conn, "stream", None)
@@ -152,6 +180,47 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
 
     def on_message(self, message: str | bytes) -> None:
         """Messages from the client are ignored (the subscription is in the URL)."""
+
+    def on_pong(self, data: bytes) -> None:
+        """The client answered: every frame it started before has been finished."""
+        self._awaiting_pong = False
+
+    def heartbeat(self, now: float, idle: float, chunk: bytes) -> bool:
+        """The idle heartbeat of every stream, plus the liveness ping and its deadline."""
+        if self._opened and self.sub is not None:
+            self._check_client(now)
+        return super().heartbeat(now, idle, chunk)
+
+    def _check_client(self, now: float) -> None:
+        sub = self.sub
+        assert sub is not None
+        timeout = self.state.settings.ws_frame_timeout
+        if self._timed_out_at is not None:
+            # Closed with 1008 already; a client that does not even read that is cut.
+            if now - self._timed_out_at > timeout:
+                self.cut()
+            return
+        if sub.closed:
+            return
+        if self._awaiting_pong:
+            if now - self._pinged_at > timeout:
+                self._timed_out_at = now
+                log.info(
+                    "closing WebSocket client %s: no pong within %g s",
+                    self.request.remote_ip,
+                    timeout,
+                )
+                # The writer sends what is pending, then the close frame (1008).
+                sub.close(FRAME_TIMEOUT)
+            return
+        if now - self._pinged_at >= timeout:
+            conn = self.ws_connection
+            if conn is None or conn.is_closing():
+                return
+            # Through tornado's stream: SocketWriter (shared=True) keeps frames in order.
+            conn.write_ping(b"")
+            self._pinged_at = now
+            self._awaiting_pong = True
 
     def on_close(self) -> None:
         """The connection ended (either side): stop the subscription."""

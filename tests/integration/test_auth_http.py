@@ -4,6 +4,7 @@ not already cover), and ``quoteflow token`` against a real ``quoteflow serve`` p
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from tests.redis_server import QuoteflowProcess, quoteflow_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
-SECRET = "k" * 32
+SECRET = "test-secret-for-auth-http-0123456789"
 
 
 async def fetch(port: int, method: str, path: str, headers: dict[str, str]) -> HTTPResponse:
@@ -40,6 +41,22 @@ async def fetch(port: int, method: str, path: str, headers: dict[str, str]) -> H
         )
     finally:
         client.close()
+
+
+def quoteflow_cli(*args: str, secret: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m quoteflow ARGS`` (this checkout), with QUOTEFLOW_AUTH_SECRET=secret if given."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    if secret is not None:
+        env["QUOTEFLOW_AUTH_SECRET"] = secret
+    return subprocess.run(
+        [sys.executable, "-m", "quoteflow", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def body(resp: HTTPResponse) -> Any:
@@ -99,15 +116,7 @@ def test_auth_cases_not_covered_elsewhere() -> None:
 
 
 def test_token_cli_output_verifies_and_streams_from_a_real_server(tmp_path: Path) -> None:
-    env_run = subprocess.run(
-        [sys.executable, "-m", "quoteflow", "token", "--symbols", "SYM0001", "--ttl", "1h"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={"QUOTEFLOW_AUTH_SECRET": SECRET, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-        timeout=60,
-        check=False,
-    )
+    env_run = quoteflow_cli("token", "--symbols", "SYM0001", "--ttl", "1h", secret=SECRET)
     assert env_run.returncode == 0, env_run.stderr
     token = env_run.stdout.strip()
     claims = verify_token(token, SECRET)
@@ -289,3 +298,197 @@ def test_per_ip_limit_behind_a_trusted_proxy_uses_x_real_ip() -> None:
             await b.close()
 
     run(main)
+
+
+# ------------------------------------------------------------- defect 5 (issue 10)
+
+
+def _no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    assert "Traceback" not in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+def test_defect5_access_token_never_reaches_the_access_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = mint_token(SECRET, symbols=["AAA"])
+    bad = "eyJhbGciOiJIUzI1NiJ9.not-a-real-token.SIGNATURE-SHOULD-NOT-LEAK"
+
+    async def main() -> None:
+        async with serving(
+            FakeSource(interval=0.005), settings=ServerSettings(auth_secret=SECRET)
+        ) as server:
+            port = server.port
+            assert port is not None
+            s = await RawStream.open(port, f"/stream?symbols=AAA&access_token={good}")
+            await s.read_until(lambda st: len(st.events) >= 2)
+            await s.close()
+            assert (await request(port, "GET", f"/snapshot?access_token={bad}"))[0] == 401
+            # 400 (logged as a warning), an encoded parameter name, a 404, and a 403.
+            assert (await request(port, "GET", f"/stream?symbols=NOPE&access_token={good}"))[
+                0
+            ] == 400
+            assert (await request(port, "GET", f"/snapshot?access%5Ftoken={bad}&x=1"))[0] == 401
+            assert (await request(port, "GET", f"/nowhere?access_token={bad}"))[0] == 404
+            assert (await request(port, "GET", f"/stream?symbols=BBB&access_token={good}"))[
+                0
+            ] == 403
+            await wait_for(lambda: not server.state.streams, what="the stream to close")
+
+    run(main)
+    text = caplog.text
+    for secret in (good, bad, good.split(".")[2], bad.split(".")[2]):
+        assert secret not in text, text
+    assert "access_token=REDACTED" in text and "access%5Ftoken=REDACTED&x=1" in text
+    assert "/stream?symbols=AAA&access_token=REDACTED" in text
+    _no_traceback(caplog)
+
+
+def test_defect5_admin_claim_string_false_cannot_change_parameters() -> None:
+    import jwt
+
+    exp = int(time.time()) + 60
+    fake_admins = [
+        jwt.encode({"exp": exp, "admin": v}, SECRET, algorithm="HS256")
+        for v in ("false", [0], 1, "true")
+    ]
+
+    async def main() -> None:
+        source = FakeSource()
+        async with serving(source, settings=ServerSettings(auth_secret=SECRET)) as server:
+            port = server.port
+            assert port is not None
+            for tok in fake_admins:
+                status, err = await request(
+                    port,
+                    "PUT",
+                    "/symbols/AAA",
+                    b'{"sigma": 0.9}',
+                    {"Authorization": f"Bearer {tok}"},
+                )
+                assert status == 403 and "admin" in err["error"], (tok, status, err)
+            assert source.params["AAA"] == {"sigma": 0.2}
+            real = mint_token(SECRET, admin=True)
+            status, _ = await request(
+                port, "PUT", "/symbols/AAA", b'{"sigma": 0.9}', {"Authorization": f"Bearer {real}"}
+            )
+            assert status == 200
+
+    run(main)
+
+
+def test_defect5_time_claims_as_strings_or_booleans_are_401() -> None:
+    import jwt
+
+    far = 9_999_999_999
+    tokens = [
+        jwt.encode(c, SECRET, algorithm="HS256")
+        for c in ({"exp": str(far)}, {"exp": far, "nbf": True}, {"exp": far, "iat": False})
+    ]
+
+    async def main() -> None:
+        async with serving(FakeSource(), settings=ServerSettings(auth_secret=SECRET)) as server:
+            port = server.port
+            assert port is not None
+            for tok in tokens:
+                status, err = await request(port, "GET", f"/snapshot?access_token={tok}")
+                assert status == 401 and "must be a number" in err["error"], (status, err)
+
+    run(main)
+
+
+def test_defect5_token_symbols_are_case_insensitive_like_request_symbols() -> None:
+    lower = mint_token(SECRET, symbols=["aaa", "bbb"])
+
+    async def main() -> None:
+        async with serving(
+            FakeSource(interval=0.005), settings=ServerSettings(auth_secret=SECRET)
+        ) as server:
+            port = server.port
+            assert port is not None
+            await wait_for(lambda: server.broker.last_id is not None, what="a first tick")
+            status, snap = await request(port, "GET", f"/snapshot?symbols=AAA&access_token={lower}")
+            assert status == 200 and set(snap["quotes"]) == {"AAA"}, snap
+            status, snap = await request(port, "GET", f"/snapshot?access_token={lower}")
+            assert status == 200 and set(snap["quotes"]) == {"AAA", "BBB"}, snap
+            s = await RawStream.open(port, f"/stream?symbols=Bbb&access_token={lower}")
+            assert s.status == 200
+            await s.read_until(lambda st: len(st.events) >= 3)
+            await s.close()
+            assert {json.loads(e.data)["symbol"] for e in s.events} == {"BBB"}
+            status, err = await request(port, "GET", f"/snapshot?symbols=ccc&access_token={lower}")
+            assert status == 403 and "CCC" in err["error"]
+
+    run(main)
+
+
+def test_defect5_metrics_needs_a_token_when_auth_is_on_and_access_is_configurable() -> None:
+    plain = mint_token(SECRET)
+    scraper = mint_token(SECRET, metrics=True)
+    admin = mint_token(SECRET, admin=True)
+
+    async def main() -> None:
+        async with serving(FakeSource(), settings=ServerSettings(auth_secret=SECRET)) as server:
+            port = server.port
+            assert port is not None
+            status, err = await request(port, "GET", "/metrics")
+            assert status == 401 and "authentication required" in err["error"]
+            status, err = await request(port, "GET", f"/metrics?access_token={plain}")
+            assert status == 403 and "metrics" in err["error"]
+            for tok in (scraper, admin):
+                resp = await fetch(port, "GET", "/metrics", {"Authorization": f"Bearer {tok}"})
+                assert resp.code == 200 and b"quoteflow_connections" in resp.body
+        # Explicitly open with auth on.
+        settings = ServerSettings(auth_secret=SECRET, metrics_access="open")
+        async with serving(FakeSource(), settings=settings) as server:
+            assert server.port is not None
+            assert (await request(server.port, "GET", "/metrics"))[0] == 200
+        # Auth off: open by default.
+        async with serving(FakeSource()) as server:
+            assert server.port is not None
+            assert (await request(server.port, "GET", "/metrics"))[0] == 200
+        # A separate listener: not on the main port at all.
+        settings = ServerSettings(auth_secret=SECRET, metrics_access="listener", metrics_port=0)
+        async with serving(FakeSource(), settings=settings) as server:
+            assert server.port is not None and server.metrics_port is not None
+            status, err = await request(server.port, "GET", f"/metrics?access_token={admin}")
+            assert status == 404 and "--metrics-port" in err["error"]
+            status, text = await request(server.metrics_port, "GET", "/metrics")
+            assert status == 200 and "quoteflow_connections" in text
+            assert (await request(server.metrics_port, "GET", "/stream"))[0] == 404
+            assert (await request(server.port, "GET", "/healthz"))[0] == 200
+
+    run(main)
+    for bad in (
+        {"metrics_access": "token"},  # token without auth
+        {"metrics_access": "listener"},  # no port
+        {"metrics_port": 9100},  # port without listener
+        {"metrics_access": "sometimes"},
+    ):
+        with pytest.raises(ValueError, match="metrics"):
+            ServerSettings(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("env_secret", "needle"),
+    [("", "empty"), ("   ", "empty"), ("x" * 40, "one character"), ("abc", "too short")],
+)
+def test_defect5_empty_or_weak_secret_is_a_startup_error(env_secret: str, needle: str) -> None:
+    """Before: an empty QUOTEFLOW_AUTH_SECRET started the server with auth off."""
+    done = quoteflow_cli("serve", "--port", "0", "--universe", "1", secret=env_secret)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quoteflow: error:"), done.stderr
+    assert needle in lines[0] and "serving" not in done.stdout
+    flag = quoteflow_cli("serve", "--port", "0", "--auth-secret", env_secret)
+    assert flag.returncode == 2 and needle in flag.stderr, flag.stderr
+
+
+@pytest.mark.parametrize("ttl", ["inf", "nan", "-1h", "0", "1e300", "99999d"])
+def test_defect5_token_ttl_inf_is_one_line_and_exit_2(ttl: str) -> None:
+    done = quoteflow_cli("token", f"--ttl={ttl}", secret=SECRET)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quoteflow: error:"), done.stderr
+    assert "duration" in lines[0] and done.stdout == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -175,3 +176,58 @@ def test_unexpected_exception_is_json_500_and_streams_survive() -> None:
         assert ids == list(range(ids[0], ids[0] + 3 * len(ids), 3))  # AAA every 3rd id
 
     run(body)
+
+
+# ------------------------------------------------------------- defects 7, 8 (issue 10)
+
+
+def _static_errors(paths: list[str]) -> list[tuple[int, Any]]:
+    async def body() -> list[tuple[int, Any]]:
+        async with serving(FakeSource()) as server:
+            assert server.port is not None
+            out = [await request(server.port, "GET", p) for p in paths]
+            # The page itself is still served.
+            status, page = await request(server.port, "GET", "/static/index.html")
+            assert status == 200 and "<html" in page.lower()
+            return out
+
+    results: list[list[tuple[int, Any]]] = []
+
+    async def main() -> None:
+        results.append(await body())
+
+    run(main)
+    return results[0]
+
+
+def _no_traceback(caplog: pytest.LogCaptureFixture, *words: str) -> None:
+    assert "Traceback" not in caplog.text, caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    for word in words:
+        assert word not in caplog.text, caplog.text
+
+
+def test_defect7_static_bad_unicode_is_a_json_400_not_an_attribute_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    results = _static_errors(["/static/%ff", "/static/bokeh/%ff%fe", "/static/nope.js"])
+    (s1, e1), (s2, e2), (s3, e3) = results
+    assert (s1, s2) == (400, 400), results
+    assert isinstance(e1, dict) and "Invalid unicode" in e1["error"], e1
+    assert isinstance(e2, dict) and "Invalid unicode" in e2["error"], e2
+    assert s3 == 404 and isinstance(e3, dict) and e3["error"], results
+    _no_traceback(caplog, "AttributeError", "lists_symbols", "write_error")
+
+
+def test_defect8_static_nul_byte_is_a_json_400_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    results = _static_errors(
+        ["/static/index.html%00.js", "/static/%00", "/static/bokeh/x%00y", "/static/a%0Ab"]
+    )
+    for status, err in results:
+        assert status == 400, results
+        assert isinstance(err, dict) and "control characters" in err["error"], results
+    _no_traceback(caplog, "ValueError", "embedded null byte")

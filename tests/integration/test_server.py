@@ -263,7 +263,7 @@ def test_the_real_client_reads_the_stream() -> None:
     run(body)
 
 
-SECRET = "s" * 32
+SECRET = "test-secret-for-the-server-0123456789"
 
 
 def test_auth_tokens_limit_symbols_admin_and_expiry() -> None:
@@ -280,7 +280,7 @@ def test_auth_tokens_limit_symbols_admin_and_expiry() -> None:
                 port, "GET", "/stream", headers={"Authorization": "Bearer x.y.z"}
             )
             assert status == 401 and "invalid token" in err["error"]
-            wrong = mint_token("w" * 32)
+            wrong = mint_token("wrong-secret-" + SECRET)
             status, err = await request(port, "GET", f"/snapshot?access_token={wrong}")
             assert status == 401 and "signature" in err["error"]
 
@@ -301,9 +301,11 @@ def test_auth_tokens_limit_symbols_admin_and_expiry() -> None:
                 port, "PUT", "/symbols/AAA", b'{"sigma": 1}', {"Authorization": f"Bearer {admin}"}
             )
             assert status == 200 and ok["params"] == {"sigma": 1}
-            # open endpoints stay open
+            # health stays open; /metrics needs a token by default when auth is on
             assert (await request(port, "GET", "/healthz"))[0] == 200
-            assert (await request(port, "GET", "/metrics"))[0] == 200
+            assert (await request(port, "GET", "/metrics"))[0] == 401
+            status, _ = await request(port, "GET", f"/metrics?access_token={admin}")
+            assert status == 200
 
             short = mint_token(SECRET, ttl=1.5)
             s = await RawStream.open(port, f"/stream?access_token={short}")

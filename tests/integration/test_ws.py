@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import signal
 import socket
+import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,7 @@ import tornado.websocket
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.server.ws import ws_frame, ws_frames
 from tests.integration.fakes import FakeSource, request, run, serving, wait_for
+from tests.redis_server import QuoteflowProcess, quoteflow_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -172,3 +177,151 @@ def test_frames_from_sse_chunks() -> None:
     assert ws_frames(b": keepalive\n\n") == b"\x89\x00"  # a heartbeat becomes a ping
     assert ws_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"  # 16-bit length form
     assert ws_frame(b"x" * 70000)[:2] == b"\x81\x7f"  # 64-bit length form
+
+
+# ------------------------------------------------------------- defect 6 (issue 10)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _raw_ws(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket opened by hand (RFC 6455 §4.1), so a test can send broken frames."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            "GET /ws?symbols=SYM0000 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def _close_code(reader: asyncio.StreamReader) -> tuple[int | None, bool]:
+    """Read server frames to the end: (close code or None if no close frame, saw EOF)."""
+    code: int | None = None
+    try:
+        while True:
+            head = await reader.readexactly(2)
+            n = head[1] & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await reader.readexactly(8))[0]
+            payload = await reader.readexactly(n)
+            if head[0] & 0x0F == 0x8 and len(payload) >= 2:
+                code = struct.unpack("!H", payload[:2])[0]
+    except asyncio.IncompleteReadError:
+        return code, True
+    except ConnectionError:  # reset after the close: closed all the same
+        return code, True
+
+
+def test_defect6_unfinished_websocket_messages_hold_no_memory_and_get_closed(
+    tmp_path: Path,
+) -> None:
+    """Before: each never-finished 9 MiB message was buffered whole (50 clients: +450 MB)
+    and the connections stayed open for ever."""
+    with quoteflow_processes(tmp_path) as procs:
+        srv = QuoteflowProcess(
+            tmp_path,
+            "ws",
+            "serve",
+            "--port",
+            "0",
+            "--universe",
+            "2",
+            "--tick-interval",
+            "0.2",
+            "--ws-frame-timeout",
+            "1",
+            "--max-connections-per-ip",
+            "500",
+        )
+        procs.append(srv)
+        srv.wait_ready()
+        port = srv.port
+        assert port is not None
+
+        async def main() -> None:
+            # A witness that reads all along (and so answers pings): it stays connected.
+            normal = await _connect(port, "?symbols=SYM0001")
+            seen: list[dict[str, Any]] = []
+
+            async def witness() -> None:
+                while (msg := await normal.read_message()) is not None:
+                    assert isinstance(msg, str)
+                    seen.append(json.loads(msg))
+
+            reading = asyncio.create_task(witness())
+            await wait_for(lambda: len(seen) >= 2, what="the witness's first events")
+            opened: list[asyncio.StreamWriter] = []
+            try:
+                await attack(opened)
+            finally:
+                for writer in opened:
+                    writer.close()
+            n = len(seen)
+            await wait_for(lambda: len(seen) >= n + 5, what="the witness to keep receiving")
+            assert not reading.done(), "the witness was disconnected"
+            normal.close()
+            async with asyncio.timeout(10):  # hang guard: the server's close frame ends it
+                await reading
+            ids = [int(m["id"]) for m in seen]
+            assert ids == sorted(set(ids)) and {m["data"]["symbol"] for m in seen} == {"SYM0001"}
+            grown = sizes["grown"]
+            assert grown < 64 << 20, f"server RSS grew {grown / 2**20:.0f} MiB"
+
+        sizes: dict[str, int] = {}
+
+        async def attack(opened: list[asyncio.StreamWriter]) -> None:
+            before = _rss_bytes(srv.pid)
+            big = []
+            for _ in range(50):
+                big.append(await _raw_ws(port))
+                opened.append(big[-1][1])
+            small = []
+            for _ in range(50):
+                small.append(await _raw_ws(port))
+                opened.append(small[-1][1])
+            mask = b"\x01\x02\x03\x04"
+            chunk = b"x" * (1 << 20)
+
+            async def send_big(writer: asyncio.StreamWriter) -> None:
+                # A masked text frame announcing 9 MiB, sent but for its last byte.
+                writer.write(b"\x81\xff" + struct.pack("!Q", 9 << 20) + mask)
+                with contextlib.suppress(ConnectionError):
+                    for i in range(9):
+                        writer.write(chunk if i < 8 else chunk[:-1])
+                        await writer.drain()
+
+            async with asyncio.timeout(120):  # hang guard
+                await asyncio.gather(*(send_big(w) for _, w in big))
+            for _, writer in small:
+                # Small enough to be accepted, but never finished: only time can tell.
+                writer.write(b"\x81\xfe" + struct.pack("!H", 1000) + mask + b"x" * 10)
+                await writer.drain()
+            sizes["grown"] = _rss_bytes(srv.pid) - before
+            async with asyncio.timeout(60):  # hang guard
+                big_ends = await asyncio.gather(*(_close_code(r) for r, _ in big))
+                small_ends = await asyncio.gather(*(_close_code(r) for r, _ in small))
+            assert all(eof for _, eof in big_ends + small_ends)
+            # Too big: 1009 (when the close frame got through before the reset).
+            assert {code for code, _ in big_ends} <= {1009, None}, big_ends
+            assert [code for code, _ in small_ends] == [1008] * 50, small_ends
+
+        run(main)
+        status, health = asyncio.run(request(port, "GET", "/healthz"))
+        assert status == 200 and health["connections"] == 0, health
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(15) == 0
+        log = srv.log()
+        assert "Traceback" not in log, log
+        assert log.count("no pong within 1 s") == 50, log
