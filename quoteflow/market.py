@@ -567,7 +567,8 @@ class Market(Source):
         at its current price (its old path in the shared stepper is left running unread,
         since stepper state cannot be split generically).
         """
-        self._guard(np.asarray([i], dtype=np.intp))  # a degenerate price restarts first
+        # A degenerate price restarts first.
+        self._guard(self._guard_logged_at, np.asarray([i], dtype=np.intp))
         group = self._group_of.get(i)
         if group is not None and len(group.syms) == 1 and type(group.model) is type(model):
             group.stepper.set_model(model)  # validates, then one assignment
@@ -592,7 +593,7 @@ class Market(Source):
             self._add_group(fresh)
         self._refresh_gbm_index()
 
-    def _guard(self, candidates: IndexArray | None = None) -> None:
+    def _guard(self, now: float, candidates: IndexArray | None = None) -> None:
         """Keep every price streamable: finite and in ``[MIN_PRICE, MAX_PRICE]``.
 
         A price outside (parameters at the edge of what the model can simulate, driven
@@ -605,6 +606,8 @@ class Market(Source):
 
         Parameters
         ----------
+        now
+            Time of the tick (POSIX seconds, the market's clock), which paces the log.
         candidates
             Only check these symbols (default: all).
         """
@@ -625,8 +628,7 @@ class Market(Source):
             name = self._names[i]
             self._guard_unlogged[name] = self._guard_unlogged.get(name, 0) + 1
         self.prices_reseeded += bad.size
-        now = time.monotonic()
-        if now - self._guard_logged_at >= GUARD_LOG_INTERVAL:
+        if not now - self._guard_logged_at < GUARD_LOG_INTERVAL:  # (first time: -inf)
             counts = sorted(self._guard_unlogged.items(), key=lambda kv: -kv[1])
             shown = ", ".join(f"{s} x{k}" for s, k in counts[:5])
             more = f" and {len(counts) - 5} more symbols" if len(counts) > 5 else ""
@@ -790,7 +792,7 @@ class Market(Source):
                         shocks = np.zeros(group.stepper.prices.size)
                         shocks[group.cols] = z[group.syms]
                         p[group.syms] = group.stepper.step(shocks)[group.cols]
-            self._guard()
+            self._guard(t)
             size = self._size_rng.integers(1, 11, n) * self.lot_size
             price, bid, ask = quote_sides(p, self._spread)
             self._last_price = price

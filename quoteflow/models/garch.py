@@ -253,8 +253,15 @@ class GARCH(PriceModel):
             [
                 ("omega", self.omega, f"0 < omega <= {cap * room:.6g}"),
                 ("scale", self.scale, f"scale >= {math.sqrt(step_var) / MAX_STEP_VOL:.6g}"),
-                ("beta", self.beta, f"0 <= beta <= {1.0 - self.alpha - self.omega / cap:.6g}"),
-                ("alpha", self.alpha, f"0 <= alpha <= {1.0 - self.beta - self.omega / cap:.6g}"),
+                # alpha or beta can fix it only when the bound they get is >= 0
+                *(
+                    (name, value, f"0 <= {name} <= {bound:.6g}")
+                    for name, value, bound in (
+                        ("beta", self.beta, 1.0 - self.alpha - self.omega / cap),
+                        ("alpha", self.alpha, 1.0 - self.beta - self.omega / cap),
+                    )
+                    if bound >= 0.0
+                ),
             ],
             changed,
         )
