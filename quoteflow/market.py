@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 from quoteflow.errors import ConfigError, DataError, ParameterError
 from quoteflow.models import GARCH, GBM, MODELS, MeanReversion, PriceModel, Stepper
-from quoteflow.models.limits import MAX_PRICE, MIN_PRICE
+from quoteflow.models.limits import MAX_PRICE, MIN_PRICE, short_repr
 from quoteflow.sources import MarketEvent, Source, SymbolFloats, SymbolInts, iso_ms, quote_sides
 
 __all__ = [
@@ -1150,7 +1150,7 @@ def _build_model(
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(
                 f"{where}.params.{key}: must be a number (or a string for categorical "
-                f"options), got {type(value).__name__} {value!r}"
+                f"options), got {type(value).__name__} {short_repr(value)}"
             )
     if base is not None and type(base) is cls:
         make: Callable[[], PriceModel] = functools.partial(base.with_params, **params)

@@ -49,6 +49,7 @@ __all__ = [
     "finite_param",
     "param_in_range",
     "positive_param",
+    "short_repr",
     "step_bound",
 ]
 
@@ -78,14 +79,16 @@ def finite_param(model: str, name: str, value: Any) -> float:
         raise ParameterError(
             name,
             f"{model}: parameter {name} must be a real number, got {type(value).__name__} "
-            f"{_short(value)}",
+            f"{short_repr(value)}",
         )
     try:
         x = float(value)
     except OverflowError:
         x = math.inf if value > 0 else -math.inf
     if not math.isfinite(x):
-        raise ParameterError(name, f"{model}: parameter {name} must be finite, got {_short(value)}")
+        raise ParameterError(
+            name, f"{model}: parameter {name} must be finite, got {short_repr(value)}"
+        )
     return x
 
 
@@ -151,7 +154,7 @@ def step_bound(
     )
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     """``repr`` of a value, shortened (a 400-digit integer is not worth echoing)."""
     if isinstance(value, int) and not isinstance(value, bool):
         digits = int(abs(value).bit_length() * math.log10(2)) + 1  # no str(): 4300-digit cap
