@@ -6,13 +6,14 @@ The public API is re-exported here lazily so that ``import quoteflow`` stays lig
 
 from __future__ import annotations
 
-from quoteflow.errors import ConfigError, DataError, QuoteflowError, StreamError
+from quoteflow.errors import ConfigError, DataError, ParameterError, QuoteflowError, StreamError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "DataError",
+    "ParameterError",
     "QuoteflowError",
     "StreamError",
     "__version__",

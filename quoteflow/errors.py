@@ -7,7 +7,7 @@ derive from :class:`ValueError` so that ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "QuoteflowError", "StreamError"]
+__all__ = ["ConfigError", "DataError", "ParameterError", "QuoteflowError", "StreamError"]
 
 
 class QuoteflowError(Exception):
@@ -20,6 +20,23 @@ class DataError(QuoteflowError, ValueError):
 
 class ConfigError(QuoteflowError, ValueError):
     """A market/server configuration value that is missing or out of range."""
+
+
+class ParameterError(ConfigError):
+    """A model parameter out of its allowed range; :attr:`param` names it.
+
+    Parameters
+    ----------
+    param : str
+        The parameter's name (``"sigma"``), so that every door (HTTP, TOML, CLI) can say
+        where the error is without parsing the message.
+    message : str
+        What is wrong and the allowed range.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class StreamError(QuoteflowError):

@@ -31,6 +31,7 @@ import difflib
 import functools
 import gc
 import json
+import logging
 import math
 import re
 import threading
@@ -51,8 +52,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quoteflow.errors import ConfigError, DataError
+from quoteflow.errors import ConfigError, DataError, ParameterError
 from quoteflow.models import GARCH, GBM, MODELS, MeanReversion, PriceModel, Stepper
+from quoteflow.models.limits import MAX_PRICE, MIN_PRICE, short_repr
 from quoteflow.sources import MarketEvent, Source, SymbolFloats, SymbolInts, iso_ms, quote_sides
 
 __all__ = [
@@ -63,6 +65,11 @@ __all__ = [
     "TickArrays",
     "correlation_factor",
 ]
+
+log = logging.getLogger(__name__)
+
+#: The price guard logs at most one summary line per this many seconds.
+GUARD_LOG_INTERVAL = 10.0
 
 #: Default speed: one trading day (1/252 year) of simulated time per wall-clock second.
 DEFAULT_SPEED = 1.0 / 252.0
@@ -441,6 +448,12 @@ class Market(Source):
         for i, (name, model) in enumerate(zip(names, self._models, strict=True)):
             default = model.theta if isinstance(model, MeanReversion) else 100.0
             start[i] = _number(s0.get(name, default), f"market: s0.{name}", gt=0.0)
+            if not MIN_PRICE <= start[i] <= MAX_PRICE:
+                raise ConfigError(
+                    f"market: s0.{name}: must be in [{MIN_PRICE:g}, {MAX_PRICE:g}], "
+                    f"got {start[i]:g}"
+                )
+            _check_step(model, self.dt, f"market: symbols.{name}")
         self._prices: SymbolFloats = start
 
         if isinstance(spread_bps, Mapping):
@@ -501,6 +514,10 @@ class Market(Source):
         self._last_price, _, _ = quote_sides(self._prices.copy(), 0.0)
         self.ticks = 0
         self.ticks_skipped = 0
+        #: Prices the guard replaced since start (see :meth:`_guard`).
+        self.prices_reseeded = 0
+        self._guard_unlogged: dict[str, int] = {}
+        self._guard_logged_at = -math.inf
         self.lag_seconds = 0.0
         # bar accumulators
         self._bar_count = 0
@@ -516,54 +533,117 @@ class Market(Source):
     def _set_gbm(self, i: int, model: GBM) -> None:
         # Exact solution of GBM over one step (Glasserman 2003, eq. 3.15), the same update
         # as GBMStepper, but with per-symbol parameters so all GBM symbols step together.
-        self._drift[i] = (model.mu - 0.5 * model.sigma**2) * self.dt
-        self._vol[i] = model.sigma * math.sqrt(self.dt)
+        self._drift[i], self._vol[i] = model.step_coefficients(self.dt)
         self._is_gbm[i] = True
 
     def _refresh_gbm_index(self) -> None:
         self._gbm_idx: IndexArray = np.flatnonzero(self._is_gbm)
         self._all_gbm = bool(self._is_gbm.all())
 
-    def _new_group(self, model: PriceModel, members: list[int]) -> None:
+    def _make_group(self, model: PriceModel, members: list[int]) -> _Group:
         idx = np.asarray(members, dtype=np.intp)
-        group = _Group(
+        return _Group(
             model=model,
             stepper=model.stepper(self._prices[idx].copy(), self.dt),
             cols=np.arange(len(members), dtype=np.intp),
             syms=idx,
         )
+
+    def _add_group(self, group: _Group) -> None:
         self._groups.append(group)
-        for i in members:
+        for i in group.syms.tolist():
             self._group_of[i] = group
+
+    def _new_group(self, model: PriceModel, members: list[int]) -> None:
+        self._add_group(self._make_group(model, members))
 
     def _assign(self, i: int, model: PriceModel) -> None:
         """Make ``model`` drive symbol ``i`` from the next tick on, keeping its price.
 
-        A symbol alone in its stepper keeps the stepper's state (e.g. GARCH variance) when
-        the model class is unchanged. A symbol that shared a stepper with others gets a
-        fresh stepper of its own starting at its current price (its old path in the shared
-        stepper is left running unread, since stepper state cannot be split generically).
+        All or nothing: whatever can fail (building a stepper, the step coefficients) runs
+        before the first change to the market's state. A symbol alone in its stepper keeps
+        the stepper's state (e.g. GARCH variance) when the model class is unchanged. A
+        symbol that shared a stepper with others gets a fresh stepper of its own starting
+        at its current price (its old path in the shared stepper is left running unread,
+        since stepper state cannot be split generically).
         """
+        # A degenerate price restarts first.
+        self._guard(self._guard_logged_at, np.asarray([i], dtype=np.intp))
         group = self._group_of.get(i)
+        if group is not None and len(group.syms) == 1 and type(group.model) is type(model):
+            group.stepper.set_model(model)  # validates, then one assignment
+            group.model = model
+            self._models[i] = model
+            return
+        if isinstance(model, GBM):
+            fresh, coefficients = None, model.step_coefficients(self.dt)
+        else:
+            fresh, coefficients = self._make_group(model, [i]), (0.0, 0.0)
+        # Nothing below raises.
         if group is not None:
-            if len(group.syms) == 1 and type(group.model) is type(model):
-                group.stepper.set_model(model)
-                group.model = model
-                self._models[i] = model
-                return
             del self._group_of[i]
             keep = group.syms != i
             group.cols, group.syms = group.cols[keep], group.syms[keep]
             if not len(group.syms):
                 self._groups.remove(group)
-        self._is_gbm[i] = False
-        self._drift[i] = self._vol[i] = 0.0
         self._models[i] = model
-        if isinstance(model, GBM):
-            self._set_gbm(i, model)
-        else:
-            self._new_group(model, [i])
+        self._drift[i], self._vol[i] = coefficients
+        self._is_gbm[i] = fresh is None
+        if fresh is not None:
+            self._add_group(fresh)
         self._refresh_gbm_index()
+
+    def _guard(self, now: float, candidates: IndexArray | None = None) -> None:
+        """Keep every price streamable: finite and in ``[MIN_PRICE, MAX_PRICE]``.
+
+        A price outside (parameters at the edge of what the model can simulate, driven
+        there over many steps, or a freak heavy-tailed shock) restarts at its last quoted
+        price, clipped into the range, with a fresh model state (:meth:`Stepper.reseed`),
+        so nothing non-finite or non-positive is ever streamed. Each restart is counted in
+        :attr:`prices_reseeded` (exported by the server as ``quoteflow_prices_reseeded``)
+        and summarised in one log line per :data:`GUARD_LOG_INTERVAL` seconds, never one
+        per tick.
+
+        Parameters
+        ----------
+        now
+            Time of the tick (POSIX seconds, the market's clock), which paces the log.
+        candidates
+            Only check these symbols (default: all).
+        """
+        p = self._prices if candidates is None else self._prices[candidates]
+        ok = (p >= MIN_PRICE) & (p <= MAX_PRICE)  # NaN fails both
+        if ok.all():
+            return
+        bad = np.flatnonzero(~ok)
+        if candidates is not None:
+            bad = candidates[bad]
+        restart = np.clip(self._last_price[bad], MIN_PRICE, MAX_PRICE)
+        restart[~np.isfinite(restart)] = MIN_PRICE
+        self._prices[bad] = restart
+        for i, price in zip(bad.tolist(), restart.tolist(), strict=True):
+            group = self._group_of.get(i)
+            if group is not None:
+                group.stepper.reseed(group.cols[group.syms == i], price)
+            name = self._names[i]
+            self._guard_unlogged[name] = self._guard_unlogged.get(name, 0) + 1
+        self.prices_reseeded += bad.size
+        if not now - self._guard_logged_at < GUARD_LOG_INTERVAL:  # (first time: -inf)
+            counts = sorted(self._guard_unlogged.items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{s} x{k}" for s, k in counts[:5])
+            more = f" and {len(counts) - 5} more symbols" if len(counts) > 5 else ""
+            log.warning(
+                "price guard: restarted %d price(s) that left [%g, %g] or were not finite "
+                "(%s%s) at their last quote; their parameters drive them out of range "
+                "(quoteflow_prices_reseeded counts them)",
+                sum(k for _, k in counts),
+                MIN_PRICE,
+                MAX_PRICE,
+                shown,
+                more,
+            )
+            self._guard_unlogged.clear()
+            self._guard_logged_at = now
 
     def _symbol_index(self, symbol: str) -> int:
         i = self._index.get(symbol)
@@ -636,6 +716,7 @@ class Market(Source):
                     f"{symbol}: model: unknown model {name!r}; known models: {', '.join(MODELS)}"
                 )
             new = _build_model(name.lower(), changes, f"{symbol}", base=current)
+            _check_step(new, self.dt, symbol, changes)
             self._assign(i, new)
             return new.params()
 
@@ -657,6 +738,7 @@ class Market(Source):
             raise ConfigError(
                 f"{symbol}: expected a model (GBM, MeanReversion, GARCH), got {type(model).__name__}"
             )
+        _check_step(model, self.dt, symbol)
         with self._lock:
             self._assign(i, model)
         return model.params()
@@ -666,7 +748,11 @@ class Market(Source):
         with self._lock:
             prices = self._last_price.tolist()
             return {
-                name: {"model": model.name, "params": model.params(), "price": price}
+                name: {
+                    "model": model.name,
+                    "params": model.params(),
+                    "price": price if math.isfinite(price) else None,
+                }
                 for name, model, price in zip(self._names, self._models, prices, strict=True)
             }
 
@@ -694,16 +780,19 @@ class Market(Source):
                 idx, factor = self._corr
                 z[idx] = factor @ z[idx]
             p = self._prices
-            if self._all_gbm:
-                p *= np.exp(self._drift + self._vol * z)
-            else:
-                g = self._gbm_idx
-                if g.size:
-                    p[g] *= np.exp(self._drift[g] + self._vol[g] * z[g])
-                for group in self._groups:
-                    shocks = np.zeros(group.stepper.prices.size)
-                    shocks[group.cols] = z[group.syms]
-                    p[group.syms] = group.stepper.step(shocks)[group.cols]
+            # An overflow is not an error here: _guard() restarts what left the range.
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                if self._all_gbm:
+                    p *= np.exp(self._drift + self._vol * z)
+                else:
+                    g = self._gbm_idx
+                    if g.size:
+                        p[g] *= np.exp(self._drift[g] + self._vol[g] * z[g])
+                    for group in self._groups:
+                        shocks = np.zeros(group.stepper.prices.size)
+                        shocks[group.cols] = z[group.syms]
+                        p[group.syms] = group.stepper.step(shocks)[group.cols]
+            self._guard(t)
             size = self._size_rng.integers(1, 11, n) * self.lot_size
             price, bid, ask = quote_sides(p, self._spread)
             self._last_price = price
@@ -1022,7 +1111,8 @@ class Market(Source):
         try:
             return _from_config(cls, config, base_dir, overrides)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            # The constructor's own "market: " prefix would read "file.toml: market: ...".
+            raise ConfigError(f"{source}: {str(exc).removeprefix('market: ')}") from None
 
 
 # ------------------------------------------------------------------------ model building
@@ -1060,7 +1150,7 @@ def _build_model(
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(
                 f"{where}.params.{key}: must be a number (or a string for categorical "
-                f"options), got {type(value).__name__} {value!r}"
+                f"options), got {type(value).__name__} {short_repr(value)}"
             )
     if base is not None and type(base) is cls:
         make: Callable[[], PriceModel] = functools.partial(base.with_params, **params)
@@ -1079,11 +1169,21 @@ def _build_model(
         make = functools.partial(cls, **params)
     try:
         return make()
+    except ParameterError as exc:
+        raise ConfigError(f"{where}.params.{exc.param}: {exc}") from None
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         param = _mentioned_param(msg, allowed)
         key = f"{where}.params.{param}" if param else f"{where}.params"
         raise ConfigError(f"{key}: {msg}") from None
+
+
+def _check_step(model: PriceModel, dt: float, where: str, changed: Iterable[str] = ()) -> None:
+    """``model.check_step(dt)`` with the error at ``<where>.params.<name>`` (see models.limits)."""
+    try:
+        model.check_step(dt, frozenset(changed))
+    except ParameterError as exc:
+        raise ConfigError(f"{where}.params.{exc.param}: {exc}") from None
 
 
 _TOP_KEYS = (

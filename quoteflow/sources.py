@@ -83,11 +83,16 @@ class Source(ABC):
     Subclasses implement :attr:`symbols`, :meth:`batches`, :meth:`describe` and
     :meth:`update`. ``lag_seconds`` is how late the most recent batch was relative to its
     wall-clock deadline (exported by the server as "generation lag"); sources that are not
-    paced by a clock leave it at 0.
+    paced by a clock leave it at 0. ``prices_reseeded`` counts prices a model source had to
+    restart (see ``Market._guard``).
     """
 
     #: Lateness of the latest batch against its deadline, in seconds (0 when on time).
     lag_seconds: float = 0.0
+    #: Prices the source replaced because its model drove them out of the streamable range
+    #: or made them non-finite (the market's price guard); exported as
+    #: ``quoteflow_prices_reseeded``. Sources without models leave it at 0.
+    prices_reseeded: int = 0
 
     @property
     @abstractmethod

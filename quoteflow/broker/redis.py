@@ -364,27 +364,50 @@ class RedisBroker(MemoryBroker):
             attempt = 0
             if item is None:
                 continue
-            answer: dict[str, Any]
-            try:
-                request = json.loads(item[1])
-                reply = str(request["reply"])
-                symbol, params = str(request["symbol"]), dict(request["params"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring malformed parameter change %r", item[1][:200])
+            reply_to, answer = self._answer_control(item[1])
+            if reply_to is None:
                 continue
-            if self.update_handler is None:
-                answer = {"error": "the producer does not accept parameter changes"}
-            else:
-                try:
-                    answer = {"params": self.update_handler(symbol, params)}
-                    self._catalog_at = -math.inf  # publish the new parameters soon
-                except (ConfigError, ValueError, TypeError) as exc:
-                    answer = {"error": str(exc)}
             with contextlib.suppress(Exception):  # the requester times out on its own
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(reply, json.dumps(answer, allow_nan=False))
-                    pipe.expire(reply, 30)
+                    pipe.rpush(reply_to, answer)
+                    pipe.expire(reply_to, 30)
                     await pipe.execute()
+
+    def _answer_control(self, raw: bytes) -> tuple[str | None, str]:
+        """Apply one forwarded change; return ``(reply key, JSON answer)``.
+
+        Never raises: a request that cannot be decoded is logged and dropped (no reply
+        key, the requester times out), a refused change is answered with the refusal's
+        message (the requester answers 400 with it) and logged on one line, and an
+        unexpected failure is answered as an internal error and logged with its traceback.
+        Either way the control task lives on.
+        """
+        try:
+            request = json.loads(raw)
+            reply = str(request["reply"])
+            symbol, params = str(request["symbol"]), dict(request["params"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            log.warning("ignoring malformed parameter change %r", raw[:200])
+            return None, ""
+        answer: dict[str, Any]
+        if self.update_handler is None:
+            answer = {"error": "the producer does not accept parameter changes"}
+        else:
+            try:
+                answer = {"params": self.update_handler(symbol, params)}
+                self._catalog_at = -math.inf  # publish the new parameters soon
+                log.info("applied parameter change for %s: %s", symbol, answer["params"])
+            except (ConfigError, ValueError, TypeError) as exc:
+                log.warning("refused parameter change for %s: %s", symbol, exc)
+                answer = {"error": str(exc)}
+            except Exception:
+                log.exception("parameter change for %s failed", symbol)
+                answer = {"error": "internal error applying the change; see the producer log"}
+        try:
+            return reply, json.dumps(answer, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.warning("cannot encode the answer to a parameter change for %s: %s", symbol, exc)
+            return reply, json.dumps({"error": f"the producer cannot encode its answer: {exc}"})
 
     async def forward_update(self, symbol: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """Serving instance: have the producer apply a parameter change (see ``_control``).

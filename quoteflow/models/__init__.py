@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quoteflow.errors import ConfigError
+from quoteflow.errors import ConfigError, ParameterError
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
 from quoteflow.models.garch import GARCH, GARCHConvergenceWarning, GARCHFitResult
 from quoteflow.models.gbm import GBM
@@ -90,6 +90,8 @@ def model_from_spec(name: str, **params: Any) -> PriceModel:
         )
     try:
         return cls(**params)
+    except ParameterError as exc:
+        raise ParameterError(exc.param, f"bad parameter for model {key!r}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad parameter for model {key!r}: {exc}") from None
 

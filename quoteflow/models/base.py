@@ -20,7 +20,7 @@ import html
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
@@ -119,6 +119,25 @@ class Stepper(ABC):
     def step(self, z: FloatArray) -> FloatArray:
         """Advance one step with standard-normal shocks ``z`` (shape ``(n,)``); return new prices."""
 
+    def reseed(self, paths: Any, prices: Any) -> None:
+        """Restart some paths at given prices, with a fresh model state.
+
+        The market's price guard calls this for a path whose price left the range it can
+        stream (``quoteflow.models.limits.MIN_PRICE`` .. ``MAX_PRICE``) or stopped being
+        finite: the path continues from ``prices`` as if it had just started there (a
+        GARCH path also restarts at its unconditional variance).
+
+        Parameters
+        ----------
+        paths
+            Index (or indices) of the paths in :attr:`prices`.
+        prices
+            New price(s) of those paths, finite and ``> 0``.
+        """
+        new = self.prices.copy()
+        new[paths] = prices
+        self.prices = new
+
     def set_model(self, model: PriceModel) -> None:
         """Continue the current paths with the parameters of ``model`` from the next step on.
 
@@ -141,13 +160,23 @@ _M = TypeVar("_M", bound="PriceModel")
 
 
 def require_model(stepper: Stepper, model: PriceModel, cls: type[_M]) -> _M:
-    """``model`` as a ``cls``, or a ``TypeError`` saying how to switch model class."""
+    """``model`` as a ``cls`` that can be stepped at ``stepper.dt``.
+
+    Raises
+    ------
+    TypeError
+        Saying how to switch model class.
+    ParameterError
+        From ``model.check_step(stepper.dt)``: a parameter that cannot be simulated at
+        this step.
+    """
     if not isinstance(model, cls):
         raise TypeError(
             f"{type(stepper).__name__}.set_model needs a {cls.__name__}, got "
             f"{type(model).__name__}; build a new stepper with "
             "model.stepper(stepper.prices, stepper.dt)"
         )
+    model.check_step(stepper.dt)
     return model
 
 
@@ -174,6 +203,28 @@ class PriceModel(ABC):
         seed: int | np.random.Generator | None = None,
     ) -> FloatArray:
         """Simulate price paths, shape ``(n_steps + 1, n_paths)``, first row ``s0``."""
+
+    @abstractmethod
+    def check_step(self, dt: float, changed: Collection[str] = ()) -> None:
+        """Check that the model can be simulated with steps of ``dt`` years.
+
+        The rules (per-step drift and volatility of the log price, price levels, scale) are
+        in :mod:`quoteflow.models.limits`; ``simulate`` and every stepper apply them, and
+        the market calls this before it changes a symbol's model.
+
+        Parameters
+        ----------
+        dt
+            Step length in years.
+        changed
+            Names of parameters just changed; a rule that several parameters take part in
+            blames one of these first.
+
+        Raises
+        ------
+        ParameterError
+            (a ``ValueError``) naming the parameter and its allowed range at this ``dt``.
+        """
 
     @abstractmethod
     def stepper(self, s0: float | FloatArray, dt: float) -> Stepper:

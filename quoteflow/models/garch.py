@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import optimize, special, stats
 
+from quoteflow.errors import ParameterError
 from quoteflow.models._garch_recursion import (
     affine_scan,
     backcast,
@@ -47,10 +48,18 @@ from quoteflow.models.gbm import (
     _check_dt,
     _check_shocks,
     _check_sim_args,
-    _finite,
     _initial_prices,
     _PathStepper,
-    _positive,
+)
+from quoteflow.models.limits import (
+    MAX_SCALE,
+    MAX_STEP_DRIFT,
+    MAX_STEP_VOL,
+    MIN_SCALE,
+    finite_param,
+    param_in_range,
+    positive_param,
+    step_bound,
 )
 
 __all__ = ["DISTS", "GARCH", "MEANS", "GARCHConvergenceWarning", "GARCHFitResult", "GARCHStepper"]
@@ -76,8 +85,9 @@ class GARCHConvergenceWarning(RuntimeWarning):
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
-            f"garch: {name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        raise ParameterError(
+            name,
+            f"garch: {name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}",
         )
     return value
 
@@ -149,28 +159,31 @@ class GARCH(PriceModel):
 
     def __post_init__(self) -> None:
         # Coerce to plain floats (frozen dataclass) so params() is JSON-safe.
-        mu = _finite("garch", "mu", self.mu)
-        omega = _positive("garch", "omega", self.omega)
-        alpha = _finite("garch", "alpha", self.alpha)
-        beta = _finite("garch", "beta", self.beta)
-        nu = _finite("garch", "nu", self.nu)
+        mu = finite_param("garch", "mu", self.mu)
+        omega = positive_param("garch", "omega", self.omega)
+        alpha = finite_param("garch", "alpha", self.alpha)
+        beta = finite_param("garch", "beta", self.beta)
+        nu = finite_param("garch", "nu", self.nu)
         dist = _choice("dist", self.dist, DISTS)
         mean = _choice("mean", self.mean, MEANS)
-        scale = _positive("garch", "scale", self.scale)
-        dt_fit = _positive("garch", "dt_fit", self.dt_fit)
+        scale = param_in_range("garch", "scale", self.scale, MIN_SCALE, MAX_SCALE)
+        dt_fit = positive_param("garch", "dt_fit", self.dt_fit)
         if alpha < 0.0:
-            raise ValueError(f"garch: parameter alpha must be >= 0, got {alpha!r}")
+            raise ParameterError("alpha", f"garch: parameter alpha must be >= 0, got {alpha!r}")
         if beta < 0.0:
-            raise ValueError(f"garch: parameter beta must be >= 0, got {beta!r}")
+            raise ParameterError("beta", f"garch: parameter beta must be >= 0, got {beta!r}")
         if alpha + beta >= 1.0:
-            raise ValueError(
+            raise ParameterError(
+                "beta",
                 "garch: alpha + beta must be < 1 (covariance stationarity), "
-                f"got alpha={alpha!r} + beta={beta!r} = {alpha + beta!r}"
+                f"got alpha={alpha!r} + beta={beta!r} = {alpha + beta!r}",
             )
         if dist == "t" and nu <= 2.0:
-            raise ValueError(f"garch: parameter nu must be > 2 when dist='t', got {nu!r}")
+            raise ParameterError("nu", f"garch: parameter nu must be > 2 when dist='t', got {nu!r}")
         if mean == "zero" and mu != 0.0:
-            raise ValueError(f"garch: parameter mu must be 0 when mean='zero', got {mu!r}")
+            raise ParameterError(
+                "mu", f"garch: parameter mu must be 0 when mean='zero', got {mu!r}"
+            )
         for key, value in (
             ("mu", mu),
             ("omega", omega),
@@ -199,6 +212,60 @@ class GARCH(PriceModel):
         """Unconditional volatility of the unscaled log returns per year (a fraction)."""
         return math.sqrt(self.unconditional_variance / self.dt_fit) / self.scale
 
+    def check_step(self, dt: float, changed: Collection[str] = ()) -> None:
+        """Check that steps of ``dt`` years can be simulated (see :mod:`quoteflow.models.limits`).
+
+        With ``h = dt / dt_fit`` periods per step and the unconditional per-period variance
+        ``sbar = omega / (1 - alpha - beta)`` (Bollerslev 1986, eq. 8), in log-price units:
+        the mean step ``|mu h| / scale <= MAX_STEP_DRIFT`` and the unconditional step
+        volatility ``sqrt(h sbar) / scale <= MAX_STEP_VOL``. (``scale`` itself is bounded on
+        construction.)
+
+        Raises
+        ------
+        ParameterError
+            Naming ``mu``, ``omega``, ``scale``, ``beta`` or ``alpha`` (the one just changed
+            if it takes part in the broken rule) and its allowed range.
+        """
+        h = _check_dt(dt) / self.dt_fit
+        step_bound(
+            "garch",
+            "|mu * dt / dt_fit| / scale",
+            abs(self.mu) * h / self.scale,
+            MAX_STEP_DRIFT,
+            dt,
+            [
+                ("mu", self.mu, f"|mu| <= {MAX_STEP_DRIFT * self.scale / h:.6g}"),
+                ("scale", self.scale, f"scale >= {abs(self.mu) * h / MAX_STEP_DRIFT:.6g}"),
+            ],
+            changed,
+        )
+        room = 1.0 - self.persistence
+        step_var = h * self.omega / room
+        # (MAX_STEP_VOL * scale)**2 cannot overflow: scale <= MAX_SCALE.
+        cap = (MAX_STEP_VOL * self.scale) ** 2 / h
+        step_bound(
+            "garch",
+            "sqrt(dt / dt_fit * omega / (1 - alpha - beta)) / scale",
+            math.sqrt(step_var) / self.scale,
+            MAX_STEP_VOL,
+            dt,
+            [
+                ("omega", self.omega, f"0 < omega <= {cap * room:.6g}"),
+                ("scale", self.scale, f"scale >= {math.sqrt(step_var) / MAX_STEP_VOL:.6g}"),
+                # alpha or beta can fix it only when the bound they get is >= 0
+                *(
+                    (name, value, f"0 <= {name} <= {bound:.6g}")
+                    for name, value, bound in (
+                        ("beta", self.beta, 1.0 - self.alpha - self.omega / cap),
+                        ("alpha", self.alpha, 1.0 - self.beta - self.omega / cap),
+                    )
+                    if bound >= 0.0
+                ),
+            ],
+            changed,
+        )
+
     def step_coefficients(self, dt: float) -> tuple[float, float, float, float]:
         """Recursion coefficients ``(mu_h, omega_h, alpha_h, beta_h)`` for steps of ``dt`` years.
 
@@ -223,7 +290,8 @@ class GARCH(PriceModel):
         45, 7-38. Engle, R. F. & Bollerslev, T. (1986), "Modelling the persistence of
         conditional variances", *Econometric Reviews* 5, 1-50.
         """
-        h = _check_dt(dt) / self.dt_fit
+        self.check_step(dt)
+        h = dt / self.dt_fit
         if math.isclose(h, 1.0, rel_tol=1e-12, abs_tol=0.0):
             return self.mu, self.omega, self.alpha, self.beta
         phi_h = self.persistence**h
@@ -292,7 +360,7 @@ class GARCH(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(n_steps, n_paths, dt)
+        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
         start = _initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
         out = np.empty((n_steps + 1, n_paths), dtype=np.float64)
@@ -407,7 +475,7 @@ class GARCH(PriceModel):
         """
         dist = _choice("dist", dist, DISTS)
         mean = _choice("mean", mean, MEANS)
-        scale = _positive("garch", "scale", scale)
+        scale = param_in_range("garch", "scale", scale, MIN_SCALE, MAX_SCALE)
         dt = _check_dt(dt)
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
@@ -815,8 +883,19 @@ class GARCHStepper(_PathStepper[GARCH]):
 
     def __init__(self, model: GARCH, s0: float | FloatArray, dt: float) -> None:
         super().__init__(model, s0, dt)
-        per_step = self._state[2] / (1.0 - self._state[3] - self._state[4])
-        self.variance = np.full(self.prices.size, per_step)
+        self.variance = np.full(self.prices.size, self._unconditional())
+
+    def _unconditional(self) -> float:
+        """Unconditional per-step variance of the current parameters (scaled units)."""
+        _, _, omega_h, alpha_h, beta_h = self._state
+        return float(omega_h / (1.0 - alpha_h - beta_h))
+
+    def reseed(self, paths: Any, prices: Any) -> None:
+        """Restart paths at ``prices`` and at the unconditional variance (see ``Stepper``)."""
+        super().reseed(paths, prices)
+        variance = self.variance.copy()
+        variance[paths] = self._unconditional()
+        self.variance = variance
 
     @property
     def volatility(self) -> FloatArray:

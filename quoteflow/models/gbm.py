@@ -11,6 +11,7 @@ The log returns ``r_i = log S_i - log S_{i-1}`` of prices sampled every ``dt`` a
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -24,49 +25,40 @@ from quoteflow.models.base import (
     require_model,
     validate_prices,
 )
+from quoteflow.models.limits import (
+    MAX_STEP_DRIFT,
+    MAX_STEP_VOL,
+    finite_param,
+    positive_param,
+    step_bound,
+)
 
 __all__ = ["GBM", "GBMStepper"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-# --- validation helpers shared by the models in this package (meanrev.py imports them) ---
-
-
-def _finite(model: str, name: str, value: Any) -> float:
-    """``value`` as a finite float, or a ValueError naming ``model.name`` and the range."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(
-            f"{model}: parameter {name} must be a real number, got {type(value).__name__} {value!r}"
-        )
-    x = float(value)
-    if not math.isfinite(x):
-        raise ValueError(f"{model}: parameter {name} must be finite, got {x!r}")
-    return x
-
-
-def _positive(model: str, name: str, value: Any) -> float:
-    """``value`` as a finite float ``> 0``, or a ValueError naming the parameter and range."""
-    x = _finite(model, name, value)
-    if x <= 0.0:
-        raise ValueError(f"{model}: parameter {name} must be > 0 (finite), got {x!r}")
-    return x
+# --- helpers shared by the models in this package (meanrev.py and garch.py import them) ---
 
 
 def _check_dt(dt: Any) -> float:
-    x = _finite("dt", "dt", dt)
+    x = finite_param("dt", "dt", dt)
     if x <= 0.0:
         raise ValueError(f"dt must be a positive time step in years (e.g. 1/252), got {x!r}")
     return x
 
 
-def _check_sim_args(n_steps: Any, n_paths: Any, dt: Any) -> tuple[int, int, float]:
-    """Validate the common simulate() arguments; return them as (int, int, float)."""
+def _check_sim_args(
+    model: PriceModel, n_steps: Any, n_paths: Any, dt: Any
+) -> tuple[int, int, float]:
+    """Validate the common simulate() arguments (and ``model`` at ``dt``); return them."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 0:
         raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
     if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 1:
         raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
-    return int(n_steps), int(n_paths), _check_dt(dt)
+    dt = _check_dt(dt)
+    model.check_step(dt)
+    return int(n_steps), int(n_paths), dt
 
 
 def _initial_prices(s0: Any, n: int | None = None) -> FloatArray:
@@ -141,8 +133,52 @@ class GBM(PriceModel):
 
     def __post_init__(self) -> None:
         # Frozen dataclass: coerce numpy scalars/ints to plain floats so params() is JSON-safe.
-        object.__setattr__(self, "mu", _finite("gbm", "mu", self.mu))
-        object.__setattr__(self, "sigma", _positive("gbm", "sigma", self.sigma))
+        object.__setattr__(self, "mu", finite_param("gbm", "mu", self.mu))
+        object.__setattr__(self, "sigma", positive_param("gbm", "sigma", self.sigma))
+
+    def check_step(self, dt: float, changed: Collection[str] = ()) -> None:
+        """Check that steps of ``dt`` years can be simulated (see :mod:`quoteflow.models.limits`).
+
+        Rules: ``|mu| dt <= MAX_STEP_DRIFT`` and ``sigma sqrt(dt) <= MAX_STEP_VOL`` (both 1:
+        one e-fold of the price per step).
+
+        Raises
+        ------
+        ParameterError
+            Naming ``mu`` or ``sigma`` and its allowed range at this ``dt``.
+        """
+        dt = _check_dt(dt)
+        mu_max = MAX_STEP_DRIFT / dt
+        step_bound(
+            "gbm",
+            "|mu| * dt",
+            abs(self.mu) * dt,
+            MAX_STEP_DRIFT,
+            dt,
+            [("mu", self.mu, f"|mu| <= {mu_max:.6g}")],
+            changed,
+        )
+        sigma_max = MAX_STEP_VOL / math.sqrt(dt)
+        step_bound(
+            "gbm",
+            "sigma * sqrt(dt)",
+            self.sigma * math.sqrt(dt),
+            MAX_STEP_VOL,
+            dt,
+            [("sigma", self.sigma, f"0 < sigma <= {sigma_max:.6g}")],
+            changed,
+        )
+
+    def step_coefficients(self, dt: float) -> tuple[float, float]:
+        """``(drift, vol)`` of the exact log step: ``log S' = log S + drift + vol * z``.
+
+        ``drift = mu dt - vol**2 / 2`` and ``vol = sigma sqrt(dt)`` (Glasserman 2003,
+        eq. 3.15), computed without squaring ``sigma`` (which overflows before ``vol``
+        does). Validates ``dt`` with :meth:`check_step` first.
+        """
+        self.check_step(dt)
+        vol = self.sigma * math.sqrt(dt)
+        return self.mu * dt - 0.5 * vol * vol, vol
 
     @classmethod
     def fit(cls, prices: Any, dt: float = 1 / 252) -> FitResult:
@@ -246,17 +282,18 @@ class GBM(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(n_steps, n_paths, dt)
+        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
         start = _initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
+        drift, vol = self.step_coefficients(dt)
         # One preallocated buffer, transformed in place: normals -> log increments ->
         # log prices -> prices. Any full-size temporary would cost as much as the draw itself.
         out = np.empty((n_steps + 1, n_paths), dtype=np.float64)
         out[0] = np.log(start)
         body = out[1:]
         rng.standard_normal(out=body)
-        body *= self.sigma * math.sqrt(dt)
-        body += (self.mu - 0.5 * self.sigma**2) * dt
+        body *= vol
+        body += drift
         np.cumsum(out, axis=0, out=out)
         np.exp(out, out=out)
         out[0] = start  # exactly s0, not exp(log(s0))
@@ -283,8 +320,7 @@ class GBMStepper(_PathStepper[GBM]):
     def set_model(self, model: PriceModel) -> None:
         """Use ``model``'s parameters from the next step on (current prices are kept)."""
         model = require_model(self, model, GBM)
-        drift = (model.mu - 0.5 * model.sigma**2) * self.dt
-        vol = model.sigma * math.sqrt(self.dt)
+        drift, vol = model.step_coefficients(self.dt)
         # One tuple assignment: a concurrent step() sees old or new parameters, never a mix.
         self._state: tuple[GBM, float, float] = (model, drift, vol)
 

@@ -15,6 +15,7 @@ so the conditional maximum-likelihood fit is the OLS regression of ``X_{t+1}`` o
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +36,14 @@ from quoteflow.models.gbm import (
     _check_sim_args,
     _initial_prices,
     _PathStepper,
-    _positive,
+)
+from quoteflow.models.limits import (
+    MAX_PRICE,
+    MAX_STEP_VOL,
+    MIN_PRICE,
+    param_in_range,
+    positive_param,
+    step_bound,
 )
 
 __all__ = ["MeanReversion", "MeanReversionStepper"]
@@ -54,9 +62,9 @@ _ROW_LOOP_MIN_PATHS = 256
 def _ou_discretisation(kappa: float, sigma: float, dt: float) -> tuple[float, float]:
     """``(phi, sd(eps))`` of the exact AR(1) step of length ``dt`` (Glasserman 2003, eq. 3.46)."""
     phi = math.exp(-kappa * dt)
-    # -expm1(-2 kappa dt) = 1 - phi^2 without cancellation for small kappa dt.
-    var = sigma**2 * -math.expm1(-2.0 * kappa * dt) / (2.0 * kappa)
-    return phi, math.sqrt(var)
+    # -expm1(-2 kappa dt) = 1 - phi^2 without cancellation for small kappa dt; sigma is
+    # kept out of the square root so that a huge sigma cannot overflow before the check.
+    return phi, sigma * math.sqrt(-math.expm1(-2.0 * kappa * dt) / (2.0 * kappa))
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,39 @@ class MeanReversion(PriceModel):
 
     def __post_init__(self) -> None:
         for name in self.param_names:
-            object.__setattr__(self, name, _positive("meanrev", name, getattr(self, name)))
+            object.__setattr__(self, name, positive_param("meanrev", name, getattr(self, name)))
+
+    def check_step(self, dt: float, changed: Collection[str] = ()) -> None:
+        """Check that steps of ``dt`` years can be simulated (see :mod:`quoteflow.models.limits`).
+
+        Rules: ``theta`` (the long-run price) in ``[MIN_PRICE, MAX_PRICE]``; the standard
+        deviation of the exact AR(1) step of the log price,
+        ``sigma sqrt((1 - exp(-2 kappa dt)) / (2 kappa))``, at most ``MAX_STEP_VOL``. The
+        drift needs no bound: the step contracts the distance to ``log theta``.
+
+        Raises
+        ------
+        ParameterError
+            Naming ``theta`` or ``sigma`` and its allowed range.
+        """
+        dt = _check_dt(dt)
+        param_in_range("meanrev", "theta", self.theta, MIN_PRICE, MAX_PRICE)
+        _, sd = _ou_discretisation(self.kappa, 1.0, dt)
+        step_bound(
+            "meanrev",
+            "sigma * sqrt((1 - exp(-2 kappa dt)) / (2 kappa))",
+            self.sigma * sd,
+            MAX_STEP_VOL,
+            dt,
+            [
+                (
+                    "sigma",
+                    self.sigma,
+                    f"0 < sigma <= {MAX_STEP_VOL / sd:.6g} at kappa={self.kappa:g}",
+                )
+            ],
+            changed,
+        )
 
     @property
     def half_life(self) -> float:
@@ -264,7 +304,7 @@ class MeanReversion(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(n_steps, n_paths, dt)
+        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
         start = _initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
         phi, sd = _ou_discretisation(self.kappa, self.sigma, dt)

@@ -787,10 +787,7 @@ class SymbolHandler(JSONHandler):
         """
         self.authorize(admin=True)
         symbol = self._symbol(name)
-        try:
-            params = json.loads(self.request.body or b"")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"invalid JSON body: {exc}") from None
+        params = parse_params_body(self.request.body)
         if not isinstance(params, dict) or not params:
             raise ApiError(
                 400,
@@ -808,6 +805,34 @@ class SymbolHandler(JSONHandler):
         except ConnectionError as exc:
             raise ApiError(503, str(exc), symbol=symbol) from None
         self.write_json({"symbol": symbol, "params": new})
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6); parameters must be finite numbers")
+
+
+def parse_params_body(body: bytes) -> Any:
+    """The JSON value of a ``PUT /symbols/{symbol}`` body, or a 400 naming what is wrong.
+
+    Python's parser accepts ``NaN`` and ``Infinity`` and raises ``RecursionError`` on deep
+    nesting; both are refused here as invalid JSON. Shape and values (a flat object of
+    finite numbers, strings for categorical options) are the market's to check.
+
+    Raises
+    ------
+    ApiError
+        400: not UTF-8, not JSON, a non-standard constant, or nested too deeply.
+    """
+    try:
+        return json.loads(body or b"", parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(
+            400,
+            "invalid JSON body: nested too deeply; send a flat object of parameters, "
+            'e.g. {"sigma": 0.3}',
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"invalid JSON body: {exc}") from None
 
 
 class MetricsHandler(JSONHandler):

@@ -154,6 +154,12 @@ class _BrokerCollector(Collector):
                     "Producer: events waiting to be written to Redis (grows during an outage).",
                     value=outbox,
                 )
+        yield CounterMetricFamily(
+            "quoteflow_prices_reseeded",
+            "Prices the market restarted at their last quote because the model drove them "
+            "out of the streamable range or made them non-finite (the price guard).",
+            value=int(self._source.prices_reseeded),
+        )
         lag = getattr(self._source, "lag_seconds", None)
         if isinstance(lag, int | float):
             yield GaugeMetricFamily(

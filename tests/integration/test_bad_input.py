@@ -6,11 +6,23 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import re
 from typing import Any
 
 import pytest
 
-from tests.integration.fakes import FakeSource, RawStream, request, run, serving, wait_for
+from quoteflow.market import Market
+from quoteflow.models import GARCH, GBM, MeanReversion
+from tests.integration.fakes import (
+    FakeSource,
+    RawStream,
+    payloads,
+    request,
+    run,
+    serving,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -231,3 +243,152 @@ def test_defect8_static_nul_byte_is_a_json_400_without_traceback(
         assert status == 400, results
         assert isinstance(err, dict) and "control characters" in err["error"], results
     _no_traceback(caplog, "ValueError", "embedded null byte")
+# ------------------------------------------------ issue 10, defects 3 and 4 (PUT /symbols)
+
+
+def _market() -> Market:
+    """GBM, mean reversion and GARCH symbols on a fast clock (the default dt per tick)."""
+    return Market(
+        {
+            "GOOG": GBM(mu=0.05, sigma=0.3),
+            "IBM": MeanReversion(kappa=2.0, theta=100.0, sigma=0.2),
+            "MSFT": GARCH(mu=0.05, omega=0.02, alpha=0.08, beta=0.9),
+        },
+        seed=10,
+        tick_interval=0.005,
+        speed=0.25 / 252 / 0.005,  # dt of the default market: 0.25 s of a 1/252-year second
+        bar_interval=None,
+    )
+
+
+def _tracebacks(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def _prices_move(port: int, symbol: str, n: int = 20) -> list[float]:
+    """``n`` ticks of ``symbol`` from a fresh stream; asserts they are finite, > 0, moving."""
+    s = await RawStream.open(port, f"/stream?symbols={symbol}")
+    await s.read_until(lambda st: len(payloads(st.events)) >= n)
+    await s.close()
+    ticks = payloads(s.events)[:n]
+    prices = [t["price"] for t in ticks]
+    for t in ticks:
+        assert math.isfinite(t["price"]) and t["price"] > 0, t
+        assert 0 < t["bid"] <= t["price"] <= t["ask"], t
+    assert len(set(prices)) > 1, f"{symbol} frozen at {prices[0]}"
+    return prices
+
+
+def test_defect3_overflowing_put_is_400_and_changes_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10 defect 3: GBM ``{"sigma": 1e155}`` answered 500, yet applied half of it
+    (GET showed the new sigma) and froze the price; deep nesting and a 400-digit integer
+    gave 500 with a traceback. Now: 400 naming the problem, nothing applied."""
+    bad: list[tuple[bytes, str]] = [
+        (b'{"sigma": 1e155}', "sigma"),
+        (b'{"mu": 1' + b"0" * 400 + b"}", "mu"),
+        # (20,000 levels: deeper than the recursion limit, within the 64 KiB body limit)
+        (b'{"sigma": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", "nested"),
+        (b"[" * 20_000 + b"]" * 20_000, "nested"),
+        (b'{"sigma": [[[[0.3]]]]}', "sigma"),
+        (b'{"sigma": null}', "sigma"),
+        (b'{"sigma": true}', "sigma"),
+        (b'{"sigma": {"value": 0.3}}', "sigma"),
+        (b'{"sigma": NaN}', "NaN"),
+        (b'{"sigma": Infinity}', "Infinity"),
+        (b'"sigma"', "JSON object"),
+        (b"0.3", "JSON object"),
+    ]
+
+    async def body() -> None:
+        async with serving(_market()) as server:
+            port = server.port
+            assert port is not None
+            _, before = await request(port, "GET", "/symbols")
+            for payload, text in bad:
+                status, err = await request(port, "PUT", "/symbols/GOOG", payload)
+                assert status == 400, (payload[:40], status, err)
+                assert text in err["error"], (payload[:40], err)
+            status, after = await request(port, "GET", "/symbols")
+            assert status == 200
+            for name in after:
+                assert after[name]["params"] == before[name]["params"], name
+            await _prices_move(port, "GOOG")
+            # and a valid change still applies
+            status, ok = await request(port, "PUT", "/symbols/GOOG", b'{"sigma": 0.4}')
+            assert status == 200 and ok["params"]["sigma"] == 0.4
+
+    caplog.set_level(logging.INFO)
+    run(body)
+    assert _tracebacks(caplog.records) == []
+
+
+# (symbol, body, the parameter the 400 must name)
+EXTREME: list[tuple[str, bytes, str]] = [
+    ("GOOG", b'{"mu": 1e300}', "mu"),
+    ("GOOG", b'{"mu": 1e6}', "mu"),
+    ("GOOG", b'{"mu": -1e6}', "mu"),
+    ("GOOG", b'{"sigma": 1e6}', "sigma"),
+    ("IBM", b'{"sigma": 1e6}', "sigma"),
+    ("IBM", b'{"theta": 1e300}', "theta"),
+    ("IBM", b'{"theta": 1e-300}', "theta"),
+    ("MSFT", b'{"omega": 1e300}', "omega"),
+    ("MSFT", b'{"scale": 1e-300}', "scale"),
+    ("MSFT", b'{"scale": 1e-3}', "scale"),
+    ("MSFT", b'{"mu": 1e300}', "mu"),
+    ("GOOG", b'{"model": "garch", "scale": 1e-300}', "scale"),
+]
+
+
+def test_defect4_extreme_parameters_are_400_and_the_feed_stays_valid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10 defect 4: ``mu=1e300``, ``mu=1e6``, meanrev ``sigma=1e6``, GARCH
+    ``omega=1e300`` or ``scale=1e-300`` were accepted; the price went to inf (ticks vanished)
+    or stuck at 0.0 with ask -0.0, sane parameters did not revive it, and ``GET /symbols``
+    answered 500 for everyone. Now: 400 naming the parameter and its allowed range, the
+    symbols keep streaming valid quotes, and /symbols is valid JSON."""
+
+    async def body() -> None:
+        async with serving(_market()) as server:
+            port = server.port
+            assert port is not None
+            for symbol, payload, param in EXTREME:
+                status, err = await request(port, "PUT", f"/symbols/{symbol}", payload)
+                assert status == 400, (symbol, payload, status, err)
+                assert f"parameter {param}" in err["error"], err
+                assert "allowed" in err["error"], err
+                assert err["symbol"] == symbol
+            for symbol in ("GOOG", "IBM", "MSFT"):
+                await _prices_move(port, symbol)
+            status, symbols = await request(port, "GET", "/symbols")
+            assert status == 200 and isinstance(symbols, dict)
+            assert all(math.isfinite(symbols[s]["price"]) for s in symbols)
+            # At the edge of its range (one e-fold per tick) a price leaves the streamable
+            # range within ~25 ticks: the guard restarts it, counts it, nothing bad streams.
+            status, ok = await request(port, "PUT", "/symbols/GOOG", b'{"mu": 1000}')
+            assert status == 200, ok
+            await _prices_move(port, "GOOG", n=60)
+            status, text = await request(port, "GET", "/metrics")
+            found = re.search(r"^quoteflow_prices_reseeded_total (\S+)$", text, flags=re.M)
+            assert found and float(found.group(1)) > 0, text
+            # sane values still go through
+            for symbol, payload in (
+                ("GOOG", b'{"mu": 0.5, "sigma": 1.5}'),
+                ("IBM", b'{"sigma": 0.5}'),
+                ("MSFT", b'{"omega": 0.05}'),
+            ):
+                status, ok = await request(port, "PUT", f"/symbols/{symbol}", payload)
+                assert status == 200, ok
+                await _prices_move(port, symbol)
+
+    caplog.set_level(logging.INFO)
+    run(body)
+    assert _tracebacks(caplog.records) == []
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name != "tornado.access"  # (the 400s)
+    ]
+    assert len(warnings) <= 2 and all("price guard" in w for w in warnings), warnings

@@ -257,3 +257,45 @@ def test_catalog_and_forwarded_parameter_changes(tmp_path: Path) -> None:
             await server.aclose()
 
     run(main)
+
+
+def test_defect3_control_task_survives_any_failing_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10 defect 3: an exception other than ConfigError/ValueError/TypeError in the
+    producer's update (an OverflowError from sigma=1e155) ended its control task silently,
+    and every later forwarded change timed out. Now every request gets an answer."""
+    from quoteflow.errors import ConfigError
+
+    async def main() -> None:
+        def update(symbol: str, change: dict) -> dict:  # type: ignore[type-arg]
+            if "boom" in change:
+                raise OverflowError("(34, 'Numerical result out of range')")
+            if "deep" in change:
+                raise RecursionError("maximum recursion depth exceeded")
+            if change.get("sigma", 0) > 1:
+                raise ConfigError("gbm: parameter sigma = 2 is too large; allowed: <= 1")
+            return dict(change)
+
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=False)
+            producer.update_handler = update
+            await producer.start()
+            server = RedisBroker(redis.url, consume=True, block_ms=100)
+            await server.start()
+            # A malformed request (not from a quoteflow instance) is dropped, not fatal.
+            await server._redis.rpush(producer.control_key, b"[" * 5000 + b"]" * 5000)
+            for change in ({"boom": 1}, {"deep": 1}):
+                with pytest.raises(ConfigError, match="internal error"):
+                    await server.forward_update("AAA", change)
+            with pytest.raises(ConfigError, match=r"sigma = 2 is too large; allowed"):
+                await server.forward_update("AAA", {"sigma": 2})
+            assert await server.forward_update("AAA", {"sigma": 0.3}) == {"sigma": 0.3}
+            await producer.aclose()
+            await server.aclose()
+
+    with caplog.at_level("INFO", logger="quoteflow.broker.redis"):
+        run(main)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("refused parameter change for AAA: gbm: parameter sigma" in m for m in messages)
+    assert any("ignoring malformed parameter change" in m for m in messages)

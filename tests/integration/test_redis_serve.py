@@ -291,3 +291,24 @@ def test_bad_scaleout_options_are_one_line_exit_2(
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("quoteflow: error:"), err
     assert needle in lines[0]
+
+
+def test_defect3_bad_put_on_a_serving_instance_is_400_and_the_producer_keeps_answering(
+    tmp_path: Path,
+) -> None:
+    """Issue 10 defect 3 (Redis): ``PUT {"sigma": 1e155}`` to a serving instance silently
+    killed the producer's control task, so every later PUT answered 503 until restart. Now
+    the producer answers the error (the instance returns 400 with its message), logs it, and
+    keeps applying changes."""
+    with producer_and_server(tmp_path) as (_red, gen, _gen_base, base):
+        for body in ({"sigma": 1e155}, {"mu": 1e300}, {"mu": 10**400}, {"sigma": [[1]]}):
+            status, err, _ = http("PUT", base + f"/symbols/{SYMBOL}", body)
+            assert status == 400, (body, status, err)
+            assert "sigma" in err["error"] or "mu" in err["error"], err
+        status, err, _ = http("PUT", base + f"/symbols/{SYMBOL}", {"sigma": 1e155})
+        assert status == 400 and "allowed" in err["error"], err
+        poll(lambda: "refused parameter change" in gen.log(), "the producer's log line")
+        status, changed, _ = http("PUT", base + f"/symbols/{SYMBOL}", {"sigma": 0.45})
+        assert status == 200 and changed["params"]["sigma"] == 0.45, changed
+        status, symbols, _ = http("GET", base + "/symbols")
+        assert status == 200 and symbols[SYMBOL]["model"] == "gbm"

@@ -7,7 +7,6 @@ import gc
 import json
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -334,20 +333,24 @@ def test_pre_encoded_text_is_only_used_for_its_own_payload() -> None:
     assert decode(sub.take().data) == [(1, "tick", {"symbol": "AAA", "n": 2, "seq": 1})]
 
 
-def test_market_with_non_finite_price_falls_back_and_the_bad_event_is_dropped() -> None:
+def test_market_with_non_finite_price_is_guarded_so_the_broker_drops_nothing() -> None:
+    """A model that blew up used to reach the broker as an inf price (dropped, one WARNING
+    per tick); the market's price guard now restarts it at its last quote (issue 10,
+    defect 4), so the batch stays pre-encoded and complete. The broker's own fallback for
+    unencodable events is tested above with hand-made events."""
     from quoteflow.market import Market
     from quoteflow.models import GBM
 
     market = Market({"A": GBM(0.0, 0.2), "B": GBM(0.0, 0.2)}, seed=1, bar_interval=None)
     market._prices[1] = float("inf")  # a model that blew up
-    with np.errstate(invalid="ignore", over="ignore"):
-        events = market.step(now=1_800_000_000.0)
-    assert events.encoded == []  # type: ignore[attr-defined]
+    events = market.step(now=1_800_000_000.0)
+    assert len(events.encoded) == 2  # type: ignore[attr-defined]
+    assert market.prices_reseeded == 1 and events[1].data["price"] == 100.0
     b = MemoryBroker()
     sub = b.subscribe(None, ALL_EVENTS, None)
     b.publish(events)
-    assert [(i, p["symbol"]) for i, _, p in decode(sub.take().data)] == [(1, "A")]
-    assert b.stats.dropped == 1
+    assert [(i, p["symbol"]) for i, _, p in decode(sub.take().data)] == [(1, "A"), (2, "B")]
+    assert b.stats.dropped == 0
 
 
 # -- subscription writers ----------------------------------------------------------------

@@ -285,3 +285,46 @@ def test_python_dash_m_entry_point_exit_codes(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("quoteflow: error: no such file")
+
+
+@pytest.mark.parametrize(
+    ("params", "dt", "fragments"),
+    [
+        (
+            ["sigma=1e155"],
+            "1/252",
+            (
+                "gbm: parameter sigma = 1e+155 cannot be simulated at a step of dt = 0.00396825",
+                "allowed at this dt: 0 < sigma <= 15.8745",
+            ),
+        ),
+        (["mu=1e300"], "1/252", ("gbm: parameter mu = 1e+300", "|mu| <= 252")),
+        (["sigma=1.5"], "1", ("parameter sigma = 1.5", "0 < sigma <= 1")),
+        (["mu=" + "1" * 400], "1/252", ("parameter mu must be finite, got inf",)),
+    ],
+)
+def test_defect4_simulate_param_door_gives_the_rule_and_range(
+    capsys: pytest.CaptureFixture[str], params: list[str], dt: str, fragments: tuple[str, ...]
+) -> None:
+    """Issue 10 defect 4, CLI door: ``--param`` values the model cannot simulate at ``--dt``
+    are one line, exit 2, with the same message as ``PUT /symbols`` and the TOML config."""
+    argv = ["simulate", "--model", "gbm", "--steps", "3", "--dt", dt]
+    for p in params:
+        argv += ["--param", p]
+    _one_line_error(*run(argv, capsys), *fragments)
+
+
+def test_defect4_serve_config_door_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "market.toml"
+    path.write_text(
+        'tick_interval = 0.25\n[symbols.X]\nmodel = "garch"\n'
+        "params = { mu = 0.05, omega = 1e300, alpha = 0.08, beta = 0.9 }\n"
+    )
+    _one_line_error(
+        *run(["serve", "--config", str(path), "--port", "0"], capsys),
+        "market.toml: symbols.X.params.omega: garch: parameter omega = 1e+300 cannot be "
+        "simulated at a step of dt = 0.000992063 years",
+        "allowed at this dt: 0 < omega <= ",
+    )

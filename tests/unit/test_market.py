@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import math
 import threading
 import time
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from quoteflow.errors import ConfigError
-from quoteflow.market import DEFAULT_SPEED, Market, correlation_factor
+from quoteflow.market import DEFAULT_SPEED, GUARD_LOG_INTERVAL, Market, correlation_factor
 from quoteflow.models import GARCH, GBM, MeanReversion
 from quoteflow.sources import MarketEvent, Source
 
@@ -642,3 +643,146 @@ def test_batches_skip_missed_deadlines_instead_of_bursting() -> None:
     asyncio.run(run())
     assert m.ticks_skipped >= 5
     assert m.lag_seconds < 0.05  # after the skip, back on schedule
+
+
+# ------------------------------------------- issue 10, defects 3 and 4: limits and the guard
+
+
+def _three(**options: Any) -> Market:
+    return Market(
+        {
+            "G": GBM(0.05, 0.3),
+            "M": MeanReversion(2.0, 100.0, 0.2),
+            "H": GARCH(mu=0.05, omega=0.02, alpha=0.08, beta=0.9),
+        },
+        seed=4,
+        **options,
+    )
+
+
+@pytest.mark.parametrize(
+    ("symbol", "params", "message"),
+    [
+        (
+            "G",
+            {"sigma": 1e155},
+            "G.params.sigma: gbm: parameter sigma = 1e+155 cannot be simulated at a step of "
+            "dt = 0.000992063 years: sigma * sqrt(dt) = 3.15e+153 exceeds 1; "
+            "allowed at this dt: 0 < sigma <= 31.749",
+        ),
+        ("G", {"mu": 1e6}, "G.params.mu: gbm: parameter mu = 1e+06 cannot be simulated"),
+        ("G", {"mu": 10**400}, "G.params.mu: gbm: parameter mu must be finite"),
+        ("M", {"sigma": 1e6}, "M.params.sigma: meanrev: parameter sigma = 1e+06 cannot be"),
+        ("M", {"theta": 1e300}, "M.params.theta: meanrev: parameter theta = 1e+300 is out of"),
+        ("H", {"omega": 1e300}, "H.params.omega: garch: parameter omega = 1e+300 cannot be"),
+        ("H", {"scale": 1e-300}, "H.params.scale: garch: parameter scale = 1e-300 is out of"),
+        ("H", {"mu": 0.0, "scale": 0.01}, "H.params.scale: garch: parameter scale = 0.01 cannot"),
+        ("G", {"model": "garch", "omega": 1e300}, "G.params.omega: garch: parameter omega"),
+    ],
+)
+def test_defect4_extreme_update_is_refused_whole(
+    symbol: str, params: dict[str, Any], message: str
+) -> None:
+    """Issue 10 defects 3/4: an update the model cannot simulate at the market's dt is a
+    ConfigError naming the parameter and its range, and it changes nothing at all."""
+    m = _three(tick_interval=0.25)
+    m.step(now=0)
+    before = m.describe()
+    arrays = (m._drift.copy(), m._vol.copy(), m._is_gbm.copy())
+    groups = list(m._groups)
+    with pytest.raises(ConfigError) as info:
+        m.update(symbol, params)
+    assert message in str(info.value)
+    assert m.describe() == before
+    after = (m._drift, m._vol, m._is_gbm)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, after, strict=True))
+    assert m._groups == groups
+    prices = np.array([m.step_arrays(now=0).price for _ in range(20)])
+    assert np.all(np.isfinite(prices)) and np.all(prices > 0)
+    assert np.all(np.diff(prices, axis=0) != 0, axis=0).any()  # moving, not frozen
+
+
+def test_defect4_toml_door_gives_the_same_message(tmp_path: Path) -> None:
+    text = GOOD.replace("sigma = 0.25", "sigma = 1e6", 1)
+    with pytest.raises(ConfigError) as info:
+        Market.from_toml(write(tmp_path, text))
+    assert (
+        "market.toml: symbols.MSFT.params.sigma: gbm: parameter sigma = 1e+06 cannot be "
+        "simulated at a step of dt = 0.001 years" in str(info.value)
+    ), str(info.value)
+    assert "allowed at this dt: 0 < sigma <= 31.6228" in str(info.value)
+    # The step is the market's: the same sigma is fine in a slower market.
+    slow = GOOD.replace("sigma = 0.25", "sigma = 20", 1)
+    Market.from_toml(write(tmp_path, slow))
+    with pytest.raises(ConfigError, match=r"symbols\.MSFT\.params\.sigma: .*sigma <= 6\.32456"):
+        Market.from_toml(write(tmp_path, slow), speed=0.1)
+    big = GOOD.replace("omega = 0.02", "omega = 1e300", 1)
+    with pytest.raises(ConfigError, match=r"market\.toml: symbols\.AAPL\.params\.omega: garch"):
+        Market.from_toml(write(tmp_path, big))
+    with pytest.raises(ConfigError, match=r"market\.toml: s0\.AAPL: must be in \[1e-06, 1e\+12\]"):
+        Market.from_toml(write(tmp_path, GOOD.replace("s0 = 120.0", "s0 = 1e300", 1)))
+
+
+def test_defect4_guard_keeps_every_price_streamable_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A valid drift at its bound (one e-fold per tick) reaches the top of the price range
+    in ~20 ticks: the guard restarts it at its last quote, counts it and logs once."""
+    m = Market(
+        {"UP": GBM(mu=1000.0, sigma=0.01), "DOWN": GBM(mu=-1000.0, sigma=0.01)},
+        seed=1,
+        tick_interval=0.25,
+        bar_interval=0.25,
+    )
+    with caplog.at_level("WARNING", logger="quoteflow.market"):
+        events = [e for _ in range(200) for e in m.step(now=0)]
+    for e in events:
+        values = [e.data[k] for k in ("price", "bid", "ask", "open", "high", "low") if k in e.data]
+        assert all(math.isfinite(v) and v > 0 for v in values), e
+        assert math.copysign(1.0, e.data.get("ask", 1.0)) == 1.0  # never -0.0
+    assert max(e.data["price"] for e in events if e.event == "tick") <= 1e12
+    assert min(e.data["price"] for e in events if e.event == "tick") >= 1e-6
+    assert m.prices_reseeded > 300  # both symbols, nearly every tick after the first ~20
+    lines = [r.getMessage() for r in caplog.records]
+    # 200 ticks at one instant: the first restart is logged, the rest wait for the next
+    # interval (of tick time), whose first restart logs the summary.
+    assert len(lines) == 1 and "price guard: restarted 1 price(s)" in lines[0], lines
+    with caplog.at_level("WARNING", logger="quoteflow.market"):
+        m.step(now=GUARD_LOG_INTERVAL - 0.001)
+        assert len(caplog.records) == 1
+        m.step(now=GUARD_LOG_INTERVAL)
+    summary = caplog.records[-1].getMessage()
+    assert len(caplog.records) == 2 and f"restarted {m.prices_reseeded - 1} price(s)" in summary
+    assert "UP x" in summary and "DOWN x" in summary
+    # Sane parameters revive it, from its last quote.
+    last = m.describe()["UP"]["price"]
+    m.update("UP", {"mu": 0.05, "sigma": 0.2})
+    count = m.prices_reseeded
+    nxt = [m.step_arrays(now=0).price[0] for _ in range(20)]
+    assert abs(math.log(nxt[0] / last)) < 0.1 and len(set(nxt)) > 1
+    assert m.prices_reseeded <= count + 20  # DOWN goes on being restarted, UP not
+    assert json.dumps(m.describe(), allow_nan=False)
+
+
+@pytest.mark.parametrize("symbol", ["G", "M", "H"])
+def test_defect4_a_degenerate_symbol_is_revived_by_a_valid_update(symbol: str) -> None:
+    """From a state where the price is already broken (inf / 0), a valid update restarts
+    it at its last good quote and the feed goes on."""
+    m = _three(tick_interval=0.25)
+    for _ in range(3):
+        m.step(now=0)
+    i = m.symbols.index(symbol)
+    good = m.describe()[symbol]["price"]
+    m._prices[i] = math.inf if symbol != "M" else 0.0
+    group = m._group_of.get(i)
+    if group is not None:
+        group.stepper.prices = np.full(group.stepper.prices.size, math.nan)
+        if isinstance(group.model, GARCH):
+            group.stepper.variance = np.full(group.stepper.prices.size, math.inf)  # type: ignore[attr-defined]
+    assert json.dumps(m.describe(), allow_nan=False)
+    m.update(symbol, dict(m.model(symbol).params()) if symbol == "H" else {"sigma": 0.25})
+    ticks = [m.step(now=0)[i].data for _ in range(20)]
+    assert abs(math.log(ticks[0]["price"] / good)) < 0.2
+    assert all(math.isfinite(t["price"]) and 0 < t["bid"] <= t["price"] <= t["ask"] for t in ticks)
+    assert len({t["price"] for t in ticks}) > 1
+    assert m.prices_reseeded == 1

@@ -53,7 +53,7 @@ def _prices(model: GARCH, n: int, seed: int) -> np.ndarray:
         ({"mean": "zero", "mu": 0.1}, "mu must be 0 when mean='zero'"),
         ({"mu": math.nan}, "mu must be finite"),
         ({"omega": math.inf}, "omega must be finite"),
-        ({"scale": 0.0}, "scale must be > 0"),
+        ({"scale": 0.0}, r"scale = 0 is out of range; allowed: \[0.0001, 10000\]"),
         ({"dt_fit": -1.0}, "dt_fit must be > 0"),
         ({"alpha": "0.1"}, "alpha must be a real number"),
     ],
@@ -439,7 +439,7 @@ def test_bad_prices_raise_data_error(prices: Any, match: str) -> None:
     [
         ({"dist": "gaussian"}, "dist must be one of 'normal', 't'"),
         ({"mean": "ar"}, "mean must be one of 'constant', 'zero'"),
-        ({"scale": -1.0}, "scale must be > 0"),
+        ({"scale": -1.0}, r"scale = -1 is out of range; allowed: \[0.0001, 10000\]"),
         ({"dt": 0.0}, "dt must be"),
         ({"max_iter": 0}, "max_iter"),
     ],
