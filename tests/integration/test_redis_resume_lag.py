@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.timeout(12
 STREAM_KEY = "quoteflow:events"
 
 
-def _serve(workdir: Path, url: str, name: str) -> QuoteflowProcess:
+def _serve(workdir: Path, url: str, name: str, *extra: str) -> QuoteflowProcess:
     return QuoteflowProcess(
         workdir,
         name,
@@ -50,6 +50,7 @@ def _serve(workdir: Path, url: str, name: str) -> QuoteflowProcess:
         name,
         "--heartbeat",
         "0.3",
+        *extra,
     )
 
 
@@ -89,8 +90,8 @@ class Cluster:
         assert port is not None
         return port
 
-    def start_instance(self, name: str, label: str | None = None) -> QuoteflowProcess:
-        p = _serve(self.workdir, self.red.url, name)
+    def start_instance(self, name: str, label: str | None = None, *extra: str) -> QuoteflowProcess:
+        p = _serve(self.workdir, self.red.url, name, *extra)
         p.name = label or name
         self.procs.append(p)
         p.wait_ready()
@@ -116,7 +117,9 @@ class Cluster:
 
 
 @contextmanager
-def cluster(workdir: Path, *, persist: bool = False) -> Iterator[Cluster]:
+def cluster(
+    workdir: Path, *, persist: bool = False, b_args: tuple[str, ...] = ()
+) -> Iterator[Cluster]:
     red = RedisServer(workdir, persist=persist)
     red.start()
     try:
@@ -137,8 +140,8 @@ def cluster(workdir: Path, *, persist: bool = False) -> Iterator[Cluster]:
             procs.append(gen)
             gen.wait_ready()
             c = Cluster(red, workdir, procs)
-            for name in ("A", "B"):
-                c.start_instance(name)
+            c.start_instance("A")
+            c.start_instance("B", None, *b_args)
             yield c
             for p in procs:
                 assert "Traceback" not in p.log(), p.log()
@@ -339,3 +342,64 @@ def test_alternating_instances_through_faults_lose_nothing_and_duplicate_nothing
             assert sessions >= 20, sessions
 
         asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_resume_that_cannot_catch_up_in_time_ends_cleanly_and_resumes_later(
+    tmp_path: Path,
+) -> None:
+    """B is behind and Redis is paused, so B can neither read up to the client's id nor
+    ask Redis about it: after --catch-up-timeout the stream ends cleanly (chunked end),
+    with no event and no reset; the same id later resumes without gap or duplicate."""
+    with cluster(tmp_path, b_args=("--catch-up-timeout", "1")) as c:
+
+        async def main() -> None:
+            red_proc = c.red.proc
+            assert red_proc is not None
+            reader, writer = await open_stream(c.port("A"), None)
+            first = await read_session(reader, writer, None, want=20)
+            c.instances["B"].signal(signal.SIGSTOP)
+            try:
+                reader, writer = await open_stream(c.port("A"), first.last_id)
+                on_a = await read_session(reader, writer, first.last_id, duration=1.0)
+                assert on_a.last_id and len(on_a.events) >= 10
+                red_proc.send_signal(signal.SIGSTOP)
+            finally:
+                c.instances["B"].signal(signal.SIGCONT)
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", c.port("B"))
+                writer.write(
+                    b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    + f"Last-Event-ID: {on_a.last_id}\r\n\r\n".encode()
+                )
+                # The connection stays open (keep-alive): read up to the chunked end.
+                # The 20 s is a hang guard; the end is due after about one second.
+                raw = b""
+                async with asyncio.timeout(20):
+                    while not raw.endswith(b"\r\n0\r\n\r\n"):
+                        chunk = await reader.read(65536)
+                        assert chunk, f"closed without a chunked end: {raw[-200:]!r}"
+                        raw += chunk
+                writer.close()
+            finally:
+                red_proc.send_signal(signal.SIGCONT)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert body.endswith(b"0\r\n\r\n"), body[-200:]  # the chunked terminator
+            assert b"event:" not in body and b"id:" not in body, body
+            broker = _health(c.port("B"))["broker"]
+            assert isinstance(broker, dict) and broker["catch_up_timeouts"] == 1, broker
+
+            # Redis is back: the same id resumes on B, right after it (as a client would,
+            # retrying while B's reader may still be reconnecting).
+            on_b = Session()
+            for _attempt in range(10):
+                reader, writer = await open_stream(c.port("B"), on_a.last_id)
+                on_b = await read_session(reader, writer, on_a.last_id, want=10)
+                if on_b.events:
+                    break
+            assert len(on_b.events) >= 10, on_b
+            got = [(ev.id or "", ev.event) for ev in first.events + on_a.events + on_b.events]
+            assert "reset" not in {e for _, e in got}
+            assert got == c.truth(got[0][0], got[-1][0])
+
+        asyncio.run(asyncio.wait_for(main(), 60))
