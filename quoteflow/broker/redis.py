@@ -23,6 +23,11 @@ at once, as on a single server. When the instance has not caught up within
 ``catch_up_timeout`` (Redis unreachable, say) the stream ends cleanly and the client comes
 back with the same id: neither a false reset nor a duplicate.
 
+Entries carry the producer's run id and a counter (``p``, ``n``). A repeated counter is a
+re-sent pipeline (dropped); a jump is a hole, events this instance will never read (a
+Redis restart without persistence, an overflowing producer outbox): a replay across it
+is answered with ``event: reset`` (``reason: gap``) instead of being silently incomplete.
+
 Failures: when Redis is down or restarting the reader and the writer retry with
 exponential backoff, log once per outage, report ``healthy = False`` (``/healthz``,
 ``/metrics``), keep every client connected (heartbeats continue), and resume from the
@@ -178,6 +183,11 @@ class RedisBroker(MemoryBroker):
         self._n = 0
         self._producer_seen: dict[str, int] = {}
         self.duplicates_skipped = 0
+        # Key of the first entry read after the latest gap in the producer's counter
+        # (events this instance will never get): no replay may cross it.
+        self._gap_before = -1
+        #: Gaps seen in the producer's counter (see _note_gap).
+        self.gaps = 0
         self._outbox_event = asyncio.Event()
         self._last_sid: str | None = None  # newest stream id ingested
         self._read_from = "$"
@@ -556,10 +566,13 @@ class RedisBroker(MemoryBroker):
             if key <= newest:
                 continue  # already have it (e.g. re-read after a reconnect)
             if producer:
-                if n <= self._producer_seen.get(producer, 0):
+                seen = self._producer_seen.get(producer, 0)
+                if n <= seen:
                     # The producer re-sent a pipeline whose reply it never got.
                     self.duplicates_skipped += 1
                     continue
+                if seen and n != seen + 1:
+                    self._note_gap(key, sid, n - seen - 1)
                 self._producer_seen[producer] = n
             keys.append(key)
             kinds.append(event)
@@ -581,6 +594,20 @@ class RedisBroker(MemoryBroker):
             for sub, (after, _) in list(self._held.items()):
                 if after <= newest:
                     self._release(sub, None)
+
+    def _note_gap(self, key: int, sid: str, missing: int) -> None:
+        """Entries of one producer run are numbered 1, 2, 3...: a jump means events that
+        this instance will never read (a Redis restart without persistence lost them, or
+        the producer's outbox overflowed). A replay across it could not be gap-free."""
+        self._gap_before = key
+        self.gaps += 1
+        log.warning(
+            "%d events missing from the stream before %s (a Redis restart without "
+            "persistence, or the producer's outbox overflowed); resumes from before it "
+            "get a reset",
+            missing,
+            sid,
+        )
 
     # -- ids and replay ----------------------------------------------------------------
 
@@ -734,6 +761,11 @@ class RedisBroker(MemoryBroker):
         if after > newest:
             self._send_reset(sub, after, "unknown_id")
             return
+        if after < self._gap_before:
+            # Events after ``after`` are missing here: say so. The reset carries the newest
+            # id, which is greater than the client's.
+            self._send_reset(sub, after, "gap")
+            return
         self._replay_from(sub, bisect.bisect_right(keys, after))
 
     def _format_id(self, key: int) -> str:
@@ -763,6 +795,7 @@ class RedisBroker(MemoryBroker):
             "catching_up": len(self._held),
             "catch_up_waits": self.catch_up_waits,
             "catch_up_timeouts": self.catch_up_timeouts,
+            "gaps": self.gaps,
         }
 
 

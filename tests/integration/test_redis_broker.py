@@ -371,3 +371,43 @@ def test_instance_started_while_redis_is_down_primes_when_it_is_back_regression_
             redis.stop()
 
     run(main)
+
+
+def test_resume_across_events_missing_from_the_stream_gets_a_reset_regression_silent_gap(
+    tmp_path: Path,
+) -> None:
+    """Entries of one producer run are numbered: when some never reach this instance (a
+    Redis restart without persistence lost them), a replay across the hole was silently
+    incomplete. Now it is a reset (reason ``gap``) whose id is greater than the client's;
+    a resume from after the hole replays as usual."""
+
+    async def main() -> None:
+        import redis.asyncio as aioredis
+
+        with running_redis(tmp_path) as redis:
+            server = RedisBroker(redis.url, consume=True, block_ms=200)
+            await server.start()
+            client = aioredis.Redis.from_url(redis.url)
+            try:
+                for n in (1, 2, 5, 6):  # 3 and 4 never made it to the stream
+                    await client.xadd(
+                        server.stream,
+                        {"e": "tick", "s": "AAA", "d": json.dumps({"n": n}), "p": "P1", "n": n},
+                    )
+            finally:
+                await client.aclose()
+            await until(lambda: len(server._log) == 4)
+            ids = [_sid(key) for key in server._log.keys]
+            for before in ids[:2]:
+                got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+                drain(server.subscribe(None, frozenset({"tick"}), before), SSEParser(), got)
+                assert [e for e, _ in got] == ["reset"] and got[0][1]["reason"] == "gap"
+                assert got[0][1]["last_id"] == before
+                assert parse_stream_id(got[0][1]["id"]) > parse_stream_id(before)
+            got = []
+            drain(server.subscribe(None, frozenset({"tick"}), ids[2]), SSEParser(), got)
+            assert [(e, d["n"]) for e, d in got] == [("tick", 6)]
+            assert server.health()["gaps"] == 1
+            await server.aclose()
+
+    run(main)
