@@ -18,12 +18,17 @@ from tests.conftest import ROOT, free_port, require_executable
 
 
 class RedisServer:
-    """Start/stop/restart one redis-server (no persistence unless asked)."""
+    """Start/stop/restart one redis-server (no persistence unless asked).
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    ``persist=True`` turns the append-only file on (``appendfsync always``), so that a
+    stop and start keeps the stream, as a production Redis would.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, persist: bool = False) -> None:
         self.binary = require_executable("redis-server")
         self.port = port or free_port()
         self.workdir = workdir
+        self.persist = persist
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,7 +47,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persist else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
             ],

@@ -60,6 +60,9 @@ class CloseReason:
     CLIENT_GONE = "client_gone"
     BROKER_CLOSED = "broker_closed"
     TOKEN_EXPIRED = "token_expired"
+    #: A clustered broker could not read up to the client's id in time (the client
+    #: comes back with the same id; see ``RedisBroker``).
+    CATCH_UP_TIMEOUT = "catch_up_timeout"
 
 
 class EventIdError(QuoteflowError, ValueError):

@@ -11,6 +11,23 @@ resume with ``Last-Event-ID`` on any instance. Each instance keeps a local repla
 (primed from the stream at start with ``XREVRANGE``), so ``subscribe`` stays synchronous
 and gap-free exactly as in the memory broker.
 
+Instances read the stream independently, so the one a client resumes on may not have read
+as far as the one it left (it was paused, busy, or reconnecting to Redis). An id newer than
+this instance's newest is therefore not "unknown": the subscription is *held* (heartbeats
+only, not in the fan-out) until the reader has ingested that id, then replayed from the
+local buffer and made live, so nothing at or below the client's id is ever sent. Meanwhile
+one ``XREVRANGE + - COUNT 1`` asks Redis for its newest id: when even Redis holds nothing
+that new, the id was never issued by this stream (made up, another deployment's, or a
+stream lost by a Redis restart without persistence) and the client gets ``event: reset``
+at once, as on a single server. When the instance has not caught up within
+``catch_up_timeout`` (Redis unreachable, say) the stream ends cleanly and the client comes
+back with the same id: neither a false reset nor a duplicate.
+
+Entries carry the producer's run id and a counter (``p``, ``n``). A repeated counter is a
+re-sent pipeline (dropped); a jump is a hole, events this instance will never read (a
+Redis restart without persistence, an overflowing producer outbox): a replay across it
+is answered with ``event: reset`` (``reason: gap``) instead of being silently incomplete.
+
 Failures: when Redis is down or restarting the reader and the writer retry with
 exponential backoff, log once per outage, report ``healthy = False`` (``/healthz``,
 ``/metrics``), keep every client connected (heartbeats continue), and resume from the
@@ -38,8 +55,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from quoteflow.broker.base import EventIdError, EventLike, Subscription
-from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker
+from quoteflow.broker.base import CloseReason, EventIdError, EventLike, Subscription
+from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker, _Group
 from quoteflow.errors import ConfigError
 from quoteflow.server.sse import encode_event
 from quoteflow.sources import MarketEvent, Source
@@ -51,6 +68,9 @@ __all__ = ["RedisBroker", "StreamSource", "parse_stream_id"]
 CATALOG_PERIOD = 2.0
 #: Seconds a serving instance waits for the producer to apply a forwarded parameter change.
 UPDATE_TIMEOUT = 5.0
+#: Default seconds a resume with an id this instance has not read yet waits for its reader
+#: (``--catch-up-timeout``).
+CATCH_UP_TIMEOUT = 5.0
 
 log = logging.getLogger("quoteflow.broker.redis")
 
@@ -104,6 +124,15 @@ class RedisBroker(MemoryBroker):
         Reconnection backoff bounds in seconds (exponential with jitter). The cap is
         short (2 s) because one reconnect attempt per instance every 2 s costs Redis
         nothing, while every extra second is a second of stalled feed after recovery.
+    catch_up_timeout : float
+        Seconds a resume whose id is newer than this instance has read (but held by
+        Redis) waits for the reader before the stream is ended for the client to retry;
+        see the module docstring.
+
+    Raises
+    ------
+    ConfigError
+        Not a Redis URL, neither producing nor consuming, or a bad ``catch_up_timeout``.
     """
 
     def __init__(
@@ -123,6 +152,7 @@ class RedisBroker(MemoryBroker):
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = 0.1,
         backoff_max: float = 2.0,
+        catch_up_timeout: float = CATCH_UP_TIMEOUT,
     ) -> None:
         super().__init__(
             buffer_size=buffer_size,
@@ -135,6 +165,10 @@ class RedisBroker(MemoryBroker):
             raise ConfigError(f"--broker must be a redis:// URL, got {url!r}")
         if not (produce or consume):
             raise ConfigError("a Redis broker must produce, consume or both")
+        if not (0 < catch_up_timeout < math.inf):
+            raise ConfigError(
+                f"catch-up timeout must be a positive number of seconds, got {catch_up_timeout!r}"
+            )
         self.url = url
         self.stream = stream
         self.produce = produce
@@ -151,9 +185,27 @@ class RedisBroker(MemoryBroker):
         self._n = 0
         self._producer_seen: dict[str, int] = {}
         self.duplicates_skipped = 0
+        # Key of the first entry read after the latest gap in the producer's counter
+        # (events this instance will never get): no replay may cross it.
+        self._gap_before = -1
+        #: Gaps seen in the producer's counter (see _note_gap).
+        self.gaps = 0
         self._outbox_event = asyncio.Event()
         self._last_sid: str | None = None  # newest stream id ingested
         self._read_from = "$"
+        self._primed = False
+        self.catch_up_timeout = float(catch_up_timeout)
+        # Resumes ahead of what this instance has read: subscription -> (id key, future
+        # set when it is released). They are not in the fan-out until released.
+        self._held: dict[Subscription, tuple[int, asyncio.Future[None]]] = {}
+        self._catch_up_tasks: set[asyncio.Task[None]] = set()
+        # Callers waiting for the next "newest id in Redis" query (see _stream_top).
+        self._top_pending: list[asyncio.Future[tuple[bool, int | None]]] = []
+        self._top_task: asyncio.Task[None] | None = None
+        #: Resumes that had to wait for this instance to catch up with the stream.
+        self.catch_up_waits = 0
+        #: Of those, the ones ended because the instance did not catch up in time.
+        self.catch_up_timeouts = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._redis: Any = None
@@ -211,8 +263,9 @@ class RedisBroker(MemoryBroker):
         # redis-py may turn a cancel into a ConnectionError (it disconnects mid-command):
         # the loops check this flag instead of treating that as an outage and going on.
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
+        for task in (*self._tasks, *self._catch_up_tasks, self._top_task):
+            if task is not None:
+                task.cancel()
         if self._tasks:
             # redis-py can sit in a blocking XREAD for a while after a cancel (seen here
             # after a Redis restart): give the tasks a moment, then cut the connections.
@@ -469,13 +522,19 @@ class RedisBroker(MemoryBroker):
         rows = await self._redis.xrevrange(self.stream, "+", "-", count=self.buffer_size)
         if rows:
             self._ingest(list(reversed(rows)), prime=True)
-        else:
+        elif self._read_from == "$":
             self._read_from = "0-0"
+        self._primed = True
 
     async def _reader(self) -> None:
         attempt = 0
         while True:
             try:
+                if not self._primed:
+                    # Redis was down at start: prime now, or the reader would begin at
+                    # "$" and this instance would lack what the stream already holds
+                    # (and answer resumes from it with a false reset).
+                    await self._prime()
                 reply = await self._redis.xread(
                     {self.stream: self._read_from}, count=10_000, block=self.block_ms
                 )
@@ -532,10 +591,13 @@ class RedisBroker(MemoryBroker):
             if key <= newest:
                 continue  # already have it (e.g. re-read after a reconnect)
             if producer:
-                if n <= self._producer_seen.get(producer, 0):
+                seen = self._producer_seen.get(producer, 0)
+                if n <= seen:
                     # The producer re-sent a pipeline whose reply it never got.
                     self.duplicates_skipped += 1
                     continue
+                if seen and n != seen + 1:
+                    self._note_gap(key, sid, n - seen - 1)
                 self._producer_seen[producer] = n
             keys.append(key)
             kinds.append(event)
@@ -552,11 +614,160 @@ class RedisBroker(MemoryBroker):
         self._log.extend(keys, kinds, syms, frames, now)
         if not prime and self._groups:
             self._fan_out(kinds, syms, frames, now)
+        if self._held:
+            # After the fan-out: a released subscription gets this batch by replay.
+            for sub, (after, _) in list(self._held.items()):
+                if after <= newest:
+                    self._release(sub, None)
+
+    def _note_gap(self, key: int, sid: str, missing: int) -> None:
+        """Entries of one producer run are numbered 1, 2, 3...: a jump means events that
+        this instance will never read (a Redis restart without persistence lost them, or
+        the producer's outbox overflowed). A replay across it could not be gap-free."""
+        self._gap_before = key
+        self.gaps += 1
+        log.warning(
+            "%d events missing from the stream before %s (a Redis restart without "
+            "persistence, or the producer's outbox overflowed); resumes from before it "
+            "get a reset",
+            missing,
+            sid,
+        )
 
     # -- ids and replay ----------------------------------------------------------------
 
     def parse_id(self, s: str) -> int:
         return parse_stream_id(s)
+
+    def subscribe(
+        self,
+        symbols: frozenset[str] | None,
+        events: frozenset[str],
+        last_id: str | None,
+    ) -> Subscription:
+        """As :meth:`MemoryBroker.subscribe`; a resume ahead of this instance is held.
+
+        When ``last_id`` is newer than the newest event this instance has read, the
+        returned subscription gets nothing but heartbeats until the reader has read past
+        it (then the replay and live data, as usual), ``event: reset`` if Redis does not
+        hold an id that new either, or it is closed with reason ``"catch_up_timeout"``
+        after :attr:`catch_up_timeout` seconds; see the module docstring.
+        """
+        if self._closed:
+            raise RuntimeError("broker is closed")
+        after = self.parse_id(last_id) if last_id else None
+        keys = self._log.keys
+        if after is None or (keys and after <= keys[-1]):
+            return super().subscribe(symbols, events, last_id)
+        sub = Subscription(symbols, events, self.max_backlog_bytes, on_close=self._on_closed)
+        loop = asyncio.get_running_loop()
+        self._held[sub] = (after, loop.create_future())
+        self.catch_up_waits += 1
+        sub.add_close_callback(self._unhold)
+        task = loop.create_task(self._catch_up(sub, after), name="redis-catch-up")
+        self._catch_up_tasks.add(task)
+        task.add_done_callback(self._catch_up_tasks.discard)
+        return sub
+
+    async def _catch_up(self, sub: Subscription, after: int) -> None:
+        """Decide a held resume: reset when Redis holds no such id, end it when too late."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.catch_up_timeout
+        known, top = False, None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.catch_up_timeout):
+                known, top = await self._stream_top()
+        held = self._held.get(sub)
+        if held is None:
+            return  # released (the reader got there first) or closed
+        if known and (top is None or top < after):
+            # Redis holds nothing that new: not an id of this stream (see module docstring).
+            self._release(sub, "unknown_id")
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(held[1]), max(deadline - loop.time(), 0.0))
+        if sub in self._held:
+            # Redis has the id (or cannot be asked) and this instance has not read up to
+            # it: a reset would be false and older events duplicates. End the stream; the
+            # client resumes with the same id, here or on an instance that is not behind.
+            self.catch_up_timeouts += 1
+            log.warning(
+                "resume after %s: this instance has read only up to %s after %g s; "
+                "ending the stream so that the client retries",
+                self._format_id(after),
+                self._last_sid,
+                self.catch_up_timeout,
+            )
+            sub.close(CloseReason.CATCH_UP_TIMEOUT)
+
+    async def _stream_top(self) -> tuple[bool, int | None]:
+        """``(True, key of the newest entry in Redis or None)``; ``(False, None)`` if unknown.
+
+        Coalesced: callers that arrive while a query is in flight share the *next* one
+        (the one in flight may have been sent before their id existed), so a thousand
+        clients resuming at once on a lagging instance cost two queries, not a thousand
+        connections.
+        """
+        fut: asyncio.Future[tuple[bool, int | None]] = asyncio.get_running_loop().create_future()
+        self._top_pending.append(fut)
+        if self._top_task is None:
+            self._top_task = asyncio.create_task(self._query_top(), name="redis-stream-top")
+        return await fut
+
+    async def _query_top(self) -> None:
+        try:
+            while self._top_pending:
+                batch, self._top_pending = self._top_pending, []
+                answer: tuple[bool, int | None] = (False, None)
+                try:
+                    rows = await self._redis.xrevrange(self.stream, "+", "-", count=1)
+                    top = None
+                    if rows:
+                        raw = rows[0][0]
+                        top = parse_stream_id(raw.decode() if isinstance(raw, bytes) else str(raw))
+                    answer = (True, top)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # unreachable or not started: the reader decides, in time
+                    pass
+                for f in batch:
+                    if not f.done():
+                        f.set_result(answer)
+        finally:
+            self._top_task = None
+
+    def _release(self, sub: Subscription, reset_reason: str | None) -> None:
+        """Make a held subscription live: replay after its id (or reset), then fan out."""
+        after, fut = self._held.pop(sub)
+        if not fut.done():
+            fut.set_result(None)
+        if reset_reason is None:
+            self._replay_into(sub, after)
+        else:
+            self._send_reset(sub, after, reset_reason)
+        # The registration of MemoryBroker.subscribe, after the replay with no await
+        # in between: the next fan-out follows the last replayed event.
+        group = self._groups.get(sub.key)
+        if group is None:
+            group = self._groups[sub.key] = _Group(sub.symbols, sub.events)
+        group.members.add(sub)
+        self._n_subs += 1
+
+    def _unhold(self, sub: Subscription) -> None:
+        held = self._held.pop(sub, None)
+        if held is not None and not held[1].done():
+            held[1].set_result(None)
+
+    @property
+    def subscriber_count(self) -> int:
+        """Number of live subscriptions, held resumes included."""
+        return self._n_subs + len(self._held)
+
+    def close(self) -> None:
+        """Close every subscription, held resumes included (idempotent)."""
+        for sub in list(self._held):
+            sub.close(CloseReason.BROKER_CLOSED)
+        super().close()
 
     @property
     def last_id(self) -> str | None:
@@ -574,6 +785,11 @@ class RedisBroker(MemoryBroker):
             return
         if after > newest:
             self._send_reset(sub, after, "unknown_id")
+            return
+        if after < self._gap_before:
+            # Events after ``after`` are missing here: say so. The reset carries the newest
+            # id, which is greater than the client's.
+            self._send_reset(sub, after, "gap")
             return
         self._replay_from(sub, bisect.bisect_right(keys, after))
 
@@ -601,6 +817,10 @@ class RedisBroker(MemoryBroker):
             "outages": self.outages,
             "last_id": self._last_sid,
             "outbox": len(self._outbox),
+            "catching_up": len(self._held),
+            "catch_up_waits": self.catch_up_waits,
+            "catch_up_timeouts": self.catch_up_timeouts,
+            "gaps": self.gaps,
         }
 
 

@@ -35,7 +35,7 @@ import tornado.web
 
 from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker
-from quoteflow.broker.redis import RedisBroker, StreamSource
+from quoteflow.broker.redis import CATCH_UP_TIMEOUT, RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
 from quoteflow.server.app import (
     METRICS_ACCESS,
@@ -522,6 +522,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(exactly one instance per stream); without it the instance only serves",
     )
     net.add_argument(
+        "--catch-up-timeout",
+        type=_positive(float, "catch-up timeout"),
+        default=CATCH_UP_TIMEOUT,
+        metavar="SECONDS",
+        help="with --broker redis://: how long a resume whose id this instance has not "
+        "read yet waits for it before the stream ends for the client to retry "
+        f"(default {CATCH_UP_TIMEOUT:g})",
+    )
+    net.add_argument(
         "--auth-secret",
         default=None,
         metavar="SECRET",
@@ -818,6 +827,7 @@ def _broker(args: argparse.Namespace) -> Broker | None:
         buffer_age=args.buffer_age,
         max_backlog_bytes=args.max_backlog,
         replay_memory_bytes=args.replay_memory,
+        catch_up_timeout=getattr(args, "catch_up_timeout", CATCH_UP_TIMEOUT),
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from quoteflow.broker.base import EventIdError, Subscription
+from quoteflow.broker.base import CloseReason, EventIdError, Subscription
 from quoteflow.broker.redis import RedisBroker, parse_stream_id
 from quoteflow.client import SSEParser
 from quoteflow.sources import MarketEvent
@@ -87,12 +88,17 @@ def test_ids_are_stream_ids_and_resume_works_on_another_instance(tmp_path: Path)
             got_c: list[tuple[str, dict]] = []  # type: ignore[type-arg]
             drain(c, SSEParser(), got_c)
             assert {d["symbol"] for _, d in got_c} == {"BBB"} and len(got_c) == 11
-            # An id newer than any issued, or older than the buffer: reset with snapshot.
+            # An id newer than any issued (Redis holds nothing that new either): reset
+            # with snapshot, once Redis has answered.
             d = other.subscribe(None, frozenset({"tick"}), "99999999999999-0")
             got_d: list[tuple[str, dict]] = []  # type: ignore[type-arg]
-            drain(d, SSEParser(), got_d)
+            await until(lambda: (drain(d, SSEParser(), got_d), bool(got_d))[1])
             assert got_d[0][0] == "reset" and got_d[0][1]["reason"] == "unknown_id"
+            assert got_d[0][1]["last_id"] == "99999999999999-0"
+            assert got_d[0][1]["id"] == other.last_id  # resume from here after it
             assert set(got_d[0][1]["snapshot"]) == set(SYMBOLS)
+            # Live after the reset, and counted as a subscriber all along.
+            assert other.subscriber_count == 3 and other.health()["catching_up"] == 0
             await other.aclose()
             await producer.aclose()
 
@@ -299,3 +305,151 @@ def test_defect3_control_task_survives_any_failing_change(
     messages = [r.getMessage() for r in caplog.records]
     assert any("refused parameter change for AAA: gbm: parameter sigma" in m for m in messages)
     assert any("ignoring malformed parameter change" in m for m in messages)
+
+
+def _sid(key: int) -> str:
+    return f"{key >> 32}-{key & 0xFFFFFFFF}"
+
+
+def test_resume_ahead_of_a_lagging_instance_is_held_regression_false_reset(
+    tmp_path: Path,
+) -> None:
+    """Issue 10, defect 9: an id newer than this instance has read, but issued by the
+    stream, is held (nothing sent) until the reader has it, then replayed after it
+    exactly; before the fix it got a false ``unknown_id`` reset with an older id."""
+
+    async def main() -> None:
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=True)
+            await producer.start()
+            for k in range(10):
+                producer.publish(batch(k))
+            await until(lambda: len(producer._log) == 30)
+            ids = [_sid(key) for key in producer._log.keys]
+
+            # An instance that has read nothing yet (not started): maximally behind.
+            lagging = RedisBroker(redis.url, consume=True, block_ms=200)
+            sub = lagging.subscribe(None, frozenset({"tick"}), ids[20])
+            assert not sub.has_pending() and not sub.closed
+            assert lagging.subscriber_count == 1 and lagging.health()["catching_up"] == 1
+            await lagging.start()  # primes from the stream: the id is there now
+            got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            parser = SSEParser()
+            drain(sub, parser, got)
+            assert [d["id"] for _, d in got] == ids[21:]  # nothing at or below the id
+            # ...then live, without a duplicate.
+            producer.publish(batch(10))
+            await until(lambda: (drain(sub, parser, got), len(got) == 12)[1])
+            ks = [d["k"] for _, d in got]
+            assert ks == [k for k in range(11) for _ in SYMBOLS][21:]
+            assert "reset" not in {e for e, _ in got}
+            assert lagging.health()["catch_up_waits"] == 1
+            assert lagging.health()["catch_up_timeouts"] == 0
+            await lagging.aclose()
+            await producer.aclose()
+
+    run(main)
+
+
+def test_resume_held_while_redis_is_paused_ends_after_the_catch_up_timeout(
+    tmp_path: Path,
+) -> None:
+    """When neither the reader nor Redis can confirm the id in time, the stream ends
+    (reason ``catch_up_timeout``): no reset, no event; the client comes back with it."""
+
+    async def main() -> None:
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=True, catch_up_timeout=0.5)
+            await producer.start()
+            producer.publish(batch(0))
+            await until(lambda: len(producer._log) == 3)
+            ahead = _sid(producer._log.keys[-1] + (5 << 32))  # 5 ms later: not issued yet
+            assert redis.proc is not None
+            redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                sub = producer.subscribe(None, frozenset({"tick"}), ahead)
+                await until(lambda: sub.closed, timeout=10)  # hang guard, not a bound
+                assert sub.close_reason == CloseReason.CATCH_UP_TIMEOUT
+                assert not sub.has_pending()
+                assert producer.health()["catch_up_timeouts"] == 1
+                assert producer.subscriber_count == 0
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+            await producer.aclose()
+
+    run(main)
+
+
+def test_instance_started_while_redis_is_down_primes_when_it_is_back_regression_reset(
+    tmp_path: Path,
+) -> None:
+    """An instance that could not prime at start read the stream from "$" once Redis was
+    back: it lacked what the stream held and answered resumes from it with a reset."""
+
+    async def main() -> None:
+        redis = RedisServer(tmp_path, persist=True)
+        redis.start()
+        try:
+            producer = RedisBroker(redis.url, produce=True, consume=True)
+            await producer.start()
+            for k in range(5):
+                producer.publish(batch(k))
+            await until(lambda: len(producer._log) == 15)
+            ids = [_sid(key) for key in producer._log.keys]
+            await producer.aclose()
+            redis.stop()  # the append-only file keeps the stream
+
+            server = RedisBroker(redis.url, consume=True, block_ms=200, backoff_max=0.2)
+            await server.start()
+            assert not server.healthy
+            redis.start()
+            await until(lambda: server.last_id == ids[-1], timeout=20)
+            sub = server.subscribe(None, frozenset({"tick"}), ids[3])
+            got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+            drain(sub, SSEParser(), got)
+            assert [d["id"] for _, d in got] == ids[4:]
+            await server.aclose()
+        finally:
+            redis.stop()
+
+    run(main)
+
+
+def test_resume_across_events_missing_from_the_stream_gets_a_reset_regression_silent_gap(
+    tmp_path: Path,
+) -> None:
+    """Entries of one producer run are numbered: when some never reach this instance (a
+    Redis restart without persistence lost them), a replay across the hole was silently
+    incomplete. Now it is a reset (reason ``gap``) whose id is greater than the client's;
+    a resume from after the hole replays as usual."""
+
+    async def main() -> None:
+        import redis.asyncio as aioredis
+
+        with running_redis(tmp_path) as redis:
+            server = RedisBroker(redis.url, consume=True, block_ms=200)
+            await server.start()
+            client = aioredis.Redis.from_url(redis.url)
+            try:
+                for n in (1, 2, 5, 6):  # 3 and 4 never made it to the stream
+                    await client.xadd(
+                        server.stream,
+                        {"e": "tick", "s": "AAA", "d": json.dumps({"n": n}), "p": "P1", "n": n},
+                    )
+            finally:
+                await client.aclose()
+            await until(lambda: len(server._log) == 4)
+            ids = [_sid(key) for key in server._log.keys]
+            for before in ids[:2]:
+                got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+                drain(server.subscribe(None, frozenset({"tick"}), before), SSEParser(), got)
+                assert [e for e, _ in got] == ["reset"] and got[0][1]["reason"] == "gap"
+                assert got[0][1]["last_id"] == before
+                assert parse_stream_id(got[0][1]["id"]) > parse_stream_id(before)
+            got = []
+            drain(server.subscribe(None, frozenset({"tick"}), ids[2]), SSEParser(), got)
+            assert [(e, d["n"]) for e, d in got] == [("tick", 6)]
+            assert server.health()["gaps"] == 1
+            await server.aclose()
+
+    run(main)

@@ -279,6 +279,8 @@ def test_serving_instance_started_before_redis_waits_then_serves(tmp_path: Path)
         (("generate", "--broker", "memory"), "redis://"),
         (("generate", "--universe", "2"), "--broker"),
         (("serve", "--cors-origin", "example.com"), "CORS origin"),
+        (("serve", "--broker", "redis://127.0.0.1:1/0", "--catch-up-timeout", "0"), "catch-up"),
+        (("serve", "--broker", "redis://127.0.0.1:1/0", "--catch-up-timeout", "inf"), "finite"),
     ],
 )
 def test_bad_scaleout_options_are_one_line_exit_2(
