@@ -44,6 +44,7 @@ from quoteflow.server.handlers import (
     SymbolsHandler,
 )
 from quoteflow.server.metrics import ServerMetrics
+from quoteflow.server.openapi import OpenAPIHandler
 from quoteflow.server.sse import encode_comment
 from quoteflow.server.ws import WebSocketStreamHandler
 
@@ -400,6 +401,7 @@ def make_app(
             (r"/snapshot", SnapshotHandler),
             (r"/symbols", SymbolsHandler),
             (r"/symbols/([^/]+)", SymbolHandler),
+            (r"/openapi\.json", OpenAPIHandler),
         ]
         bokeh_dir = _bokeh_static()
         if bokeh_dir is not None:

@@ -819,5 +819,6 @@ class NotFoundHandler(JSONHandler):
                 "/metrics",
                 "/healthz",
                 "/livez",
+                "/openapi.json",
             ],
         )
