@@ -466,3 +466,63 @@ def test_sigstop_sigcont_client_recovers_by_heartbeat_timeout_with_no_gap(
         no_traceback(proc)
     assert resumed_after >= 2.5  # events really stopped while the server was frozen
     assert ids == list(range(ids[0], ids[0] + len(ids))), "gap or duplicate after resume"
+
+
+# ------------------------------------------------------------- stalled readers
+
+STALLED = 2000
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"metric {name} not found")
+
+
+def test_stalled_readers_are_dropped_as_slow_consumers_with_rss_bounded(tmp_path: Path) -> None:
+    """2,000 clients subscribe and never read (4 KiB receive buffers): each is dropped
+    once its backlog passes --max-backlog (64 KiB), all are counted, the server's memory
+    stays within the documented bound (per stream: the backlog plus one write in
+    flight), and the witness keeps streaming."""
+    max_backlog = 64 * 1024
+    args = ["--universe", "100", "--max-backlog", str(max_backlog), "--buffer-size", "2000"]
+    args += ["--max-connections-per-ip", "5000"]
+    with serving(tmp_path, *args) as proc:
+        port = port_of(proc)
+        socks: list[socket.socket] = []
+        try:
+            with Witness(port) as witness:
+                rss_before = rss_mb(proc.pid)
+                for _ in range(STALLED):
+                    sock = socket.socket()
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.connect(("127.0.0.1", port))
+                    sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    socks.append(sock)
+
+                def dropped() -> float:
+                    status, text = asyncio.run(request(port, "GET", "/metrics"))
+                    assert status == 200 and isinstance(text, str)
+                    return _metric(text, "quoteflow_slow_consumer_disconnects_total")
+
+                peak = rss_before
+                deadline = time.monotonic() + 120  # hang guard
+                while dropped() < STALLED:
+                    assert time.monotonic() < deadline, f"only {dropped()} dropped"
+                    peak = max(peak, rss_mb(proc.pid))
+                    time.sleep(0.2)
+                peak = max(peak, rss_mb(proc.pid))
+                _, health = asyncio.run(request(port, "GET", "/healthz"))
+        finally:
+            for sock in socks:
+                sock.close()
+        witness.assert_healthy(max_silence=1.0)
+        no_traceback(proc)
+    assert health["connections"] == 1  # only the witness's stream is left
+    # Bound: every stalled stream may hold its backlog plus one write in flight at once
+    # (2 x 64 KiB x 2,000 = 250 MiB); an unbounded queue would grow by ~1 MiB/s per
+    # stream. Measured peak growth is far below the bound.
+    bound_mb = 2 * max_backlog * STALLED / 2**20
+    assert peak - rss_before < bound_mb, (rss_before, peak, bound_mb)
+    print(f"\nstalled readers: RSS {rss_before:.0f} -> peak {peak:.0f} MiB (bound +{bound_mb:.0f})")
