@@ -31,22 +31,21 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 import requests
-
-from quoteflow.server.auth import mint_token
-from tests.integration.witness import Witness
-from tests.redis_server import QuoteflowProcess
-
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.core.failures import FailureGroup  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+
+from quoteflow.server.auth import mint_token
+from tests.integration.witness import Witness
+from tests.redis_server import QuoteflowProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
