@@ -46,6 +46,7 @@ from quoteflow.server.handlers import (
 )
 from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
+from quoteflow.server.openapi import OpenAPIHandler
 from quoteflow.server.sse import encode_comment
 from quoteflow.server.ws import WebSocketStreamHandler
 
@@ -466,6 +467,7 @@ def make_app(
             (r"/snapshot", SnapshotHandler),
             (r"/symbols", SymbolsHandler),
             (r"/symbols/([^/]+)", SymbolHandler),
+            (r"/openapi\.json", OpenAPIHandler),
         ]
         bokeh_dir = _bokeh_static()
         if bokeh_dir is not None:

@@ -958,5 +958,6 @@ class NotFoundHandler(JSONHandler):
                 "/metrics",
                 "/healthz",
                 "/livez",
+                "/openapi.json",
             ],
         )
