@@ -91,7 +91,9 @@ def model_from_spec(name: str, **params: Any) -> PriceModel:
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad parameter for model {key!r}: {exc}") from None
+        # The models' own messages start with the model name ("gbm: parameter ..."): say it once.
+        reason = str(exc).removeprefix(f"{cls.name}: ")
+        raise ConfigError(f"bad parameter for model {key!r}: {reason}") from None
 
 
 #: What compare() fits: label -> fit function.
