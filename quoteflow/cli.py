@@ -146,9 +146,8 @@ def _fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fit(args: argparse.Namespace, source: str) -> tuple[Any, pd.Series]:
-    from quoteflow.models import MODELS
-
     from quoteflow import data
+    from quoteflow.models import MODELS
 
     prices = load_prices(source, args.column)
     with warnings.catch_warnings(record=True) as caught:

@@ -144,7 +144,7 @@ def test_meanrev_refusal_on_a_csv_suggests_no_ticker(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_prices(tmp_path, GBM(0.3, 0.2).simulate(500, seed=3)[:, 0])
-    code, out, err = run(["fit", str(path), "--model", "meanrev"], capsys)
+    code, _out, err = run(["fit", str(path), "--model", "meanrev"], capsys)
     if code == 2:  # a random walk can look mean-reverting by chance; only a refusal counts
         assert "try: quoteflow fit" not in err
 
@@ -337,7 +337,9 @@ def test_fit_table_columns_stay_apart_in_exponent_form() -> None:
     rows = [line for line in tiny.summary().splitlines() if line.startswith(("mu ", "sigma "))]
     assert len(rows) == 2
     for row in rows:
-        name, est, se, t, lo, hi = row.replace("[", " ").replace("]", " ").replace(",", " ").split()
+        name, est, se, t, _lo, _hi = (
+            row.replace("[", " ").replace("]", " ").replace(",", " ").split()
+        )
         assert float(est) == tiny.params[name] and float(se) == tiny.std_err[name]
         assert float(t) == pytest.approx(tiny.params[name] / tiny.std_err[name], rel=1e-5)
 
