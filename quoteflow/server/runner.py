@@ -23,7 +23,6 @@ import math
 import os
 import signal
 import socket
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.redis import RedisBroker, StreamSource
 from quoteflow.errors import ConfigError
 from quoteflow.server.app import GcGovernor, ServerSettings, ServerState, make_app
+from quoteflow.server.logs import LOG_FORMATS, configure_logging
 
 if TYPE_CHECKING:
     from quoteflow.sources import Source
@@ -417,6 +417,23 @@ def _add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     )
 
 
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format`` (serve and generate)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="logging level (default info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="stderr log lines: text (default) or json (one object per line, with a "
+        "stream_open/stream_close record per stream; docs/observability.md)",
+    )
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``quoteflow serve`` options on ``parser`` (sets ``func``).
 
@@ -528,12 +545,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="unsent bytes after which a slow client is disconnected (default 1048576)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="logging level (default info)",
-    )
+    _add_log_arguments(parser)
     parser.set_defaults(func=run_serve)
 
 
@@ -687,11 +699,7 @@ def run_serve(args: argparse.Namespace) -> int:
     OSError
         The address cannot be bound.
     """
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     settings = _settings(args)  # first: a bad secret fails before any work
     broker = _broker(args)
     source: Source
@@ -772,12 +780,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="serve /healthz, /livez and /metrics on this port (0 picks one; default: no HTTP)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="logging level (default info)",
-    )
+    _add_log_arguments(parser)
     parser.set_defaults(func=run_generate)
 
 
@@ -808,11 +811,7 @@ def run_generate(args: argparse.Namespace) -> int:
     OSError
         ``--port`` cannot be bound.
     """
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     url = str(args.broker)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"--broker {url!r}: quoteflow generate needs a redis://host:port/db URL")
