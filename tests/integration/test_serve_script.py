@@ -111,7 +111,7 @@ def test_serve_script_on_an_externally_managed_python(tmp_path: Path) -> None:
     )
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
 
-    repo = _copy_repo(tmp_path / "quoteflow")
+    repo = _copy_repo(tmp_path / "checkout")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PYTHON"] = str(DEBIAN_PYTHON)
 
@@ -127,6 +127,7 @@ def test_serve_script_on_an_externally_managed_python(tmp_path: Path) -> None:
             "import sys, quoteflow; print(sys.base_prefix, quoteflow.__file__)",
         ],
         cwd=tmp_path,  # not the work tree: its quoteflow/ would shadow the installed one
+        env=env,
         capture_output=True,
         text=True,
         check=True,
