@@ -75,8 +75,10 @@ quoteflow_env() {
   else
     VENV_DIR=${QUOTEFLOW_VENV:-$PWD/.venv}
     py="$VENV_DIR/bin/python"
-    # A half-made environment (interrupted first run) is made again.
-    if [ -d "$VENV_DIR" ] && ! "$py" -m pip --version >/dev/null 2>&1; then
+    # A half-made environment (interrupted first run: no install stamp yet, no pip) is
+    # made again. With a stamp the install finished; skip the ~1 s pip probe.
+    if [ -d "$VENV_DIR" ] && ! ls "$VENV_DIR"/.quoteflow-installed-* >/dev/null 2>&1 \
+      && ! "$py" -m pip --version >/dev/null 2>&1; then
       qf_say "$VENV_DIR is incomplete: making it again"
       rm -rf "$VENV_DIR"
     fi
