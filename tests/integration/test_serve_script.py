@@ -112,7 +112,9 @@ def test_serve_script_on_an_externally_managed_python(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr
 
     repo = _copy_repo(tmp_path / "checkout")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    # Not the environment the suite runs in: the copy makes its own .venv/.
+    outer = ("VIRTUAL_ENV", "PYTHONPATH", "QUOTEFLOW_VENV")
+    env = {k: v for k, v in os.environ.items() if k not in outer}
     env["PYTHON"] = str(DEBIAN_PYTHON)
 
     first, first_s = _serve_once(repo, env, hang_guard=800)

@@ -20,7 +20,9 @@ SCRIPTS = ROOT / "scripts"
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")
+    }  # outer env
     env["QUOTEFLOW_VENV"] = str(tmp_path / "venv")
     env.update(extra)
     return env
