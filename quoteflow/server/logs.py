@@ -37,6 +37,7 @@ LOG_FORMATS = ("text", "json")
 connections_log = logging.getLogger("quoteflow.connections")
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_OURS = "_quoteflow_handler"  # marks the handler configure_logging installed
 
 #: What each close reason means, for people reading the log.
 REASON_TEXT = {
@@ -87,8 +88,10 @@ def configure_logging(level: str = "info", log_format: str = "text") -> None:
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
+    setattr(handler, _OURS, True)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    # Replace the handler of an earlier call; leave others' handlers (pytest's capture).
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -115,3 +115,18 @@ def test_text_log_is_the_default_and_says_the_same_in_words(tmp_path: Path) -> N
     assert args.log_format == "text"
     args = build_parser().parse_args(["generate", "--broker", "redis://x", "--log-format", "json"])
     assert args.log_format == "json"
+
+
+def test_json_formatter_puts_fields_beside_the_message() -> None:
+    import logging
+
+    from quoteflow.server.logs import JsonFormatter
+
+    record = logging.LogRecord("quoteflow.x", logging.WARNING, __file__, 1, "a %s", ("b",), None)
+    record.fields = {"event": "stream_close", "reason": "shutdown"}
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    out = json.loads(line)
+    assert out["msg"] == "a b" and out["level"] == "warning" and out["logger"] == "quoteflow.x"
+    assert out["event"] == "stream_close" and out["reason"] == "shutdown"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", out["ts"])
