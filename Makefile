@@ -1,11 +1,13 @@
 .DEFAULT_GOAL := help
-PY ?= python3
+# The project's environment: an active virtualenv, else .venv/ (made by `make install`,
+# scripts/serve.sh or scripts/test.sh; see scripts/_venv.sh).
+PY ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV)/bin/python,.venv/bin/python)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: ## editable install with test and dev extras
-	$(PY) -m pip install -e '.[dev]'
+install: ## make or update .venv with the test and dev extras (skipped when up to date)
+	@bash -c 'source scripts/_venv.sh && quoteflow_env dev'
 
 serve: ## install and start the server on the default market
 	bash scripts/serve.sh
@@ -13,24 +15,24 @@ serve: ## install and start the server on the default market
 test: ## install everything and run lint, types and the whole test suite (what CI runs)
 	bash scripts/test.sh
 
-quick: ## unit tests only, no slow ones
+quick: install ## unit tests only, no slow ones
 	$(PY) -m pytest -m "not slow" tests/unit
 
-lint: ## ruff lint + format check
+lint: install ## ruff lint + format check
 	$(PY) -m ruff check quoteflow tests benchmarks
 	$(PY) -m ruff format --check quoteflow tests benchmarks
 
-format: ## ruff format + autofix
+format: install ## ruff format + autofix
 	$(PY) -m ruff format quoteflow tests benchmarks
 	$(PY) -m ruff check --fix quoteflow tests benchmarks
 
-types: ## mypy strict on the package
+types: install ## mypy strict on the package
 	$(PY) -m mypy
 
-bench: ## model benchmarks (see benchmarks/README.md)
+bench: install ## model benchmarks (see benchmarks/README.md)
 	$(PY) -m quoteflow bench models
 
-strip: ## strip notebook outputs
+strip: install ## strip notebook outputs
 	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
 .PHONY: help install serve test quick lint format types bench strip

@@ -242,9 +242,11 @@ def _long_frame(
         label = str(path)
         if not path.exists():
             raise ConfigError(
-                f"replay: no such file {path}; give a CSV path, a DataFrame or a shipped "
-                f"ticker ({', '.join(data.TICKERS)})"
+                f"replay: no such file {path}; give a CSV path or a shipped ticker "
+                f"({', '.join(data.TICKERS)})"
             )
+        if path.is_dir():
+            raise ConfigError(f"replay: {path} is a directory, not a CSV file")
         try:
             frame = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

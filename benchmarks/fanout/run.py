@@ -706,6 +706,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where to write fanout-<time>.json/.md (default benchmarks/results; quick: none)",
     )
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="keep the server logs here (default: a temporary folder, removed at the end)",
+    )
     args = p.parse_args(argv)
     unknown = [s for s in args.servers if s not in SERVERS]
     if unknown:
@@ -735,63 +741,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = args.output_dir or (None if args.quick else RESULTS)
-    logs = Path(tempfile.mkdtemp(prefix="fanout-logs-"))
-    cfg = Settings(
-        duration=args.duration or (3.0 if args.quick else 30.0),
-        warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0),
-        ramp_rate=args.ramp_rate,
-        connect_timeout=args.connect_timeout,
-        quoteflow_args=tuple(shlex.split(args.quoteflow_args)),
-        quoteflow_cmd=args.quoteflow_cmd,
-        server_cpus=args.server_cpus,
-        loadgen_cpus=args.loadgen_cpus,
-        loadgen=loadgen,
-        logs=logs,
-    )
-    report: dict[str, Any] = {
-        "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "machine": machine_info(),
-        "settings": {
-            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-            "p99_limit_ms": args.p99_limit_ms,
-            "quick": args.quick,
-        },
-        "scenarios": {},
-    }
-    failures: list[str] = []
-    for sc in scenarios:
-        print(f"{sc.name}: {sc.title}")
-        results: list[Result] = []
-        for server in args.servers:
-            try:
-                if sc.saturation:
-                    r = saturation(server, sc, cfg, args.p99_limit_ms)
-                else:
-                    r = measure(server, sc, sc.interval_ms, cfg)
-                    print(f"  {server}: {_brief(r)}")
-                    if args.quick and not clean(r):
-                        failures.append(f"{server}: {_brief(r)}")
-            except BenchError as exc:
-                r = {"server": server, "scenario": sc.name, "error": str(exc)}
-                print(f"  {server}: error: {exc}", file=sys.stderr)
-                failures.append(f"{server}: {exc}")
-            results.append(r)
-        report["scenarios"][sc.name] = {"title": sc.title, "results": results}
-    report["ratios"] = ratios(report)
-    report["logs"] = str(logs)
-    text = markdown(report)
-    print()
-    print(text)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = out_dir / f"fanout-{started.strftime('%Y%m%dT%H%M%SZ')}"
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(text + "\n")
-        print(f"results: {stem}.json, {stem}.md")
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    # Server logs go to --log-dir (kept) or to a temporary folder removed on exit: a
+    # failure quotes the log's tail in its message, so nothing is lost.
+    with contextlib.ExitStack() as cleanup:
+        if args.log_dir is not None:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            logs = args.log_dir
+        else:
+            logs = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="fanout-logs-")))
+        cfg = Settings(
+            duration=args.duration or (3.0 if args.quick else 30.0),
+            warmup=args.warmup if args.warmup is not None else (1.0 if args.quick else 5.0),
+            ramp_rate=args.ramp_rate,
+            connect_timeout=args.connect_timeout,
+            quoteflow_args=tuple(shlex.split(args.quoteflow_args)),
+            quoteflow_cmd=args.quoteflow_cmd,
+            server_cpus=args.server_cpus,
+            loadgen_cpus=args.loadgen_cpus,
+            loadgen=loadgen,
+            logs=logs,
+        )
+        report: dict[str, Any] = {
+            "started": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "machine": machine_info(),
+            "settings": {
+                **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                "p99_limit_ms": args.p99_limit_ms,
+                "quick": args.quick,
+            },
+            "scenarios": {},
+        }
+        failures: list[str] = []
+        for sc in scenarios:
+            print(f"{sc.name}: {sc.title}")
+            results: list[Result] = []
+            for server in args.servers:
+                try:
+                    if sc.saturation:
+                        r = saturation(server, sc, cfg, args.p99_limit_ms)
+                    else:
+                        r = measure(server, sc, sc.interval_ms, cfg)
+                        print(f"  {server}: {_brief(r)}")
+                        if args.quick and not clean(r):
+                            failures.append(f"{server}: {_brief(r)}")
+                except BenchError as exc:
+                    r = {"server": server, "scenario": sc.name, "error": str(exc)}
+                    print(f"  {server}: error: {exc}", file=sys.stderr)
+                    failures.append(f"{server}: {exc}")
+                results.append(r)
+            report["scenarios"][sc.name] = {"title": sc.title, "results": results}
+        report["ratios"] = ratios(report)
+        if args.log_dir is not None:
+            report["logs"] = str(logs)
+        text = markdown(report)
+        print()
+        print(text)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stem = out_dir / f"fanout-{started.strftime('%Y%m%dT%H%M%SZ')}"
+            stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+            stem.with_suffix(".md").write_text(text + "\n")
+            print(f"results: {stem}.json, {stem}.md")
+        if failures:
+            print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+            return 1
+        return 0
 
 
 if __name__ == "__main__":

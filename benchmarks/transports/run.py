@@ -386,18 +386,29 @@ async def measure(transport: str, cfg: Config, logs: Path) -> dict[str, Any]:
     }
 
 
-async def compare(cfg: Config) -> list[dict[str, Any]]:
-    """Measure every transport of ``cfg`` in turn (usable from a notebook: ``await``)."""
+async def compare(cfg: Config, log_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Measure every transport of ``cfg`` in turn (usable from a notebook: ``await``).
+
+    Server logs go to ``log_dir`` (kept), else to a temporary folder removed at the end (a
+    failing server's log tail is in the error message).
+    """
     raise_fd_limit()
-    logs = Path(tempfile.mkdtemp(prefix="transports-logs-"))
-    rows = []
-    for t in cfg.transports:
-        if t == "poll":  # one run per polling interval
-            for every in cfg.poll_ms:
-                rows.append(await measure(t, dataclasses.replace(cfg, poll_ms=(every,)), logs))
+    with contextlib.ExitStack() as cleanup:
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            logs = log_dir
         else:
-            rows.append(await measure(t, cfg, logs))
-    return rows
+            logs = Path(
+                cleanup.enter_context(tempfile.TemporaryDirectory(prefix="transports-logs-"))
+            )
+        rows = []
+        for t in cfg.transports:
+            if t == "poll":  # one run per polling interval
+                for every in cfg.poll_ms:
+                    rows.append(await measure(t, dataclasses.replace(cfg, poll_ms=(every,)), logs))
+            else:
+                rows.append(await measure(t, cfg, logs))
+        return rows
 
 
 # --- report ---------------------------------------------------------------------------
@@ -448,6 +459,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--quoteflow-cmd", default="", help="how to run quoteflow")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 clients, 4 symbols, 2 s")
     p.add_argument("--output-dir", type=Path, default=None, help="where to write the results")
+    p.add_argument(
+        "--log-dir", type=Path, default=None, help="keep the server logs here (default: removed)"
+    )
     args = p.parse_args(argv)
     transports = tuple(t.strip() for t in args.transports.split(",") if t.strip())
     bad = [t for t in transports if t not in TRANSPORTS]
@@ -477,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     try:
-        rows = asyncio.run(compare(cfg))
+        rows = asyncio.run(compare(cfg, args.log_dir))
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

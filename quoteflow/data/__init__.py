@@ -113,6 +113,8 @@ def read_csv(
     p = Path(path)
     if not p.exists():
         raise DataError(f"no such file: {p}")
+    if p.is_dir():
+        raise DataError(f"{p} is a directory, not a CSV file")
     try:
         df = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

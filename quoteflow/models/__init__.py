@@ -90,10 +90,12 @@ def model_from_spec(name: str, **params: Any) -> PriceModel:
         )
     try:
         return cls(**params)
-    except ParameterError as exc:
-        raise ParameterError(exc.param, f"bad parameter for model {key!r}: {exc}") from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad parameter for model {key!r}: {exc}") from None
+        # The models' own messages start with the model name ("gbm: parameter ..."): say it once.
+        message = f"bad parameter for model {key!r}: {str(exc).removeprefix(f'{cls.name}: ')}"
+        if isinstance(exc, ParameterError):
+            raise ParameterError(exc.param, message) from None
+        raise ConfigError(message) from None
 
 
 #: What compare() fits: label -> fit function.

@@ -317,7 +317,9 @@ class FitResult:
             f"{'AIC':<16}{self.aic:>12.4f}    {'BIC':<16}{self.bic:>12.4f}",
             f"{'converged':<16}{self.converged!s:>12}    {'dt (years)':<16}{self.dt:>12.6g}",
             "-" * 64,
-            f"{'parameter':<12}{'estimate':>14}{'std err':>14}{'t':>10}{'95% CI':>14}",
+            # .6g prints at most 12 characters ("-1.23457e-17"): every column is wider than
+            # that and starts with a space, so exponent-form values never run together.
+            f"{'parameter':<12}{'estimate':>14} {'std err':>13} {'t':>13}  95% CI",
         ]
         ci = self.conf_int()
         for k, v in self.params.items():
@@ -325,7 +327,7 @@ class FitResult:
             t = v / se if se and math.isfinite(se) and se > 0 else math.nan
             lo, hi = ci[k]
             lines.append(
-                f"{k:<12}{_fmt(v):>14}{_fmt(se):>14}{_fmt(t):>10}  [{_fmt(lo)}, {_fmt(hi)}]"
+                f"{k:<12}{_fmt(v):>14} {_fmt(se):>13} {_fmt(t):>13}  [{_fmt(lo)}, {_fmt(hi)}]"
             )
         lines.append("=" * 64)
         lines.extend(self.notes)

@@ -195,6 +195,13 @@ class GARCH(PriceModel):
         ):
             object.__setattr__(self, key, value)
 
+    def params(self) -> dict[str, float]:
+        """Parameters as a plain dict; ``nu`` only with ``dist="t"`` (normal shocks have none)."""
+        out = super().params()
+        if self.dist != "t":
+            out.pop("nu", None)
+        return out
+
     # ----------------------------------------------------------------- properties
 
     @property

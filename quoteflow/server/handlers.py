@@ -23,7 +23,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from quoteflow.broker.base import ALL_EVENTS, CloseReason, EventIdError, Subscription
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import AuthError, Claims, extract_token, verify_token
-from quoteflow.server.logs import request_summary
+from quoteflow.server.logs import request_summary, track_connection
 from quoteflow.server.metrics import CONTENT_TYPE
 from quoteflow.server.overload import IntervalLog
 from quoteflow.server.sse import encode_retry
@@ -674,6 +674,7 @@ class StreamHandler(JSONHandler):
         self._counted = True
         state.metrics.streams_opened.inc()
         sub.add_close_callback(self._on_sub_closed)
+        track_connection(sub, path=self.request.path, remote=ip, last_event_id=last_id or None)
         if claims is not None:
             # "exp" is honoured during the stream too: it ends cleanly at expiry and the
             # reconnect is refused with 401 until the client has a fresh token.

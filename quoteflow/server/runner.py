@@ -45,6 +45,7 @@ from quoteflow.server.app import (
     make_app,
     make_metrics_app,
 )
+from quoteflow.server.logs import LOG_FORMATS, configure_logging
 from quoteflow.server.overload import Acceptor, connection_cap, fd_reserve, raise_open_file_limit
 
 if TYPE_CHECKING:
@@ -495,6 +496,23 @@ def _add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     )
 
 
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-format`` (serve and generate)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="logging level (default info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="stderr log lines: text (default) or json (one object per line, with a "
+        "stream_open/stream_close record per stream; docs/observability.md)",
+    )
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``quoteflow serve`` options on ``parser`` (sets ``func``).
 
@@ -681,12 +699,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a /ws client must answer a ping (finishing any frame it started) within "
         "this time, else it is closed with 1008 (default 10)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="logging level (default info)",
-    )
+    _add_log_arguments(parser)
     parser.set_defaults(func=run_serve)
 
 
@@ -867,11 +880,7 @@ def run_serve(args: argparse.Namespace) -> int:
     OSError
         The address cannot be bound.
     """
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     settings = _settings(args)  # first: a bad secret fails before any work
     settings = _cap_connections(settings)
     broker = _broker(args)
@@ -960,12 +969,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="serve /healthz, /livez and /metrics on this port (0 picks one; default: no HTTP)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="logging level (default info)",
-    )
+    _add_log_arguments(parser)
     parser.set_defaults(func=run_generate)
 
 
@@ -996,11 +1000,7 @@ def run_generate(args: argparse.Namespace) -> int:
     OSError
         ``--port`` cannot be bound.
     """
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     url = str(args.broker)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"--broker {url!r}: quoteflow generate needs a redis://host:port/db URL")

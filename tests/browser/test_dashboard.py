@@ -291,3 +291,44 @@ def test_many_events_per_second_paint_once_per_frame(
     page.wait_for_function("() => window.quoteflowDashboard.chartMode === 'candles'", timeout=5_000)
     page.screenshot(path=str(artifacts_dir / "dashboard-busy.png"), animations="disabled")
     dashboard.record.assert_clean()
+
+
+def test_candle_view_is_back_filled_from_bars_seen_before_switching(
+    dashboard: Dashboard, tmp_path: Path
+) -> None:
+    """Bars that arrived while the line view was on (or the symbol had no chart) are drawn
+    as soon as the candle view opens: it does not start empty and wait for the next bar."""
+    from tests.browser.conftest import _start_server, _stop_server
+
+    server = _start_server(
+        ["--seed", "3", "--tick-interval", "0.1", "--bar-interval", "1"], tmp_path / "serve.log"
+    )
+    try:
+        page = dashboard.page
+        page.goto(server.url + "?chart=line")
+        wait_live(page)
+        # Four bars of every symbol seen in the line view, none drawn as candles yet.
+        page.wait_for_function(
+            "() => Object.values(window.quoteflowDashboard.candles).every(c => c.final >= 4)",
+            timeout=30_000,
+        )
+        before = debug(page, "candles")
+        assert all(c["drawn"] == 0 for c in before.values()), before
+        # Take a symbol off the charts, switch to candles, then chart it again.
+        page.locator('#quotes tbody tr[data-symbol="IBM"]').click()
+        page.wait_for_function("() => !window.quoteflowDashboard.charted.includes('IBM')")
+        page.get_by_role("button", name="Candles").click()
+        page.wait_for_function(
+            "() => Object.entries(window.quoteflowDashboard.candles)"
+            ".filter(([n]) => n !== 'IBM').every(([, c]) => c.drawn > 0)"
+        )
+        after = debug(page, "candles")
+        for name in ("AAPL", "GOOG", "MSFT"):
+            # Drawn at once: every bar seen before the switch (a fresh start would have 1).
+            assert after[name]["drawn"] >= before[name]["final"] >= 4, (name, before, after)
+        page.locator('#quotes tbody tr[data-symbol="IBM"]').click()
+        page.wait_for_function("() => window.quoteflowDashboard.candles.IBM.drawn > 0")
+        assert debug(page, "candles")["IBM"]["drawn"] >= before["IBM"]["final"]
+        dashboard.record.assert_clean()
+    finally:
+        _stop_server(server)

@@ -44,9 +44,12 @@ def test_quick_fanout_every_server_delivers_without_loss(tmp_path: Path) -> None
             f"{module} not installed: pip install sse-starlette uvicorn uvloop httptools",
         )
 
+    tmp = tmp_path / "tmp"  # the run's TMPDIR: its temporary log folder must be gone after
+    tmp.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.fanout.run", "--quick", "--output-dir", str(tmp_path)],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
         capture_output=True,
         text=True,
         timeout=240,
@@ -71,6 +74,7 @@ def test_quick_fanout_every_server_delivers_without_loss(tmp_path: Path) -> None
         assert r["latency"]["samples"] > 0, f"{name}: {r['latency']}"
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / reports[-1].with_suffix(".md").name).exists()
+    assert not list(tmp.iterdir()), "benchmark left temporary files behind"
 
 
 def test_loadgen_parser_and_histogram_go_tests(tmp_path: Path) -> None:

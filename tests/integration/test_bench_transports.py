@@ -9,6 +9,7 @@ reports the ticks it missed; it never judges latency or CPU.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ pytestmark = [pytest.mark.bench, pytest.mark.integration, pytest.mark.timeout(18
 
 
 def test_quick_transports_every_transport_delivers_and_polling_misses(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"  # the run's TMPDIR: its temporary log folder must be gone after
+    tmp.mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -33,6 +36,7 @@ def test_quick_transports_every_transport_delivers_and_polling_misses(tmp_path: 
             str(tmp_path),
         ],
         cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp)},
         capture_output=True,
         text=True,
         timeout=150,
@@ -51,3 +55,4 @@ def test_quick_transports_every_transport_delivers_and_polling_misses(tmp_path: 
     # Polling every 500 ms a feed that ticks every 100 ms cannot see every tick.
     assert rows["poll"]["missed_per_client"] > 0 and rows["poll"]["requests_per_second"] > 0
     assert (tmp_path / report.with_suffix(".md").name).exists()
+    assert not list(tmp.iterdir()), "benchmark left temporary files behind"

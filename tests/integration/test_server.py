@@ -341,3 +341,25 @@ def test_stop_ends_streams_with_a_clean_eof_and_closes_the_source() -> None:
             await request(server.port, "GET", "/healthz")  # no longer listening
 
     run(body)
+
+
+def test_symbols_shows_nu_only_for_student_t_garch() -> None:
+    from quoteflow.market import Market
+    from quoteflow.models import GARCH
+
+    market = Market(
+        symbols={"NORM": GARCH(dist="normal"), "FAT": GARCH(dist="t", nu=5.0)},
+        s0={"NORM": 100.0, "FAT": 100.0},
+        seed=1,
+    )
+
+    async def body() -> None:
+        async with serving(market) as server:
+            assert server.port is not None
+            status, described = await request(server.port, "GET", "/symbols")
+            assert status == 200
+            assert described["NORM"]["params"]["dist"] == "normal"
+            assert "nu" not in described["NORM"]["params"]
+            assert described["FAT"]["params"]["nu"] == 5.0
+
+    run(body)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quoteflow.cli import build_parser, main
+from quoteflow.cli import MEANREV_TICKER, _os_error_text, build_parser, main
 from quoteflow.models import GBM, MeanReversion
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,11 +128,69 @@ def test_no_mean_reversion_is_a_user_error(capsys: pytest.CaptureFixture[str]) -
     )
 
 
+def test_meanrev_on_a_trending_ticker_suggests_the_one_that_reverts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _one_line_error(
+        *run(["fit", "AAPL", "--model", "meanrev"], capsys),
+        f"try: quoteflow fit {MEANREV_TICKER} --model meanrev",
+    )
+    code, out, err = run(["fit", MEANREV_TICKER, "--model", "meanrev", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["params"]["kappa"] > 0
+
+
+def test_meanrev_refusal_on_a_csv_suggests_no_ticker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_prices(tmp_path, GBM(0.3, 0.2).simulate(500, seed=3)[:, 0])
+    code, _out, err = run(["fit", str(path), "--model", "meanrev"], capsys)
+    if code == 2:  # a random walk can look mean-reverting by chance; only a refusal counts
+        assert "try: quoteflow fit" not in err
+
+
 def test_garch_options_with_another_model(capsys: pytest.CaptureFixture[str]) -> None:
     _one_line_error(
         *run(["fit", "AAPL", "--model", "gbm", "--dist", "t"], capsys),
-        "--dist only apply to --model garch",
+        "--dist only applies to --model garch, not gbm",
     )
+    _one_line_error(
+        *run(["fit", "AAPL", "--model", "gbm", "--dist", "t", "--mean", "zero"], capsys),
+        "--dist and --mean only apply to --model garch",
+    )
+
+
+def test_usage_error_has_one_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["fit", "AAPL", "--model", "bogus"], capsys)
+    _one_line_error(code, out, err, "argument --model: invalid choice", "see quoteflow fit --help")
+    assert err.count("quoteflow") == 2, err  # the prefix and the --help hint, not "quoteflow fit:"
+
+
+def test_bad_parameter_names_the_model_once(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        ["simulate", "--model", "gbm", "--steps", "3", "--param", "sigma=-1"], capsys
+    )
+    _one_line_error(code, out, err, "bad parameter for model 'gbm': parameter sigma must be > 0")
+    assert "gbm: parameter" not in err
+
+
+def test_directory_as_prices_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["fit", str(tmp_path), "--model", "gbm"], capsys)
+    _one_line_error(code, out, err, f"{tmp_path} is a directory, not a CSV file")
+    assert "Errno" not in err
+
+
+def test_missing_prices_names_both_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["fit", "nothere", "--model", "gbm"], capsys)
+    _one_line_error(code, out, err, "give a CSV path or a shipped ticker (AAPL, GOOG, IBM, MSFT)")
+    assert "DataFrame" not in err
+
+
+def test_os_errors_read_as_words() -> None:
+    text = _os_error_text(IsADirectoryError(21, "Is a directory", "/tmp"))
+    assert text == "/tmp: is a directory"
 
 
 @pytest.mark.parametrize(
@@ -257,8 +315,57 @@ def test_simulate_bad_parameters(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_simulate_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "no" / "such" / "dir.csv"
-    code, _out, err = run(["simulate", "--model", "gbm", "--steps", "3", "--out", str(bad)], capsys)
-    assert code == 2 and err.count("\n") == 1 and "quoteflow: error:" in err
+    code, out, err = run(["simulate", "--model", "gbm", "--steps", "3", "--out", str(bad)], capsys)
+    _one_line_error(code, out, err, f"--out {bad}: directory {bad.parent} does not exist")
+    code, out, err = run(
+        ["simulate", "--model", "gbm", "--steps", "3", "--out", str(tmp_path)], capsys
+    )
+    _one_line_error(code, out, err, f"--out {tmp_path}: is a directory")
+
+
+def test_fit_table_columns_stay_apart_in_exponent_form() -> None:
+    from quoteflow.models.base import FitResult
+
+    tiny = FitResult(
+        model=GBM(3.67183e-17, 0.2),
+        params={"mu": -3.67183e-17, "sigma": 0.0162128},
+        std_err={"mu": 1.62128e-2, "sigma": 2.26477e-15},
+        loglik=1.0,
+        nobs=100,
+        dt=1 / 252,
+    )
+    rows = [line for line in tiny.summary().splitlines() if line.startswith(("mu ", "sigma "))]
+    assert len(rows) == 2
+    for row in rows:
+        name, est, se, t, _lo, _hi = (
+            row.replace("[", " ").replace("]", " ").replace(",", " ").split()
+        )
+        assert float(est) == tiny.params[name] and float(se) == tiny.std_err[name]
+        assert float(t) == pytest.approx(tiny.params[name] / tiny.std_err[name], rel=1e-5)
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ``$ quoteflow fit`` / ``$ quoteflow simulate`` lines of the README, in order."""
+    import shlex
+
+    out = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(("$ quoteflow fit ", "$ quoteflow simulate ")):
+            out.append(shlex.split(line[2:], comments=True)[1:])
+    return out
+
+
+def test_every_readme_fit_example_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands = _readme_commands()
+    assert sum(argv[0] == "fit" for argv in commands) >= 3, commands
+    monkeypatch.chdir(tmp_path)  # simulate --out paths.csv lands here; fit reads it back
+    for argv in commands:
+        code, out, err = run(argv, capsys)
+        assert code == 0, (argv, err)
+        if argv[0] == "fit":
+            assert "fit (" in out or '"params"' in out, (argv, out)
 
 
 def test_parser_has_one_subparser_per_command() -> None:

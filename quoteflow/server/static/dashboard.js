@@ -180,6 +180,7 @@
       candles: [], // {start, end, o, h, l, c, v, final}
       barMs: NaN,
       anchor: NaN, // start of the next candle the page builds from ticks
+      drawnCandles: 0, // candles on the chart at its last candle-mode draw (for tests)
       row: null,
       card: null,
     };
@@ -783,7 +784,10 @@
     const y0 = PAD.top;
     const y1 = h - PAD.bottom;
     const minSlot = 5;
+    // Every candle kept so far is drawn, also those built while the line view was on (or
+    // the symbol had no chart): switching to candles back-fills from the bars already seen.
     const shown = s.candles.slice(-Math.max(1, Math.floor((x1 - x0) / minSlot)));
+    s.drawnCandles = shown.length;
     if (!shown.length) return drawMessage(ctx, w, h, "waiting for the first candle…");
     const slot = (x1 - x0) / Math.max(shown.length, 40);
     const volH = Math.max(16, (y1 - y0) * 0.2);
@@ -952,6 +956,13 @@
     charted: () => [...charted].sort(),
     symbols: () => [...symbols.keys()].sort(),
     lastPrices: () => Object.fromEntries([...symbols].map(([n, s]) => [n, s.last])),
+    candles: () =>
+      Object.fromEntries(
+        [...symbols].map(([n, s]) => [
+          n,
+          { final: s.candles.filter((c) => c.final).length, total: s.candles.length, drawn: s.drawnCandles },
+        ])
+      ),
     streamUrl: () => (conn.source ? conn.source.url : ""),
   };
   for (const [name, get] of Object.entries(getters)) {
