@@ -34,6 +34,11 @@ from quoteflow.client import (
 from quoteflow.errors import StreamError
 from quoteflow.server.sse import encode_comment, encode_event, encode_retry
 from tests.conftest import free_port
+from tests.integration.fakes import wait_for
+
+#: Upper limit for awaiting a condition that normally holds within milliseconds: a hang
+#: guard (the test fails instead of hanging), not a speed requirement.
+HANG_GUARD_S = 15.0
 
 # ---------------------------------------------------------------------------- servers
 
@@ -136,6 +141,12 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
             await body()
 
     asyncio.run(main())
+
+
+def reading_paused(es: EventStream) -> bool:
+    """The client has stopped reading its socket (backpressure) until the queue drains."""
+    drain = es._drain
+    return drain is not None and not drain.done()
 
 
 async def take(es: EventStream, n: int) -> list[Event]:
@@ -530,8 +541,7 @@ def test_close_from_another_task_ends_iteration_and_connection() -> None:
                     got.append(ev)
 
             task = asyncio.create_task(consume())
-            while not got:
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: bool(got), timeout=HANG_GUARD_S, what="the first event")
             await es.close()
             await task  # iteration ended without error
             await script.closed.wait()
@@ -561,8 +571,16 @@ def test_slow_consumer_pauses_reading_and_loses_nothing() -> None:
             async with stream(url, max_queue=5) as es:
                 first = await take(es, 1)
                 await written.wait()
-                await asyncio.sleep(0.3)  # give a non-pausing client time to read it all
+                # The condition itself, not a sleep: reading pauses with the queue over
+                # its bound. A client that never pauses reads all 600 events and fails
+                # here (by the hang guard) instead of passing on a loaded machine.
+                await wait_for(
+                    lambda: reading_paused(es), timeout=HANG_GUARD_S, what="reading to pause"
+                )
                 assert es.events_received < total
+                # Paused with more than max_queue waiting: the queue is bounded by one
+                # socket read beyond max_queue, not by what the server sent.
+                assert es._queue.qsize() > es.max_queue
                 rest = await take(es, total - 1)
             got = first + rest
             assert [int(e.data.split()[0]) for e in got] == list(range(total))
