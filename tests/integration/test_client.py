@@ -299,6 +299,41 @@ def test_event_split_across_writes_and_unfinished_event_at_eof() -> None:
     run(body)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"id: 2\ndata: lost",  # EOF inside a line
+        b"id: 2\ndata: lost\n",  # complete lines, no blank line
+        b"event: custom\ndata: lost\n",  # a typed event
+        b"data: lost\r",  # CR line endings
+        b"id: 2\n",  # an id alone: must not become the id in force
+        b"event: custom\n",  # a type alone: must not type the next event
+    ],
+    ids=["open-line", "no-blank-line", "typed", "cr", "id-only", "event-only"],
+)
+def test_unfinished_event_at_eof_is_dropped_in_every_shape(tail: bytes) -> None:
+    """However the connection's last event is cut, it is not delivered, its fields do not
+    leak into the next connection's first event, and the resume id is the last complete
+    event's."""
+
+    async def behave(h: ScriptedHandler, n: int) -> None:
+        h.start_stream()
+        if n == 0:
+            await h.send(b"id: 1\ndata: first\n\n" + tail)
+        else:
+            await h.send(b"data: next\n\n")
+            await h.hold_until_client_leaves()
+
+    async def body() -> None:
+        async with serving(behave) as (url, script), stream(url, backoff_initial=0.01) as es:
+            got = await take(es, 2)
+        assert got == [Event(data="first", id="1"), Event(data="next", id="1")]
+        assert script.seen[1].last_event_id == "1"
+
+    run(body)
+
+
 # ----------------------------------------------------------- status codes (b), (c)
 
 
