@@ -30,7 +30,10 @@ types: ## mypy strict on the package
 bench: ## model benchmarks (see benchmarks/README.md)
 	$(PY) -m quoteflow bench models
 
+mutate: ## plant known bugs in a scratch copy and check the tests catch them (docs/testing.md)
+	$(PY) scripts/mutate.py
+
 strip: ## strip notebook outputs
 	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
-.PHONY: help install serve test quick lint format types bench strip
+.PHONY: help install serve test quick lint format types bench mutate strip

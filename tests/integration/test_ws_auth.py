@@ -89,20 +89,23 @@ def source() -> FakeSource:
 # ------------------------------------------------------------------- refused handshakes
 
 
+#: (case, query, extra headers, status, a word of the error): formatted with the tokens.
+REFUSED: list[tuple[str, str, dict[str, str], int, str]] = [
+    ("no token", "", {}, 401, "authentication required"),
+    ("not a JWT", "?access_token=not-a-token", {}, 401, "invalid token"),
+    ("wrong secret", "?access_token={wrong}", {}, 401, "signature"),
+    ("expired", "?access_token={expired}", {}, 401, "expired"),
+    ("no exp claim", "?access_token={no_exp}", {}, 401, "exp"),
+    ("Basic scheme", "", {"Authorization": "Basic dXNlcjpwdw=="}, 401, "Bearer"),
+    ("bad bearer", "", {"Authorization": "Bearer {wrong}"}, 401, "signature"),
+    ("bad cookie", "", {"Cookie": "access_token={expired}"}, 401, "expired"),
+    ("symbol outside the claim", "?symbols=AAA&access_token={only_b}", {}, 403, "AAA"),
+    ("one of two outside", "?symbols=AAA,BBB&access_token={only_b}", {}, 403, "AAA"),
+]
+
+
 @pytest.mark.parametrize(
-    ("case", "query", "extra", "status", "needle"),
-    [
-        ("no token", "", {}, 401, "authentication required"),
-        ("not a JWT", "?access_token=not-a-token", {}, 401, ""),
-        ("wrong secret", "?access_token={wrong}", {}, 401, ""),
-        ("expired", "?access_token={expired}", {}, 401, "expired"),
-        ("no exp claim", "?access_token={no_exp}", {}, 401, "exp"),
-        ("Basic scheme", "", {"Authorization": "Basic dXNlcjpwdw=="}, 401, "Bearer"),
-        ("bad bearer", "", {"Authorization": "Bearer {wrong}"}, 401, ""),
-        ("bad cookie", "", {"Cookie": "access_token={expired}"}, 401, "expired"),
-        ("symbol outside the claim", "?symbols=AAA&access_token={only_b}", {}, 403, "AAA"),
-        ("one of two outside", "?symbols=AAA,BBB&access_token={only_b}", {}, 403, "AAA"),
-    ],
+    ("case", "query", "extra", "status", "needle"), REFUSED, ids=[c[0] for c in REFUSED]
 )
 def test_ws_refuses_before_the_upgrade_with_a_json_error(
     case: str, query: str, extra: dict[str, str], status: int, needle: str
