@@ -369,7 +369,7 @@ def run_one(mutation: Mutation, root: Path = ROOT, verbose: bool = False) -> Out
     if verbose:
         print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n", file=sys.stderr)
     summary = lines[-1] if lines else proc.stderr.strip()[-200:]
-    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR"))), "")
+    failed = next((ln for ln in lines if ln.startswith(("FAILED tests/", "ERROR tests/"))), "")
     if proc.returncode == 0:
         return Outcome(mutation, "SURVIVED", seconds, summary)
     if proc.returncode in (1, 2) and failed:
