@@ -44,6 +44,8 @@ class Mutation:
     """A planted bug: replace ``old`` (which must occur exactly once) by ``new`` in ``path``.
 
     ``tests`` are pytest arguments (paths, ``-k`` expressions) run against the mutated copy.
+    ``also`` holds further ``(path, old, new)`` edits of the same bug, when one line is
+    not enough to break the behaviour (two safeguards).
     """
 
     name: str
@@ -53,6 +55,12 @@ class Mutation:
     new: str
     tests: tuple[str, ...]
     what: str
+    also: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def edits(self) -> tuple[tuple[str, str, str], ...]:
+        """Every ``(path, old, new)`` replacement of this mutation."""
+        return ((self.path, self.old, self.new), *self.also)
 
 
 WS_AUTH_TESTS = ("tests/integration/test_ws_auth.py",)
@@ -238,13 +246,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a line cut by EOF is glued to the next stream's first line",
     ),
     Mutation(
-        "client-skips-finish",
+        # finish() alone is an equivalent mutant: the client makes a fresh parser for
+        # each connection. Reusing the parser without ending the stream is the real bug.
+        "client-reuses-parser-without-finish",
         "parser EOF",
         "quoteflow/client.py",
-        "            parser.finish()\n",
-        "            pass\n",
+        "        parser = SSEParser(last_event_id=self.last_event_id, retry=self.retry)\n",
+        "        parser = self.__dict__.setdefault(\n"
+        '            "_one_parser", SSEParser(last_event_id=self.last_event_id, retry=self.retry)\n'
+        "        )\n",
         CLIENT_EOF_TESTS,
-        "the client reuses the parser across connections without ending the stream",
+        "the client carries one parser across connections without ending the stream",
+        also=(("quoteflow/client.py", "            parser.finish()\n", "            pass\n"),),
     ),
     Mutation(
         "id-buffer-survives-finish",
@@ -308,13 +321,15 @@ def tracked_files(root: Path) -> list[str]:
 
 def problems(mutation: Mutation, root: Path = ROOT) -> list[str]:
     """Why ``mutation`` does not apply to the tree at ``root`` (empty when it does)."""
-    path = root / mutation.path
-    if not path.is_file():
-        return [f"{mutation.name}: {mutation.path} does not exist"]
-    count = path.read_text(encoding="utf-8").count(mutation.old)
     out = []
-    if count != 1:
-        out.append(f"{mutation.name}: old text found {count} times in {mutation.path}")
+    for rel, old, _new in mutation.edits:
+        path = root / rel
+        if not path.is_file():
+            out.append(f"{mutation.name}: {rel} does not exist")
+            continue
+        count = path.read_text(encoding="utf-8").count(old)
+        if count != 1:
+            out.append(f"{mutation.name}: old text found {count} times in {rel}")
     for arg in mutation.tests:
         if arg.startswith("tests/") and not (root / arg.split("::")[0]).exists():
             out.append(f"{mutation.name}: test path {arg} does not exist")
@@ -345,9 +360,10 @@ def run_one(mutation: Mutation, root: Path = ROOT, verbose: bool = False) -> Out
     with tempfile.TemporaryDirectory(prefix=f"mutate-{mutation.name}-") as tmp:
         scratch = Path(tmp)
         scratch_copy(root, scratch)
-        target = scratch / mutation.path
-        text = target.read_text(encoding="utf-8")
-        target.write_text(text.replace(mutation.old, mutation.new, 1), encoding="utf-8")
+        for rel, old, new in mutation.edits:
+            target = scratch / rel
+            text = target.read_text(encoding="utf-8")
+            target.write_text(text.replace(old, new, 1), encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1"}
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
         cmd += list(mutation.tests)
@@ -373,7 +389,7 @@ def run_one(mutation: Mutation, root: Path = ROOT, verbose: bool = False) -> Out
     if proc.returncode == 0:
         return Outcome(mutation, "SURVIVED", seconds, summary)
     if proc.returncode in (1, 2) and failed:
-        hang = "Timeout" in proc.stdout
+        hang = "Timeout (>" in proc.stdout  # pytest-timeout's, not a test's own guard
         verdict = "caught (by pytest timeout)" if hang else "caught"
         return Outcome(mutation, verdict, seconds, failed.split(" - ")[0])
     return Outcome(mutation, f"error (exit {proc.returncode})", seconds, summary)
