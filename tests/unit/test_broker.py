@@ -111,6 +111,19 @@ def test_reset_when_id_evicted_or_never_issued(last: str, reason: str) -> None:
     assert b.stats.resets == 1
 
 
+def test_an_id_evicted_by_exactly_one_event_gets_a_reset() -> None:
+    """The boundary of the eviction rule: after id 5 the next event is 6, which is gone
+    (the buffer holds 7..12), so resuming silently would leave a one-event gap.
+    (Found by the mutation run: only a property test reached it, and not every run.)"""
+    b = MemoryBroker(buffer_size=6)
+    for k in range(4):
+        b.publish(batch(k))
+    assert b.oldest_id == 7
+    sub = b.subscribe(None, ALL_EVENTS, "5")
+    (rid, rev, payload), *rest = decode(sub.take().data)
+    assert (rid, rev, payload["reason"], rest) == (12, "reset", "evicted", [])
+
+
 def test_oldest_minus_one_is_still_resumable() -> None:
     b = MemoryBroker(buffer_size=6)
     for k in range(4):
