@@ -404,6 +404,8 @@ def table(outcomes: list[Outcome]) -> str:
         m = o.mutation
         tests = " ".join(a.removeprefix("tests/") for a in m.tests)
         detail = o.detail.removeprefix("FAILED ").removeprefix("ERROR ").replace("|", "\\|")
+        if len(detail) > 110:  # a parametrised id can be a whole token
+            detail = detail[:107] + "..."
         rows.append(
             f"| {m.area} | `{m.name}` | {m.what} | `{tests}` | **{o.verdict}** | "
             f"`{detail.removeprefix('tests/')}` | {o.seconds:.0f} |"

@@ -87,11 +87,13 @@ def test_resume_replays_exactly_what_followed_last_id() -> None:
     b = MemoryBroker()
     for k in range(5):
         b.publish(batch(k))
+    every = b.subscribe(None, ALL_EVENTS, "4")  # unfiltered: id 4 itself must not recur
+    assert [i for i, _, _ in decode(every.take().data)] == list(range(5, 16))
     sub = b.subscribe(frozenset({"BBB"}), ALL_EVENTS, "4")
     b.publish(batch(5))
     ids = [i for i, _, _ in decode(sub.take().data)]
     assert ids == [5, 8, 11, 14, 17]  # BBB's ids after 4, replay then live, no gap
-    assert b.stats.replays == 1 and b.stats.replayed_events == 4
+    assert b.stats.replays == 2 and b.stats.replayed_events == 11 + 4
     up_to_date = b.subscribe(None, ALL_EVENTS, b.last_id)
     assert not up_to_date.has_pending()
 
