@@ -32,7 +32,10 @@ types: install ## mypy strict on the package
 bench: install ## model benchmarks (see benchmarks/README.md)
 	$(PY) -m quoteflow bench models
 
+mutate: install ## plant known bugs in a scratch copy and check the tests catch them (docs/testing.md)
+	$(PY) scripts/mutate.py
+
 strip: install ## strip notebook outputs
 	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
-.PHONY: help install serve test quick lint format types bench strip
+.PHONY: help install serve test quick lint format types bench mutate strip

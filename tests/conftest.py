@@ -1,16 +1,20 @@
 """Shared test helpers.
 
 ``require_executable`` is how a test asks for a real external part (chromium,
-redis-server, nginx, go): missing locally -> skip with the install command; missing in CI
-(``CI=true``) -> fail, because a skipped test must never hide a missing part.
+redis-server, nginx, go), ``require_module`` for an optional Python package (arch): missing
+locally -> skip with the install command; missing in CI (``CI=true``) -> fail, because a
+skipped test must never hide a missing part. Both go through :func:`missing_part`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -38,11 +42,26 @@ def require_executable(name: str, apt_package: str | None = None) -> str:
         f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
     )
     if path is None:
-        msg = f"{name} not found: apt-get install {apt_package or name}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing_part(f"{name} not found: apt-get install {apt_package or name}")
     return path
+
+
+def require_module(name: str, pip_package: str | None = None) -> ModuleType:
+    """Module ``name``, imported; skip locally / fail in CI when it is not installed.
+
+    The CI-aware replacement for ``pytest.importorskip``, which skips in CI too.
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing_part(f"python module {name} not installed: pip install {pip_package or name}")
+
+
+def missing_part(msg: str) -> NoReturn:
+    """A required part is missing: skip with ``msg`` locally, fail with it in CI."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg, allow_module_level=True)
 
 
 def free_port() -> int:

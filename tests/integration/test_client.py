@@ -34,6 +34,11 @@ from quoteflow.client import (
 from quoteflow.errors import StreamError
 from quoteflow.server.sse import encode_comment, encode_event, encode_retry
 from tests.conftest import free_port
+from tests.integration.fakes import wait_for
+
+#: Upper limit for awaiting a condition that normally holds within milliseconds: a hang
+#: guard (the test fails instead of hanging), not a speed requirement.
+HANG_GUARD_S = 15.0
 
 # ---------------------------------------------------------------------------- servers
 
@@ -136,6 +141,12 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
             await body()
 
     asyncio.run(main())
+
+
+def reading_paused(es: EventStream) -> bool:
+    """The client has stopped reading its socket (backpressure) until the queue drains."""
+    drain = es._drain
+    return drain is not None and not drain.done()
 
 
 async def take(es: EventStream, n: int) -> list[Event]:
@@ -283,6 +294,41 @@ def test_event_split_across_writes_and_unfinished_event_at_eof() -> None:
         async with serving(behave) as (url, script), stream(url, backoff_initial=0.01) as es:
             got = await take(es, 2)
         assert got == [Event(data="part", id="1"), Event(data="next", id="1")]
+        assert script.seen[1].last_event_id == "1"
+
+    run(body)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"id: 2\ndata: lost",  # EOF inside a line
+        b"id: 2\ndata: lost\n",  # complete lines, no blank line
+        b"event: custom\ndata: lost\n",  # a typed event
+        b"data: lost\r",  # CR line endings
+        b"id: 2\n",  # an id alone: must not become the id in force
+        b"event: custom\n",  # a type alone: must not type the next event
+    ],
+    ids=["open-line", "no-blank-line", "typed", "cr", "id-only", "event-only"],
+)
+def test_unfinished_event_at_eof_is_dropped_in_every_shape(tail: bytes) -> None:
+    """However the connection's last event is cut, it is not delivered, its fields do not
+    leak into the next connection's first event, and the resume id is the last complete
+    event's."""
+
+    async def behave(h: ScriptedHandler, n: int) -> None:
+        h.start_stream()
+        if n == 0:
+            await h.send(b"id: 1\ndata: first\n\n" + tail)
+        else:
+            await h.send(b"data: next\n\n")
+            await h.hold_until_client_leaves()
+
+    async def body() -> None:
+        async with serving(behave) as (url, script), stream(url, backoff_initial=0.01) as es:
+            got = await take(es, 2)
+        assert got == [Event(data="first", id="1"), Event(data="next", id="1")]
         assert script.seen[1].last_event_id == "1"
 
     run(body)
@@ -530,8 +576,7 @@ def test_close_from_another_task_ends_iteration_and_connection() -> None:
                     got.append(ev)
 
             task = asyncio.create_task(consume())
-            while not got:
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: bool(got), timeout=HANG_GUARD_S, what="the first event")
             await es.close()
             await task  # iteration ended without error
             await script.closed.wait()
@@ -561,8 +606,16 @@ def test_slow_consumer_pauses_reading_and_loses_nothing() -> None:
             async with stream(url, max_queue=5) as es:
                 first = await take(es, 1)
                 await written.wait()
-                await asyncio.sleep(0.3)  # give a non-pausing client time to read it all
+                # The condition itself, not a sleep: reading pauses with the queue over
+                # its bound. A client that never pauses reads all 600 events and fails
+                # here (by the hang guard) instead of passing on a loaded machine.
+                await wait_for(
+                    lambda: reading_paused(es), timeout=HANG_GUARD_S, what="reading to pause"
+                )
                 assert es.events_received < total
+                # Paused with more than max_queue waiting: the queue is bounded by one
+                # socket read beyond max_queue, not by what the server sent.
+                assert es._queue.qsize() > es.max_queue
                 rest = await take(es, total - 1)
             got = first + rest
             assert [int(e.data.split()[0]) for e in got] == list(range(total))

@@ -26,7 +26,29 @@ def batch(k: int) -> list[MarketEvent]:
     return [MarketEvent("tick", s, {"symbol": s, "price": 100.0 + k, "k": k}) for s in SYMBOLS]
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+#: Awaiting a condition that normally holds within milliseconds: a hang guard.
+UNTIL_HANG_GUARD_S = 10.0
+#: A whole test body: a hang guard (each test takes a second or two).
+RUN_HANG_GUARD_S = 60.0
+
+#: Brokers started by the running test, closed by :func:`run` whatever happens.
+_started: list[RedisBroker] = []
+
+
+async def started(broker: RedisBroker) -> RedisBroker:
+    """Start ``broker`` and register it, so a failing test still stops its tasks.
+
+    An unclosed broker's reader/writer tasks would outlive the test body: cancelled by
+    ``asyncio.run`` on the way out, redis-py may turn the cancel into a ConnectionError,
+    which the loops retry; the run then hangs until pytest's own timeout instead of
+    reporting the failed assertion.
+    """
+    await broker.start()
+    _started.append(broker)
+    return broker
+
+
+async def until(cond: Callable[[], bool], timeout: float = UNTIL_HANG_GUARD_S) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
@@ -41,7 +63,14 @@ def drain(sub: Subscription, parser: SSEParser, out: list[tuple[str, dict]]) -> 
 
 
 def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), 60))
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(coro(), RUN_HANG_GUARD_S)
+        finally:
+            while _started:
+                await _started.pop().aclose()  # idempotent: a test may have closed it
+
+    asyncio.run(main())
 
 
 def test_parse_stream_id() -> None:
@@ -55,7 +84,7 @@ def test_ids_are_stream_ids_and_resume_works_on_another_instance(tmp_path: Path)
     async def main() -> None:
         with running_redis(tmp_path) as redis:
             producer = RedisBroker(redis.url, produce=True, consume=True)
-            await producer.start()
+            await started(producer)
             a = producer.subscribe(None, frozenset({"tick"}), None)
             got_a: list[tuple[str, dict]] = []  # type: ignore[type-arg]
             pa = SSEParser()
@@ -71,7 +100,7 @@ def test_ids_are_stream_ids_and_resume_works_on_another_instance(tmp_path: Path)
 
             # A second serving instance, started later, resumes a client from any id.
             other = RedisBroker(redis.url, consume=True)
-            await other.start()
+            await started(other)
             cut = 13
             b = other.subscribe(None, frozenset({"tick"}), ids[cut])
             got_b: list[tuple[str, dict]] = []  # type: ignore[type-arg]
@@ -112,8 +141,8 @@ def test_redis_restart_mid_stream_loses_nothing_published_after(tmp_path: Path) 
         try:
             producer = RedisBroker(redis.url, produce=True, consume=False, backoff_max=0.2)
             server = RedisBroker(redis.url, consume=True, backoff_max=0.2, block_ms=200)
-            await producer.start()
-            await server.start()
+            await started(producer)
+            await started(server)
             sub = server.subscribe(None, frozenset({"tick"}), None)
             got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
             parser = SSEParser()
@@ -132,7 +161,9 @@ def test_redis_restart_mid_stream_loses_nothing_published_after(tmp_path: Path) 
             redis.start()  # same port, empty (no persistence): the worst case
             for k in range(8, 12):
                 producer.publish(batch(k))
-            await until(lambda: (drain(sub, parser, got), len(got) == 36)[1], timeout=20)
+            await until(
+                lambda: (drain(sub, parser, got), len(got) == 36)[1], timeout=2 * UNTIL_HANG_GUARD_S
+            )
             assert server.healthy and server.outages >= 1
             ks = [d["k"] for _, d in got]
             assert ks == [k for k in range(12) for _ in SYMBOLS]  # no gap, no duplicate
@@ -164,13 +195,13 @@ def test_producer_writes_every_batch_in_order_regression_outbox_count(tmp_path: 
     async def main() -> None:
         with running_redis(tmp_path) as redis:
             producer = RedisBroker(redis.url, produce=True, consume=False)
-            await producer.start()
+            await started(producer)
             for k in range(40):
                 producer.publish(batch(k))
                 await asyncio.sleep(0)  # let the writer run between some batches
             await until(lambda: producer.sent == 120 and producer.outbox_size == 0)
             reader = RedisBroker(redis.url, consume=True)
-            await reader.start()  # primes from the stream: everything, in order
+            await started(reader)  # primes from the stream: everything, in order
             sub = reader.subscribe(None, frozenset({"tick"}), None)
             assert reader.last_id is not None
             got: list[tuple[str, dict]] = []  # type: ignore[type-arg]
@@ -200,7 +231,7 @@ def test_consumer_drops_a_resent_pipeline_by_producer_sequence(tmp_path: Path) -
 
         with running_redis(tmp_path) as redis:
             server = RedisBroker(redis.url, consume=True, block_ms=200)
-            await server.start()
+            await started(server)
             sub = server.subscribe(None, frozenset({"tick"}), None)
             client = aioredis.Redis.from_url(redis.url)
             try:
@@ -244,9 +275,9 @@ def test_catalog_and_forwarded_parameter_changes(tmp_path: Path) -> None:
                 s: {"model": "gbm", "params": dict(p), "price": 1.0} for s, p in params.items()
             }
             producer.update_handler = update
-            await producer.start()
+            await started(producer)
             server = RedisBroker(redis.url, consume=True, block_ms=100)
-            await server.start()
+            await started(server)
             source = StreamSource(server)
             assert source.symbols == [] and not source.symbols_known
             producer.publish(batch(0))  # the catalog goes out with the first events

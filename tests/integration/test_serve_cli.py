@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
@@ -22,6 +21,9 @@ from quoteflow.client import SSEParser
 from tests.conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+#: A clean shutdown takes well under a second; past this the test fails instead of hanging.
+SHUTDOWN_HANG_GUARD_S = 10.0
 
 URL_RE = re.compile(
     r"quoteflow serving (\d+) symbols on (http://\S+/) \(dashboard\), stream at (\S+)"
@@ -108,14 +110,12 @@ def test_serve_port_0_streams_and_sigterm_ends_streams_cleanly_exit_0() -> None:
             events += parser.feed(chunk)
         assert head.startswith(b"retry: 1500\n\n")
         proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
         # http.client raises IncompleteRead if the chunked body ends without its final
         # chunk, i.e. if the server reset or dropped the connection instead of finishing.
         rest = resp.read()
         events += parser.feed(rest)
         conn.close()
-        assert proc.wait(10) == 0
-        assert time.monotonic() - t0 < 10
+        assert proc.wait(SHUTDOWN_HANG_GUARD_S) == 0
         assert proc.stderr is not None
         assert "Traceback" not in proc.stderr.read()
     ids = [int(e.id or 0) for e in events]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 BIG = 64 * 1024  # bytes of padding per BIG tick
 MAX_BACKLOG = 256 * 1024
+#: Awaiting a condition that normally holds within a second or two: a hang guard.
+HANG_GUARD_S = 60.0
+#: A normal client is "unaffected" if no tick reaches it later than this many batches
+#: after it was published (typically 0-2).
+MAX_BATCHES_BEHIND = 25
 
 
 def rss_bytes() -> int:
@@ -26,32 +31,39 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+@dataclass
+class NormalClient:
+    """What a normal client saw: the AAA counters, and per AAA tick how many batches the
+    source had published after it by the time it arrived, and how many slow consumers
+    had been dropped by then."""
+
+    counters: list[int] = field(default_factory=list)
+    behind: list[int] = field(default_factory=list)
+    drops_at_arrival: list[int] = field(default_factory=list)
 
 
-async def _normal_client(port: int, n: int) -> tuple[list[float], list[int]]:
-    """Read ``n`` small ticks; return per-event latencies and the ``n`` counters."""
+async def _normal_client(
+    port: int, n: int, source: FakeSource, broker: MemoryBroker
+) -> NormalClient:
+    """Read ``n`` AAA ticks (with BBB's in between)."""
     s = await RawStream.open(port, "/stream?symbols=AAA,BBB")
-    latencies: list[float] = []
-    counters: list[int] = []
-    seen = 0
+    seen = NormalClient()
+    done = 0
     try:
-        async with asyncio.timeout(60):
-            while len(counters) < n:
+        async with asyncio.timeout(HANG_GUARD_S):
+            while len(seen.counters) < n:
                 if not await s.read_some():
                     raise EOFError("normal client was disconnected")
-                now = time.monotonic()
-                for ev in s.events[seen:]:
+                for ev in s.events[done:]:
                     data = json.loads(ev.data)
-                    latencies.append(now - data["t"])
                     if data["symbol"] == "AAA":
-                        counters.append(data["n"])
-                seen = len(s.events)
+                        seen.counters.append(data["n"])
+                        seen.behind.append(source.k - 1 - data["n"])
+                        seen.drops_at_arrival.append(broker.stats.slow_consumer_disconnects)
+                done = len(s.events)
     finally:
         await s.close()
-    return latencies, counters
+    return seen
 
 
 def test_stalled_client_is_cut_off_memory_bounded_others_unaffected() -> None:
@@ -64,26 +76,26 @@ def test_stalled_client_is_cut_off_memory_bounded_others_unaffected() -> None:
         async with serving(source, broker=broker) as server:
             port = server.port
             assert port is not None
-            # Baseline latency of a normal client with nobody stalled.
-            base_lat, base_n = await _normal_client(port, 300)
+            # Baseline: a normal client with nobody stalled.
+            base = await _normal_client(port, 300, source, broker)
 
             rss_before = rss_bytes()
             published_before = source.k
             stalled = await RawStream.open(port, "/stream", rcvbuf=4096)
-            normal = asyncio.create_task(_normal_client(port, 300))
+            normal = asyncio.create_task(_normal_client(port, 300, source, broker))
             await wait_for(
                 lambda: broker.stats.slow_consumer_disconnects >= 1,
-                timeout=60,
+                timeout=HANG_GUARD_S,
                 what="the stalled client to be dropped",
             )
             # Keep publishing for a while after the drop: memory must not creep.
             await wait_for(
                 lambda: (source.k - published_before) * BIG > 40 * 1024 * 1024,
-                timeout=60,
+                timeout=HANG_GUARD_S,
                 what="40 MiB published",
             )
             rss_after = rss_bytes()
-            stall_lat, stall_n = await normal
+            during = await normal
             published_bytes = (source.k - published_before) * BIG
 
             assert len(server.state.streams) == 0  # the stalled stream is gone
@@ -92,20 +104,22 @@ def test_stalled_client_is_cut_off_memory_bounded_others_unaffected() -> None:
             stalled.abort()
 
         # Nothing was lost by the normal client in either phase.
-        for counters in (base_n, stall_n):
-            assert counters == list(range(counters[0], counters[0] + len(counters)))
+        for seen in (base, during):
+            assert seen.counters == list(range(seen.counters[0], seen.counters[0] + 300))
         # Memory: the server kept at most the backlog bound plus one write in flight per
         # stream, while far more than that was published. An unbounded queue would hold
         # all of published_bytes (asserted to be large, so the check can fail).
         assert published_bytes > 40 * 1024 * 1024
         assert rss_after - rss_before < 16 * 1024 * 1024, (rss_before, rss_after)
-        # Latency: with the stalled client the broker pays one list append per batch
-        # until the cut, so the normal client's p99 must stay of the same order. The
-        # bound is generous (x10 and +250 ms) for a noisy 2-core CI machine: stalling
-        # behind the slow reader would cost seconds, not milliseconds.
-        assert p99(stall_lat) < max(10 * p99(base_lat), p99(base_lat) + 0.25), (
-            p99(base_lat),
-            p99(stall_lat),
-        )
+        # Unaffected, counted in events rather than seconds: (a) the normal client got
+        # ticks while the stalled one was still connected, not only after the cut; (b) its
+        # own queue stayed short: when a tick arrived, the source had published at most
+        # MAX_BATCHES_BEHIND batches after it (the source and both clients share this
+        # loop, so a loaded machine slows publishing as much as reading). A fan-out that
+        # waited on the slow reader would deliver nothing until the cut (which takes at
+        # least MAX_BACKLOG / BIG = 4 batches beyond the socket buffers; measured: ~50
+        # AAA ticks arrive before it, and no tick is ever behind).
+        assert during.drops_at_arrival.count(0) >= 1, "nothing delivered before the cut"
+        assert max(during.behind) <= MAX_BATCHES_BEHIND, (max(base.behind), during.behind)
 
     run(body)

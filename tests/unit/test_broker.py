@@ -86,11 +86,13 @@ def test_resume_replays_exactly_what_followed_last_id() -> None:
     b = MemoryBroker()
     for k in range(5):
         b.publish(batch(k))
+    every = b.subscribe(None, ALL_EVENTS, "4")  # unfiltered: id 4 itself must not recur
+    assert [i for i, _, _ in decode(every.take().data)] == list(range(5, 16))
     sub = b.subscribe(frozenset({"BBB"}), ALL_EVENTS, "4")
     b.publish(batch(5))
     ids = [i for i, _, _ in decode(sub.take().data)]
     assert ids == [5, 8, 11, 14, 17]  # BBB's ids after 4, replay then live, no gap
-    assert b.stats.replays == 1 and b.stats.replayed_events == 4
+    assert b.stats.replays == 2 and b.stats.replayed_events == 11 + 4
     up_to_date = b.subscribe(None, ALL_EVENTS, b.last_id)
     assert not up_to_date.has_pending()
 
@@ -108,6 +110,19 @@ def test_reset_when_id_evicted_or_never_issued(last: str, reason: str) -> None:
     assert payload["snapshot"] == {"AAA": {"symbol": "AAA", "n": 3, "seq": 10}}
     assert [i for i, _, _ in live] == [13]
     assert b.stats.resets == 1
+
+
+def test_an_id_evicted_by_exactly_one_event_gets_a_reset() -> None:
+    """The boundary of the eviction rule: after id 5 the next event is 6, which is gone
+    (the buffer holds 7..12), so resuming silently would leave a one-event gap.
+    (Found by the mutation run: only a property test reached it, and not every run.)"""
+    b = MemoryBroker(buffer_size=6)
+    for k in range(4):
+        b.publish(batch(k))
+    assert b.oldest_id == 7
+    sub = b.subscribe(None, ALL_EVENTS, "5")
+    (rid, rev, payload), *rest = decode(sub.take().data)
+    assert (rid, rev, payload["reason"], rest) == (12, "reset", "evicted", [])
 
 
 def test_oldest_minus_one_is_still_resumable() -> None:

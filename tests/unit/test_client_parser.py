@@ -141,6 +141,14 @@ CASES: list[tuple[str, list[bytes], list[Event], dict[str, Any]]] = [
         [E(data="x", id="1")],
         {"last_event_id": "1"},
     ),
+    ("unfinished-typed-event-discarded", [b"data: x\n\nevent: tick\ndata: y\n"], [E(data="x")], {}),
+    ("unfinished-multiline-discarded", [b"data: a\n\ndata: b\ndata: c\n"], [E(data="a")], {}),
+    ("unfinished-after-cr-endings", [b"data: x\r\rdata: y\r"], [E(data="x")], {}),
+    ("unfinished-crlf-endings", [b"data: x\r\n\r\ndata: y\r\n"], [E(data="x")], {}),
+    ("unfinished-field-name-only", [b"data: x\n\nda"], [E(data="x")], {}),
+    ("unfinished-only-event", [b"data: y"], [], {"last_event_id": None}),
+    # retry takes effect when its line is read (§9.2.6 field processing), not at dispatch.
+    ("unfinished-retry-still-applies", [b"data: x\n\nretry: 5\n"], [E(data="x")], {"retry": 5}),
 ]
 
 
@@ -190,6 +198,30 @@ def test_finish_discards_pending_event_for_good() -> None:
     # The blank line that would have dispatched "y" arrives on a *new* stream.
     assert parser.feed(b"\n") == []
     assert parser.feed(b"data: z\n\n") == [Event(data="z")]
+
+
+@pytest.mark.parametrize(
+    "pending",
+    [
+        b"data: y\n",
+        b"data: y\ndata: w\n",
+        b"event: custom\n",
+        b"id: 9\n",
+        b"id: 9\ndata: y\nevent: custom\n",
+        b"data: y\r",
+        b"data: y",
+        b"da",
+    ],
+    ids=["data", "two-data", "event", "id", "all-three", "cr", "open-line", "open-name"],
+)
+def test_unfinished_event_at_eof_leaves_nothing_for_the_next_stream(pending: bytes) -> None:
+    """Whatever shape the unfinished tail has, the next stream's first event is its own:
+    no data, type or id of the discarded event carries over (only the committed id)."""
+    parser = SSEParser()
+    assert parser.feed(b"id: 1\ndata: x\n\n" + pending) == [Event(data="x", id="1")]
+    parser.finish()
+    assert parser.last_event_id == "1"
+    assert parser.feed(b"data: z\n\n") == [Event(data="z", id="1")]
 
 
 def test_finish_starts_a_new_stream_bom_stripped_again() -> None:
@@ -247,14 +279,30 @@ def test_huge_retry_saturates_instead_of_failing() -> None:
 
 
 def test_long_line_in_tiny_chunks() -> None:
-    """A long line arriving in many chunks is assembled once (linear, not quadratic)."""
+    """A long line arriving in many chunks is assembled once (linear, not quadratic).
+
+    Checked as a count, not a time: until its line break arrives, the line is held as
+    one piece per chunk, none of them copied again, so the total copying is one join of
+    the whole line. A parser that re-joined the text so far on every chunk (quadratic)
+    would hold a single piece.
+    """
     payload = "x" * 200_000
     wire = f"data: {payload}\n\n".encode()
+    chunks = [wire[i : i + 7] for i in range(0, len(wire), 7)]
     parser = SSEParser()
     got: list[Event] = []
-    for i in range(0, len(wire), 7):
-        got.extend(parser.feed(wire[i : i + 7]))
-    assert got == [Event(data=payload)]
+    line_chunks = 0
+    for chunk in chunks:
+        if b"\n" in chunk:
+            # The line is still open: one untouched piece per chunk so far.
+            assert len(parser._partial) == line_chunks
+            assert "".join(parser._partial) == wire[: 7 * line_chunks].decode()
+            line_chunks = -1
+        elif line_chunks >= 0:
+            line_chunks += 1
+        got.extend(parser.feed(chunk))
+    assert line_chunks == -1 and got == [Event(data=payload)]
+    assert parser._partial == []
 
 
 def test_event_defaults_and_frozen() -> None:

@@ -172,10 +172,11 @@ def test_split_lines_only_on_cr_lf(text: str, lines: list[str]) -> None:
 
 
 def test_sse_module_is_pure_stdlib() -> None:
-    """The encoder imports no tornado (nor anything outside the standard library).
+    """The encoder imports no tornado, nor anything else outside the standard library.
 
-    Loaded by file path in a fresh interpreter so that what the package __init__
-    files import does not blur what sse.py itself needs.
+    Loaded by file path in a fresh interpreter without site packages (``-S``), so that
+    what the package __init__ files or .pth files import does not blur what sse.py
+    itself needs; then every module in ``sys.modules`` must be a standard-library one.
     """
     code = (
         "import importlib.util, sys; "
@@ -183,6 +184,11 @@ def test_sse_module_is_pure_stdlib() -> None:
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'tornado', 'quoteflow'}); "
         "assert not bad, bad; "
+        # Every module loaded at all is part of the standard library (-S: no site
+        # packages, no .pth start-up imports), so a third-party import would show here.
+        "extra = sorted({m.split('.')[0] for m in sys.modules} - set(sys.stdlib_module_names)"
+        " - set(sys.builtin_module_names) - {'sse_probe', '__main__'}); "
+        "assert not extra, extra; "
         "assert mod.encode_event('x') == b'data: x\\n\\n'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-S", "-c", code], check=True)

@@ -94,7 +94,9 @@ def test_compare_on_gbm_data_ranks_by_aic_and_lists_failures() -> None:
         fitted["bic"], -2 * fitted["loglik"] + fitted["k"].astype(float) * math.log(2000)
     )
     assert (fitted["nobs"] == 2000).all()
-    assert cmp.fits["gbm"].params["sigma"] == pytest.approx(0.2, rel=0.05)
+    # se of the GBM sigma estimate: sigma / sqrt(2n), i.e. 1/sqrt(4000) = 1.6 % relative
+    # (measured sd over seeds 1-40: 1.56 %); 8 % is 5 se.
+    assert cmp.fits["gbm"].params["sigma"] == pytest.approx(0.2, rel=0.08)
     assert isinstance(cmp.best, FitResult)
 
 

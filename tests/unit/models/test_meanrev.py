@@ -212,7 +212,10 @@ def test_kappa_bias_on_short_horizons(n: int) -> None:
     sem = est["kappa"].std() / math.sqrt(est["kappa"].size)
     print(f"kappa bias n={n}: {bias:+.4f} +- {sem:.4f}")
     if n == 252:
-        assert 4.0 / (n * DT) < bias < 9.0
+        # Seeded, so the bias is the measured +5.60 (sem 0.39 from the 200 fits): the
+        # band [4/(n dt), 7.4] is 4.1 sem below it (the first-order bias, which it must
+        # exceed) and 4.6 sem above.
+        assert 4.0 / (n * DT) < bias < 7.4
     else:
         assert abs(bias - 4.0 / (n * DT)) < 3 * sem
 
