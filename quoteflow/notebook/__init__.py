@@ -29,6 +29,7 @@ from quoteflow.notebook.server import (
     serve_in_background,
     stop_all,
 )
+from quoteflow.notebook.static import StaticFigure, static_figure
 
 __all__ = [
     "MODEL_CHOICES",
@@ -36,6 +37,7 @@ __all__ = [
     "CalibrationPanel",
     "EchoFreeBokehModel",
     "LiveChart",
+    "StaticFigure",
     "calibrate_widget",
     "diagnostics",
     "fit_model",
@@ -43,5 +45,6 @@ __all__ = [
     "push_model",
     "running_servers",
     "serve_in_background",
+    "static_figure",
     "stop_all",
 ]

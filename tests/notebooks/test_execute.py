@@ -1,21 +1,19 @@
 """Every tutorial notebook runs top to bottom in a real kernel, headless, in under 60 s.
 
-This proves the notebooks' code works and stops what it starts; it cannot prove that a
-chart is live in a browser (a widget that fails to render passes here), which is what
-tests/browser/test_jupyterlab.py is for.
+This proves the notebooks' code works, stops what it starts and loads nothing from a CDN;
+it cannot prove that a chart is live in a browser (a widget that fails to render passes
+here), which is what tests/browser/test_jupyterlab.py is for.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from tests.notebooks._kernel import ensure_python3_kernelspec, kernel_env, notebooks
+from tests.notebooks.run_notebooks import execute, problems
 
 pytestmark = [
     pytest.mark.notebook,
@@ -25,13 +23,6 @@ pytestmark = [
 ]
 
 BUDGET_SECONDS = 60.0
-
-LEFTOVER_CHECK = """\
-import threading
-from quoteflow.notebook import running_servers
-_left = [t.name for t in threading.enumerate() if t.name.startswith("quoteflow-server")]
-assert not _left and not running_servers(), f"servers left running: {_left} {running_servers()}"
-"""
 
 
 def test_there_are_notebooks() -> None:
@@ -52,32 +43,6 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX", raising=False)
     work = tmp_path / path.name
     shutil.copy(path, work)  # run beside a copy: whatever a notebook writes stays out of git
-    nb = nbformat.read(work, as_version=4)
-    # A last cell that fails if the notebook left a server running: each must stop what
-    # it started.
-    nb.cells.append(nbformat.v4.new_code_cell(LEFTOVER_CHECK))
-    client = NotebookClient(
-        nb,
-        timeout=BUDGET_SECONDS,
-        kernel_name="python3",
-        allow_errors=False,
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    start = time.monotonic()
-    client.execute()
-    elapsed = time.monotonic() - start
+    nb, elapsed = execute(work, tmp_path, timeout=BUDGET_SECONDS)
+    assert not problems(nb), f"{path.name}: {problems(nb)}"
     assert elapsed < BUDGET_SECONDS, f"{path.name} took {elapsed:.1f} s (budget {BUDGET_SECONDS} s)"
-    errors = [
-        (i, out.get("ename"), out.get("evalue"))
-        for i, cell in enumerate(nb.cells)
-        for out in cell.get("outputs", [])
-        if out.get("output_type") == "error"
-        or (
-            out.get("output_type") == "stream"
-            and out.get("name") == "stderr"
-            and "Traceback" in out.get("text", "")
-        )
-    ]
-    assert not errors, f"{path.name}: error outputs {errors}"
-    code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code_cells)
