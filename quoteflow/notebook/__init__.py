@@ -22,7 +22,7 @@ from quoteflow.notebook.calibrate import (
     fit_model,
     push_model,
 )
-from quoteflow.notebook.chart import LiveChart
+from quoteflow.notebook.chart import LiveChart, running_charts
 from quoteflow.notebook.server import (
     BackgroundServer,
     running_servers,
@@ -43,6 +43,7 @@ __all__ = [
     "fit_model",
     "load_bokehjs",
     "push_model",
+    "running_charts",
     "running_servers",
     "serve_in_background",
     "static_figure",

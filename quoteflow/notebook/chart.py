@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import inspect
 import json
@@ -36,7 +37,11 @@ from bokeh.plotting import figure
 
 from quoteflow.notebook._bokeh import EchoFreeBokehModel, load_bokehjs
 
-__all__ = ["ChartKind", "LiveChart"]
+__all__ = ["ChartKind", "LiveChart", "running_charts"]
+
+#: Charts by key (see ``LiveChart(key=...)``): creating a chart under a key that is taken
+#: closes the chart that had it, so re-running a chart cell leaves one chart, not two.
+_chart_registry: dict[str, LiveChart] = {}
 
 ChartKind = Literal["line", "candles"]
 
@@ -66,6 +71,33 @@ def _stream_url(url: Any) -> str:
     if base.rstrip("/").endswith("/stream"):
         return base
     return base.rstrip("/") + "/stream"
+
+
+def _cell_id() -> str | None:
+    """Id of the notebook cell being executed (JupyterLab sends ``cellId``), else its code."""
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+        return None
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None or not hasattr(kernel, "get_parent"):
+        return None
+    with contextlib.suppress(Exception):
+        parent = kernel.get_parent()
+        cell = parent.get("metadata", {}).get("cellId")
+        if cell:
+            return str(cell)
+        # Frontends that send no cell id (nbclient, the console): the cell's code stands
+        # for the cell, so running the same code again is a re-run.
+        code = str(parent.get("content", {}).get("code", ""))
+        return "code-" + hashlib.sha1(code.encode()).hexdigest()[:12] if code else None
+    return None
+
+
+def running_charts() -> list[LiveChart]:
+    """The registered charts that are connected or trying to connect (one per key)."""
+    return [c for c in _chart_registry.values() if c.running]
 
 
 @dataclass
@@ -116,6 +148,11 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         Size of the price panel in pixels (the volume panel is a third of ``height``).
     autostart
         Connect immediately (default). Otherwise call :meth:`start`.
+    key
+        Registry key: creating a chart under a key already in use closes the chart that
+        had it. Default: the executing notebook cell's id plus the chart's kind, symbols
+        and title, so re-running a cell replaces its charts (and two charts in one cell
+        keep each other). Outside a notebook cell with no ``key``: not registered.
     **client_options
         Passed to :func:`quoteflow.client.stream` (e.g. ``token``, ``heartbeat_timeout``).
 
@@ -147,6 +184,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         width: int = 760,
         height: int = 300,
         autostart: bool = True,
+        key: str | None = None,
         **client_options: Any,
     ) -> None:
         if kind not in _COLUMNS:
@@ -156,6 +194,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.url = _stream_url(url)
+        # A server handle is followed by name: re-running its cell (a new server under
+        # the same name, possibly elsewhere) moves the chart to the new one.
+        self._server_name: str | None = getattr(url, "name", None) if hasattr(url, "url") else None
         self.kind: ChartKind = kind
         self.window = int(window)
         self.interval = float(interval)
@@ -215,8 +256,20 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         controls = widgets.HBox([self.picker, self.pause_button, self.status])
         super().__init__(children=[controls, self.plot])
         self._update_status(force=True)
+        self.key = key if key is not None else self._default_key()
+        if self.key is not None:
+            previous = _chart_registry.pop(self.key, None)
+            if previous is not None and previous is not self:
+                previous.close()
+            _chart_registry[self.key] = self
         if autostart:
             self.start()
+
+    def _default_key(self) -> str | None:
+        cell = _cell_id()
+        if cell is None:
+            return None
+        return f"{cell}:{self.kind}:{','.join(self.symbols or ['*'])}:{self._title or ''}"
 
     # ------------------------------------------------------------------ figures
 
@@ -353,12 +406,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if not self._running:
             return
         self._running = False
-        client, self._client = self._client, None
-        self._reconnects_base += int(getattr(client, "reconnects", 0) or 0)
-        if client is not None and hasattr(client, "close"):
-            result = client.close()
-            if inspect.isawaitable(result) and self._loop is not None:
-                self._loop.create_task(_await(result))
+        self._drop_client()
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -371,6 +419,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             return
         self.stop()
         self._closed = True
+        key = getattr(self, "key", None)
+        if key is not None and _chart_registry.get(key) is self:
+            del _chart_registry[key]
         parts = [getattr(self, n, None) for n in ("plot", "picker", "pause_button", "status")]
         for w in (*parts, *self.children):
             if w is None:
@@ -437,10 +488,36 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             self._running = False
             self._update_status(force=True)
 
+    def _drop_client(self, reconnect: bool = False) -> None:
+        """Close the SSE client, keeping its reconnect count (plus one for a move)."""
+        client, self._client = self._client, None
+        self._reconnects_base += int(getattr(client, "reconnects", 0) or 0) + int(reconnect)
+        if client is not None and hasattr(client, "close"):
+            result = client.close()
+            if inspect.isawaitable(result) and self._loop is not None:
+                self._loop.create_task(_await(result))
+
+    def _follow_server(self) -> None:
+        """Reconnect to the server now registered under our server's name, if it moved."""
+        if self._server_name is None:
+            return
+        from quoteflow.notebook.server import running_servers
+
+        current = running_servers().get(self._server_name)
+        if current is None or _stream_url(current) == self.url:
+            return
+        self.url = _stream_url(current)
+        receiver = self._tasks[0] if self._tasks else None
+        self._drop_client(reconnect=True)
+        if receiver is not None and self._loop is not None:
+            receiver.cancel()
+            self._tasks[0] = self._loop.create_task(self._receive())
+
     async def _redraw_loop(self) -> None:
         while self._running:
             await asyncio.sleep(self.interval)
             try:
+                self._follow_server()
                 self._flush()
                 self._update_status()
             except Exception as exc:  # keep drawing; say what went wrong
@@ -596,7 +673,8 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         """Counters shown in the status line, as a dict."""
         client = self._client
         now = time.time()
-        rate = self._rate.value(now)
+        # A stopped chart receives nothing: its rate is 0, not the last one measured.
+        rate = self._rate.value(now) if self._running else 0.0
         connected = getattr(client, "connected", None)
         if connected is None:  # a client without the flag: judge by recent traffic
             connected = rate > 0

@@ -16,6 +16,7 @@ Screenshots land in test-artifacts/ (look at them when this fails).
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import shutil
@@ -74,6 +75,20 @@ RENDER_FAILURES = ("Error displaying widget", "Could not create a view", "Cannot
 class LabServer:
     url: str
     token: str
+    runtime: Path
+
+    def kernel_of(self, name: str) -> Any:
+        """A client of the kernel behind the open notebook ``name`` (its connection file)."""
+        from jupyter_client.blocking.client import BlockingKernelClient
+
+        with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}") as resp:
+            sessions = json.loads(resp.read())
+        kernel_id = next(s["kernel"]["id"] for s in sessions if s["path"].endswith(name))
+        kc = BlockingKernelClient(connection_file=str(self.runtime / f"kernel-{kernel_id}.json"))
+        kc.load_connection_file()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=30)
+        return kc
 
     def notebook_url(self, name: str) -> str:
         return f"{self.url}/lab/tree/{name}?reset&token={self.token}"
@@ -129,7 +144,7 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"jupyter lab did not answer within 60 s; see {base / 'lab.log'}")
                 time.sleep(0.2)  # polling a condition (the server answering)
-        yield LabServer(url, token)
+        yield LabServer(url, token, base / "runtime")
     finally:
         proc.terminate()
         try:
@@ -152,6 +167,15 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def _open_notebook(page: Any, lab: LabServer, name: str) -> None:
+    """Open ``name``, wait for its kernel to be idle, hide the file browser."""
+    page.goto(lab.notebook_url(name))
+    page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for(timeout=60_000)
+    # "Run" before the kernel has answered runs nothing: wait for it to be idle first.
+    page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
+    page.keyboard.press("Control+b")  # hide the file browser: more room for the output
 
 
 def _changed_pixels(a: bytes, b: bytes) -> int:
@@ -185,12 +209,8 @@ def test_live_chart_in_jupyterlab(
     console_errors: list[str] = []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     try:
-        page.goto(jupyterlab.notebook_url(name))
+        _open_notebook(page, jupyterlab, name)
         cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
-        cells.first.wait_for(timeout=60_000)
-        # "Run" before the kernel has answered runs nothing: wait for it to be idle first.
-        page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
-        page.keyboard.press("Control+b")  # hide the file browser: more room for the chart
         last = cells.nth(cells.count() - 1)
         last.locator(".jp-InputPrompt").click()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
@@ -283,12 +303,7 @@ def test_calibration_notebook_renders_its_plots(
     """02 has no live chart, but its diagnostics and panel must render, without errors."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     try:
-        page.goto(jupyterlab.notebook_url("02_calibrate.ipynb"))
-        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for(
-            timeout=60_000
-        )
-        page.wait_for_function("() => document.body.innerText.includes('| Idle')", timeout=60_000)
-        page.keyboard.press("Control+b")
+        _open_notebook(page, jupyterlab, "02_calibrate.ipynb")
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.get_by_text("Run All Cells", exact=True).click()
         page.wait_for_function(ALL_DONE, timeout=90_000)
@@ -305,4 +320,92 @@ def test_calibration_notebook_renders_its_plots(
         page.screenshot(path=str(artifacts_dir / "jupyterlab-02_calibrate.png"))
         assert not _error_outputs(page), _error_outputs(page)
     finally:
+        page.close()
+
+
+#: JavaScript: the prompt of code cell ``n`` shows an execution count other than ``old``.
+CELL_DONE = """([n, old]) => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  const p = panel.querySelectorAll('.jp-CodeCell .jp-InputPrompt')[n].innerText.trim();
+  return /^\\[\\d+\\]:?$/.test(p) && p !== old;
+}"""
+
+#: Kernel-side count of what runs: SSE connections the server counts, running charts.
+COUNT_RUNNING = """\
+import json as _j, re as _r, urllib.request as _u
+from quoteflow.notebook import running_charts as _rc
+_m = _u.urlopen(server.url + "/metrics", timeout=5).read().decode()
+print(_j.dumps({"connections": float(_r.search(r"^quoteflow_connections (\\S+)", _m, _r.M).group(1)),
+                "charts": len(_rc()), "events": chart.events_received}))
+"""
+
+
+def _run_code_cell(page: Any, index: int) -> None:
+    """Run code cell ``index`` of the visible notebook in place and wait for it."""
+    cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell").nth(index)
+    old = cell.locator(".jp-InputPrompt").inner_text().strip()
+    cell.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Control+Enter")
+    page.wait_for_function(CELL_DONE, arg=[index, old], timeout=60_000)
+
+
+def _kernel_json(kc: Any, code: str) -> dict[str, Any]:
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return dict(json.loads("".join(out).strip().splitlines()[-1]))
+
+
+def test_rerunning_chart_and_server_cells_leaves_one_client_per_chart(
+    jupyterlab: LabServer, browser: Any, artifacts_dir: Path
+) -> None:
+    """01: the chart cell three times, then the server cell three times: one chart on
+    screen, one running chart in the kernel, one SSE connection at the server, and the
+    chart still live (it followed the restarted server)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    kc = None
+    try:
+        _open_notebook(page, jupyterlab, "01_quickstart.ipynb")
+        code = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
+        texts = [code.nth(i).locator(".jp-InputArea").inner_text() for i in range(code.count())]
+        server_cell = next(i for i, t in enumerate(texts) if "serve_in_background(" in t)
+        chart_cell = next(i for i, t in enumerate(texts) if "LiveChart(" in t)
+        for i in range(chart_cell + 1):  # imports, server, chart (as a user would)
+            if i in (0, server_cell, chart_cell):
+                _run_code_cell(page, i)
+        for _ in range(3):
+            _run_code_cell(page, chart_cell)
+        for _ in range(3):
+            _run_code_cell(page, server_cell)
+        kc = jupyterlab.kernel_of("01_quickstart.ipynb")
+        deadline = time.monotonic() + 30  # hang guard: the old connections must close
+        counts = _kernel_json(kc, COUNT_RUNNING)
+        while counts["connections"] != 1 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)  # polling a condition (the server's gauge)
+            counts = _kernel_json(kc, COUNT_RUNNING)
+        visible = page.locator(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output .widget-vbox"
+        ).filter(has=page.locator(".bk-Canvas"))
+        assert visible.count() == 1
+        assert counts["connections"] == 1 and counts["charts"] == 1, counts
+        later = counts
+        deadline = time.monotonic() + 30
+        while later["events"] <= counts["events"] + 5 and time.monotonic() < deadline:
+            page.wait_for_timeout(200)  # polling a condition (events keep arriving)
+            later = _kernel_json(kc, COUNT_RUNNING)
+        assert later["events"] > counts["events"] + 5, "the chart stopped after the restart"
+        page.screenshot(path=str(artifacts_dir / "jupyterlab-01-rerun.png"))
+        kc.execute_interactive("chart.stop(); server.stop()", timeout=30)
+        assert not _error_outputs(page), _error_outputs(page)
+        assert not console_errors, console_errors
+    finally:
+        if kc is not None:
+            kc.stop_channels()
         page.close()

@@ -28,6 +28,7 @@ from quoteflow.notebook import (
     CalibrationPanel,
     EchoFreeBokehModel,
     LiveChart,
+    running_charts,
     running_servers,
     serve_in_background,
     stop_all,
@@ -78,18 +79,24 @@ def _no_leaked_servers() -> Iterator[None]:
 # ------------------------------------------------------------------ server handle
 
 
-def test_rerunning_the_cell_leaves_exactly_one_server() -> None:
+def test_rerunning_the_cell_leaves_exactly_one_server_on_the_same_port() -> None:
     first = serve_in_background(_market(), name="cell")
     p1 = first.port
     assert p1 > 0 and _listening(p1)
     second = serve_in_background(_market(seed=2), name="cell")
-    p2 = second.port
     assert not first.running
-    assert not _listening(p1), "the first server's port is still open"
-    assert _listening(p2)
+    # The same address again, so that charts and clients of the first reconnect.
+    assert second.port == p1 and _listening(p1)
     assert running_servers() == {"cell": second}
     second.stop()
-    assert not _listening(p2)
+    assert not _listening(p1)
+
+
+def test_rerun_with_an_explicit_port_takes_that_port() -> None:
+    first = serve_in_background(_market(), name="cell")
+    other = free_port()
+    second = serve_in_background(_market(), port=other, name="cell")
+    assert not first.running and second.port == other and not _listening(first.port)
 
 
 def test_stop_frees_the_port_and_is_idempotent() -> None:
@@ -320,6 +327,64 @@ def test_bad_arguments_are_refused() -> None:
         LiveChart("http://x", kind="bars", autostart=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="window"):
         LiveChart("http://x", window=1, autostart=False)
+
+
+def test_a_chart_under_a_taken_key_closes_the_previous_one() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="keys")
+        first = LiveChart(server, symbols="AAA", interval=0.05, key="cell-1")
+        other = LiveChart(server, symbols="AAA", interval=0.05, key="cell-2")
+        try:
+            await _until(lambda: first.events_received > 0, what="first chart's events")
+            second = LiveChart(server, symbols="AAA", interval=0.05, key="cell-1")
+            assert not first.running and first._closed
+            assert set(running_charts()) == {other, second}
+            await _until(lambda: second.events_received > 0, what="second chart's events")
+            second.close()
+            assert set(running_charts()) == {other}
+        finally:
+            for chart in list(running_charts()):
+                chart.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+def test_stopped_chart_reports_zero_events_per_second() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="rate")
+        chart = LiveChart(server, symbols="AAA", interval=0.05)
+        try:
+            await _until(lambda: chart.stats()["events_per_second"] > 0, what="a rate")
+            chart.stop()
+            assert chart.stats()["events_per_second"] == 0.0
+            assert " 0.0 events/s" in chart.status.value
+        finally:
+            chart.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+def test_chart_follows_a_server_restarted_elsewhere_under_its_name() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="moving")
+        chart = LiveChart(server, symbols="AAA", interval=0.05)
+        try:
+            await _until(lambda: chart.events_received > 0, what="events")
+            moved = serve_in_background(_market(seed=5), port=free_port(), name="moving")
+            assert moved.port != server.port and not _listening(server.port)
+            await _until(lambda: chart.url == moved.stream_url, what="the chart to move")
+            before = chart.events_received
+            await _until(
+                lambda: chart.stats()["connected"] and chart.events_received > before + 3,
+                what="events from the new server",
+            )
+        finally:
+            chart.close()
+            stop_all()
+
+    asyncio.run(main())
 
 
 # ------------------------------------------------------------------ calibration
