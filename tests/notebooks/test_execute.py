@@ -24,6 +24,9 @@ pytestmark = [
 
 BUDGET_SECONDS = 60.0
 
+#: Static figures each notebook draws (at least): they must survive an HTML export.
+STATIC_FIGURES = {"02_calibrate.ipynb": 3, "04_transports.ipynb": 1}
+
 
 def test_there_are_notebooks() -> None:
     names = {p.name for p in notebooks()}
@@ -45,4 +48,9 @@ def test_notebook_executes(path: Path, tmp_path: Path, monkeypatch: pytest.Monke
     shutil.copy(path, work)  # run beside a copy: whatever a notebook writes stays out of git
     nb, elapsed = execute(work, tmp_path, timeout=BUDGET_SECONDS)
     assert not problems(nb), f"{path.name}: {problems(nb)}"
+    # The static figures are in an HTML export too (widgets would need a kernel).
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert page.count("quoteflow-static") >= STATIC_FIGURES.get(path.name, 0)
     assert elapsed < BUDGET_SECONDS, f"{path.name} took {elapsed:.1f} s (budget {BUDGET_SECONDS} s)"
