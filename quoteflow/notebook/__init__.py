@@ -23,6 +23,7 @@ from quoteflow.notebook.calibrate import (
     push_model,
 )
 from quoteflow.notebook.chart import LiveChart, running_charts
+from quoteflow.notebook.monitor import StreamMonitor
 from quoteflow.notebook.server import (
     BackgroundServer,
     running_servers,
@@ -38,6 +39,7 @@ __all__ = [
     "EchoFreeBokehModel",
     "LiveChart",
     "StaticFigure",
+    "StreamMonitor",
     "calibrate_widget",
     "diagnostics",
     "fit_model",

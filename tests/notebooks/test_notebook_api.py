@@ -388,6 +388,81 @@ def test_chart_follows_a_server_restarted_elsewhere_under_its_name() -> None:
     asyncio.run(main())
 
 
+def test_chart_is_labelled_and_says_when_time_is_simulated() -> None:
+    server = serve_in_background(_market(), name="labels")
+    try:
+        chart = LiveChart(server, symbols=["AAA", "BBB"], autostart=False)
+        price, vol = chart._layout.children
+        assert price.title.text.startswith("AAA · ")
+        assert "http" not in price.title.text  # the symbol, not the URL
+        assert price.yaxis[0].axis_label == "price (USD)"
+        assert "SIMULATED" in vol.xaxis[0].axis_label
+        assert vol.yaxis[0].axis_label == "volume (shares)"
+        assert vol.x_range is price.x_range
+        assert {item.label["value"] for item in price.legend[0].items} == {"last", "bid/ask"}
+        candles = LiveChart(server, kind="candles", symbols="AAA", autostart=False)
+        cprice = candles._layout.children[0]
+        hover = [t for t in cprice.tools if type(t).__name__ == "HoverTool"]
+        assert hover and "@close" in str(hover[0].tooltips)
+        plain = LiveChart("http://127.0.0.1:1", symbols="AAA", autostart=False, volume=False)
+        assert plain._layout.xaxis[0].axis_label == "time (UTC)"
+        for c in (chart, candles, plain):
+            c.close()
+    finally:
+        server.stop()
+
+
+def test_overlay_normalises_every_symbol_to_its_first_price_and_snapshots() -> None:
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA", "BBB"], view="overlay", autostart=False)
+    try:
+        for i in range(5):
+            chart._on_event("tick", _tick("AAA", i))  # 100, 101, ...
+            chart._on_event("tick", _tick("BBB", i))
+        chart._flush()
+        ys = chart._overlay["AAA"].data["y"]
+        assert ys[0] == 100.0 and ys[-1] == pytest.approx(104.0)
+        assert len(chart._overlay["BBB"].data["x"]) == 5
+        chart.mark("sigma up")
+        assert chart.marks and chart.marks[0][1] == "sigma up"
+        snap = chart.snapshot()
+        assert "sigma up" in snap.html and "Bokeh.embed" in snap.html
+        assert chart.prices("BBB")[-1][1] == 104.0
+    finally:
+        chart.close()
+    with pytest.raises(ValueError, match="overlay"):
+        LiveChart("http://x", view="overlay", autostart=False)
+
+
+def test_monitor_reads_realised_volatility_and_correlation_of_the_stream() -> None:
+    from quoteflow.notebook import StreamMonitor
+    from quoteflow.notebook.monitor import realised_volatility
+
+    rng = np.random.default_rng(3)
+    dt = 0.1 / 252
+    z = rng.standard_normal((2000, 2)) @ np.linalg.cholesky([[1, 0.6], [0.6, 1]]).T
+    a = 100 * np.exp(np.cumsum(0.3 * np.sqrt(dt) * z[:, 0]))
+    b = 50 * np.exp(np.cumsum(0.3 * np.sqrt(dt) * z[:, 1]))
+    assert realised_volatility(a, dt) == pytest.approx(0.3, rel=0.05)
+    market = Market(
+        {"AAA": GBM(mu=0.0, sigma=0.3), "BBB": GBM(mu=0.0, sigma=0.3)},
+        correlation={("AAA", "BBB"): 0.6},
+        tick_interval=0.1,
+    )
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA", "BBB"], window=3000, autostart=False)
+    try:
+        for i, (pa, pb) in enumerate(zip(a, b, strict=True)):
+            for sym, p in (("AAA", pa), ("BBB", pb)):
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_700_000_000 + i))
+                chart._on_event("tick", json.dumps({"symbol": sym, "price": p, "ts": ts + ".000Z"}))
+        monitor = StreamMonitor(chart, market, ["AAA", "BBB"], window=1000)
+        assert monitor.correlation == pytest.approx(0.6, abs=0.08)
+        assert "realised σ <b>0.3" in monitor.readouts["AAA"].value
+        assert "target 0.60" in monitor.figure.title.text
+        monitor.stop()
+    finally:
+        chart.close()
+
+
 # ------------------------------------------------------------------ calibration
 
 
