@@ -155,7 +155,7 @@ def price_volume_figures(
         x_range=price.x_range,  # linked: pan or zoom one, the other follows
         y_range=DataRange1d(start=0),
         x_axis_label=time_label,
-        y_axis_label="volume (shares)",
+        y_axis_label="shares",
         width=width,
         height=max(110, height // 3),
         tools="",

@@ -302,6 +302,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self.status = widgets.HTML(value="")
         controls = widgets.HBox([self.picker, self.pause_button, self.status])
         super().__init__(children=[controls, self.plot])
+        self.add_class("quoteflow-livechart")  # how tests and styles find a live chart
         self._update_status(force=True)
         self.key = key if key is not None else self._default_key()
         if self.key is not None:

@@ -94,7 +94,7 @@ class StreamMonitor(widgets.VBox):  # type: ignore[misc]
         self.chart, self.market, self.symbols = chart, market, list(symbols)
         self.window, self.interval = int(window), float(interval)
         self.dt = float(market.dt)
-        self.readouts = {s: widgets.HTML(layout=widgets.Layout(width="260px")) for s in symbols}
+        self.readouts = {s: widgets.HTML(layout=widgets.Layout(width="460px")) for s in symbols}
         self.correlation = math.nan
         self._corr = ColumnDataSource({"x": [], "rho": []})
         target = self._target_correlation()

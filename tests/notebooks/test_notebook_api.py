@@ -397,7 +397,7 @@ def test_chart_is_labelled_and_says_when_time_is_simulated() -> None:
         assert "http" not in price.title.text  # the symbol, not the URL
         assert price.yaxis[0].axis_label == "price (USD)"
         assert "SIMULATED" in vol.xaxis[0].axis_label
-        assert vol.yaxis[0].axis_label == "volume (shares)"
+        assert vol.yaxis[0].axis_label == "shares"
         assert vol.x_range is price.x_range
         assert {item.label["value"] for item in price.legend[0].items} == {"last", "bid/ask"}
         candles = LiveChart(server, kind="candles", symbols="AAA", autostart=False)
