@@ -45,8 +45,18 @@ def time_axis_label(market: Any) -> str:
     )
 
 
-def _price_figure(title: str, width: int, height: int, time_label: str, y_label: str) -> Any:
+def _price_figure(
+    title: str, width: int, height: int, time_label: str, y_label: str, span: float | None
+) -> Any:
+    # A trailing window of ``span`` seconds: charts with the same span (ticks and bars of
+    # the same feed) show the same stretch of time, edge to edge.
+    x_range = (
+        DataRange1d(follow="end", follow_interval=span * 1000.0, range_padding=0)
+        if span
+        else DataRange1d()
+    )
     fig = figure(
+        x_range=x_range,
         title=title,
         x_axis_type="datetime",
         x_axis_label=time_label,
@@ -71,6 +81,7 @@ def price_volume_figures(
     unit: str,
     time_label: str,
     volume: bool = True,
+    span: float | None = None,
 ) -> tuple[Any, Any]:
     """The single-symbol layout; returns ``(layout, price_figure)``.
 
@@ -90,8 +101,10 @@ def price_volume_figures(
         x-axis label (see :func:`time_axis_label`).
     volume
         Add the volume panel below the price panel.
+    span
+        Seconds of time shown, trailing the latest point (``None``: all the data).
     """
-    price = _price_figure(title, width, height, time_label, f"price ({unit})")
+    price = _price_figure(title, width, height, time_label, f"price ({unit})", span)
     if kind == "line":
         price.varea(
             x="x",
@@ -174,9 +187,10 @@ def overlay_figure(
     width: int,
     height: int,
     time_label: str,
+    span: float | None = None,
 ) -> Any:
     """Every symbol's price normalised to 100 at its first tick, one line each."""
-    fig = _price_figure(title, width, height, time_label, "price, first tick = 100")
+    fig = _price_figure(title, width, height, time_label, "price, first tick = 100", span)
     lines = []
     for i, (symbol, src) in enumerate(sources.items()):
         lines.append(

@@ -171,6 +171,10 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         Price unit for the axis label.
     volume
         Show the volume panel below the price panel (``view="single"``).
+    span
+        Seconds of time shown, trailing the latest event (``None``: the whole window).
+        Give a tick chart and a bar chart of the same feed the same span and their time
+        axes show the same stretch of time.
     autostart
         Connect immediately (default). Otherwise call :meth:`start`.
     key
@@ -214,6 +218,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         view: ChartView = "single",
         unit: str = "USD",
         volume: bool = True,
+        span: float | None = None,
         **client_options: Any,
     ) -> None:
         if kind not in _COLUMNS:
@@ -230,6 +235,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self.view: ChartView = view
         self.unit = unit
         self._volume = bool(volume)
+        self.span = None if span is None else float(span)
         self._market = getattr(url, "market", None)
         #: (epoch ms, label) of every :meth:`mark`.
         self.marks: list[tuple[float, str]] = []
@@ -348,25 +354,40 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         return f"{symbol} · {head}" if symbol else head
 
     def _build_figures(self, title: str, width: int, height: int) -> Any:
+        layout, self._price_fig = self._make_layout(
+            self.source, self._live, self._overlay, title, width, height
+        )
+        return layout
+
+    def _make_layout(
+        self,
+        source: ColumnDataSource,
+        live: ColumnDataSource,
+        overlay: dict[str, ColumnDataSource],
+        title: str,
+        width: int,
+        height: int,
+    ) -> tuple[Any, Any]:
+        """(layout, price figure) of this chart's view over the given sources."""
         time_label = time_axis_label(self._market)
         if self.view == "overlay":
             fig = overlay_figure(
-                self._overlay, title=title, width=width, height=height, time_label=time_label
-            )
-            self._price_fig = fig
-            return fig
-        layout, self._price_fig = price_volume_figures(
+                overlay, title=title, width=width, height=height, time_label=time_label,
+                span=self.span,
+            )  # fmt: skip
+            return fig, fig
+        return price_volume_figures(
             self.kind,
-            self.source,
-            self._live,
+            source,
+            live,
             title=title,
             width=width,
             height=height,
             unit=self.unit,
             time_label=time_label,
             volume=self._volume,
+            span=self.span,
         )
-        return layout
 
     def prices(self, symbol: str | None = None) -> list[tuple[float, float]]:
         """``(epoch ms, price)`` of the points kept for ``symbol`` (default: the shown one).
@@ -388,41 +409,26 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         """
         from quoteflow.notebook.static import static_figure
 
-        if self.view == "overlay":
-            sources = {}
-            for symbol in self._overlay:
-                rows = list(self._history.get(symbol, ()))
-                first = self._first_price.get(symbol, rows[0][1] if rows else 1.0)
-                sources[symbol] = ColumnDataSource(
-                    {
-                        "x": [r[0] for r in rows],
-                        "y": [100.0 * r[1] / first for r in rows],
-                        "price": [r[1] for r in rows],
-                    }
-                )
-            layout: Any = overlay_figure(
-                sources,
-                title=self._price_fig.title.text,
-                width=self._price_fig.width,
-                height=self._price_fig.height,
-                time_label=time_axis_label(self._market),
+        sources = {}
+        for symbol in self._overlay:
+            rows = list(self._history.get(symbol, ()))
+            first = self._first_price.get(symbol, rows[0][1] if rows else 1.0)
+            sources[symbol] = ColumnDataSource(
+                {
+                    "x": [r[0] for r in rows],
+                    "y": [100.0 * r[1] / first for r in rows],
+                    "price": [r[1] for r in rows],
+                }
             )
-            fig = layout
-        else:
-            shown = self.symbol or ""
-            data = ColumnDataSource(self._columns(self._history.get(shown, ())))
-            live = ColumnDataSource(self._forming_columns(self._forming.get(shown)))
-            layout, fig = price_volume_figures(
-                self.kind,
-                data,
-                live,
-                title=self._price_fig.title.text,
-                width=self._price_fig.width,
-                height=self._price_fig.height,
-                unit=self.unit,
-                time_label=time_axis_label(self._market),
-                volume=self._volume,
-            )
+        shown = self.symbol or ""
+        layout, fig = self._make_layout(
+            ColumnDataSource(self._columns(self._history.get(shown, ()))),
+            ColumnDataSource(self._forming_columns(self._forming.get(shown))),
+            sources,
+            self._price_fig.title.text,
+            self._price_fig.width,
+            self._price_fig.height,
+        )
         for x, label in self.marks:
             _draw_mark(fig, x, label)
         return static_figure(layout, title=title or f"snapshot: {self._price_fig.title.text}")

@@ -404,6 +404,13 @@ def test_chart_is_labelled_and_says_when_time_is_simulated() -> None:
         cprice = candles._layout.children[0]
         hover = [t for t in cprice.tools if type(t).__name__ == "HoverTool"]
         assert hover and "@close" in str(hover[0].tooltips)
+        # The same span: tick and bar charts show the same trailing stretch of time.
+        ticks = LiveChart(server, symbols="AAA", span=60, autostart=False)
+        bars = LiveChart(server, kind="candles", symbols="AAA", span=60, autostart=False)
+        for c in (ticks, bars):
+            rng = c._price_fig.x_range
+            assert (rng.follow, rng.follow_interval) == ("end", 60_000.0)
+            c.close()
         plain = LiveChart("http://127.0.0.1:1", symbols="AAA", autostart=False, volume=False)
         assert plain._layout.xaxis[0].axis_label == "time (UTC)"
         for c in (chart, candles, plain):
