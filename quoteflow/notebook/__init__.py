@@ -22,13 +22,15 @@ from quoteflow.notebook.calibrate import (
     fit_model,
     push_model,
 )
-from quoteflow.notebook.chart import LiveChart
+from quoteflow.notebook.chart import LiveChart, running_charts
+from quoteflow.notebook.monitor import StreamMonitor
 from quoteflow.notebook.server import (
     BackgroundServer,
     running_servers,
     serve_in_background,
     stop_all,
 )
+from quoteflow.notebook.static import StaticFigure, static_figure
 
 __all__ = [
     "MODEL_CHOICES",
@@ -36,12 +38,16 @@ __all__ = [
     "CalibrationPanel",
     "EchoFreeBokehModel",
     "LiveChart",
+    "StaticFigure",
+    "StreamMonitor",
     "calibrate_widget",
     "diagnostics",
     "fit_model",
     "load_bokehjs",
     "push_model",
+    "running_charts",
     "running_servers",
     "serve_in_background",
+    "static_figure",
     "stop_all",
 ]

@@ -1,46 +1,39 @@
-"""Calibration in a notebook: diagnostics plots and a fit-and-push widget.
+"""Calibration in a notebook: fit a model, read its diagnostics, push it to a live stream.
 
-:func:`diagnostics` draws the four checks a fitted price model should pass, as one Bokeh
-layout:
-
-- histogram of the standardised residuals against the fitted innovation density (normal,
-  or unit-variance Student-t for GARCH-t): fat tails show up as bars above the curve;
-- QQ plot of the same residuals against that distribution;
-- autocorrelation of the *squared* standardised residuals with the ±1.96/√n band
-  (Box & Jenkins 1976, §2.1.6): volatility clustering left unexplained shows up as bars
-  outside the band, which GBM leaves and GARCH should remove (Bollerslev 1986);
-- a fan chart: quantiles of paths simulated from the fitted model, after the history.
-
-Standardised residuals are the model's own shocks recovered from the prices: GBM
-``(r - (mu - sigma^2/2) dt) / (sigma sqrt(dt))``; mean reversion, the AR(1) residual of log
-price over its standard deviation; GARCH, ``e_t / sigma_t``.
-
-:class:`CalibrationPanel` wraps it into a widget: pick a shipped ticker or upload a CSV,
-pick a model, fit, read the parameter table and plots, and push the fitted model to a
-running quote server.
+:class:`CalibrationPanel` is a widget: pick a shipped ticker or upload a CSV, pick the
+start and end dates and a model, fit, read the parameter table (estimates, standard
+errors, t- and p-values, confidence intervals, annualised drift and volatility) and the
+residual tests, see the diagnostics plots (static figures, see
+:mod:`quoteflow.notebook.diagnostics`), download the fit as JSON, and push the fitted
+model to a running quote server (the push target defaults to the data's ticker).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import html
 import json
-import math
 import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
-from bokeh.layouts import gridplot
-from bokeh.models import ColumnDataSource
-from bokeh.models.annotations.geometry import Band, Span
-from bokeh.plotting import figure
-from scipy import stats
 
-from quoteflow.notebook._bokeh import EchoFreeBokehModel, load_bokehjs
+from quoteflow.notebook.diagnostics import (
+    diagnostics,
+    innovation_distribution,
+    model_label,
+    parameter_table_html,
+    residual_tests,
+    squared_acf,
+    standardized_residuals,
+    tests_table_html,
+    volatility_diagnostics,
+)
+from quoteflow.notebook.static import static_figure
 
 __all__ = [
     "MODEL_CHOICES",
@@ -54,7 +47,8 @@ __all__ = [
     "standardized_residuals",
 ]
 
-FloatArray = npt.NDArray[np.float64]
+# Re-exported from their home, quoteflow.notebook.diagnostics (older import path).
+_REEXPORTED = (innovation_distribution, squared_acf, standardized_residuals)
 
 #: Model choices of the panel: label -> key of :func:`fit_model`.
 MODEL_CHOICES: dict[str, str] = {
@@ -99,234 +93,6 @@ def fit_model(prices: Any, model: str, dt: float = 1 / 252) -> Any:
     if key == "garch-t":
         return GARCH.fit(prices, dt=dt, dist="t")
     raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODEL_CHOICES.values())}")
-
-
-def standardized_residuals(fit: Any, prices: Any) -> FloatArray:
-    """The fitted model's standardised shocks recovered from ``prices`` (see module doc).
-
-    Parameters
-    ----------
-    fit
-        A :class:`~quoteflow.models.FitResult` of GBM, MeanReversion or GARCH.
-    prices
-        The prices the model was fitted on.
-
-    Returns
-    -------
-    ndarray
-        One value per return, shape ``(len(prices) - 1,)``.
-    """
-    std_resid = getattr(fit, "std_resid", None)
-    if std_resid is not None and len(std_resid):
-        return np.asarray(std_resid, dtype=np.float64)
-    p = np.asarray(prices, dtype=np.float64)
-    x = np.log(p)
-    name = getattr(fit.model, "name", "")
-    dt = float(fit.dt)
-    params = dict(fit.params)
-    if name == "gbm":
-        mu, sigma = params["mu"], params["sigma"]
-        r = np.diff(x)
-        return np.asarray((r - (mu - 0.5 * sigma**2) * dt) / (sigma * math.sqrt(dt)))
-    if name == "meanrev":
-        kappa, theta, sigma = params["kappa"], params["theta"], params["sigma"]
-        # Exact AR(1) form of the OU step (Glasserman 2003, eq. 3.46).
-        phi = math.exp(-kappa * dt)
-        c = (1.0 - phi) * math.log(theta)
-        sd = sigma * math.sqrt(-math.expm1(-2.0 * kappa * dt) / (2.0 * kappa))
-        return np.asarray((x[1:] - c - phi * x[:-1]) / sd)
-    raise ValueError(f"no residuals for model {name!r}")
-
-
-def innovation_distribution(fit: Any) -> Any:
-    """The fitted unit-variance innovation distribution as a frozen scipy distribution.
-
-    Normal for GBM, mean reversion and GARCH-normal; for GARCH-t the Student-t with the
-    fitted ``nu`` rescaled to unit variance (scale ``sqrt((nu - 2) / nu)``, Bollerslev 1987).
-    """
-    nu = dict(fit.params).get("nu")
-    if nu is not None and math.isfinite(nu) and nu > 2:
-        return stats.t(df=nu, scale=math.sqrt((nu - 2.0) / nu))
-    return stats.norm()
-
-
-def squared_acf(z: Any, nlags: int = 20) -> FloatArray:
-    """Sample autocorrelation of ``z**2`` at lags ``1..nlags`` (Box & Jenkins 1976, eq. 2.1.12)."""
-    s = np.asarray(z, dtype=np.float64) ** 2
-    d = s - s.mean()
-    denom = float(d @ d)
-    if denom == 0.0:
-        return np.zeros(nlags)
-    n = d.size
-    return np.array([float(d[: n - k] @ d[k:]) / denom for k in range(1, nlags + 1)])
-
-
-def _dates_of(prices: Any) -> pd.DatetimeIndex | None:
-    index = getattr(prices, "index", None)
-    return index if isinstance(index, pd.DatetimeIndex) else None
-
-
-def diagnostics(
-    fit: Any,
-    prices: Any,
-    *,
-    horizon: int = 126,
-    n_paths: int = 500,
-    history: int = 504,
-    seed: int | None = 0,
-    width: int = 380,
-    height: int = 260,
-) -> Any:
-    """Bokeh 2×2 grid of diagnostics of ``fit`` on ``prices`` (see the module docstring).
-
-    Parameters
-    ----------
-    fit
-        The fit to check.
-    prices
-        The prices it was fitted on (a date-indexed Series puts dates on the fan chart).
-    horizon
-        Steps simulated ahead for the fan chart (in steps of ``fit.dt``).
-    n_paths
-        Simulated paths behind the fan chart's quantiles.
-    history
-        Trailing prices shown before the fan.
-    seed
-        Seed of the simulation (same seed, same fan).
-    width, height
-        Size of each panel in pixels.
-
-    Returns
-    -------
-    bokeh.models.GridPlot
-        The layout; show it with :class:`EchoFreeBokehModel` or ``bokeh.io.show``.
-    """
-    z = standardized_residuals(fit, prices)
-    dist = innovation_distribution(fit)
-    title = f"{type(fit.model).__name__} ({fit.model.name})"
-
-    # Histogram vs density.
-    hist_fig = figure(
-        title=f"standardised residuals: {title}",
-        width=width,
-        height=height,
-        tools="pan,wheel_zoom,reset,save",
-    )
-    lo, hi = float(np.percentile(z, 0.1)), float(np.percentile(z, 99.9))
-    lim = max(abs(lo), abs(hi), 4.0)
-    counts, edges = np.histogram(np.clip(z, -lim, lim), bins=80, range=(-lim, lim), density=True)
-    hist_fig.quad(
-        top=counts,
-        bottom=0,
-        left=edges[:-1],
-        right=edges[1:],
-        fill_color="#90caf9",
-        line_color="white",
-        legend_label="residuals",
-    )
-    grid = np.linspace(-lim, lim, 400)
-    hist_fig.line(
-        grid, dist.pdf(grid), color="#c62828", line_width=2, legend_label="fitted density"
-    )
-    hist_fig.line(
-        grid, stats.norm.pdf(grid), color="#555555", line_dash="dashed", legend_label="N(0, 1)"
-    )
-    hist_fig.legend.location = "top_left"
-    hist_fig.legend.label_text_font_size = "8pt"
-
-    # QQ plot.
-    qq = figure(
-        title="QQ plot vs fitted distribution",
-        width=width,
-        height=height,
-        x_axis_label="theoretical quantile",
-        y_axis_label="sample quantile",
-        tools="pan,wheel_zoom,reset,save",
-    )
-    zs = np.sort(z)
-    probs = (np.arange(1, zs.size + 1) - 0.5) / zs.size
-    theo = dist.ppf(probs)
-    qq.scatter(theo, zs, size=3, alpha=0.5, color="#1f77b4")
-    edge = float(max(abs(theo[0]), abs(theo[-1])))
-    qq.line([-edge, edge], [-edge, edge], color="#c62828", line_width=1.5)
-
-    # ACF of squared residuals.
-    nlags = 20
-    acf = squared_acf(z, nlags)
-    band = 1.96 / math.sqrt(z.size)
-    acf_fig = figure(
-        title="ACF of squared std. residuals",
-        width=width,
-        height=height,
-        x_axis_label="lag",
-        tools="pan,wheel_zoom,reset,save",
-    )
-    lags = np.arange(1, nlags + 1, dtype=np.float64)
-    acf_fig.vbar(
-        x=lags, top=acf, width=0.6, color=np.where(np.abs(acf) > band, "#c62828", "#1f77b4")
-    )
-    for level in (band, -band):
-        acf_fig.add_layout(
-            Span(location=level, dimension="width", line_dash="dashed", line_color="#555555")
-        )
-
-    # Fan chart.
-    p = np.asarray(prices, dtype=np.float64)
-    dates = _dates_of(prices)
-    hist_p = p[-history:]
-    sims = fit.model.simulate(
-        horizon, n_paths=n_paths, s0=float(p[-1]), dt=float(fit.dt), seed=seed
-    )
-    qs = np.percentile(sims, [5, 25, 50, 75, 95], axis=1)
-    if dates is not None:
-        hist_x: Any = dates[-history:]
-        fut_x: Any = pd.bdate_range(dates[-1], periods=horizon + 1)
-        fan = figure(
-            title="simulated fan (5-25-50-75-95 %)",
-            x_axis_type="datetime",
-            width=width,
-            height=height,
-            tools="pan,wheel_zoom,reset,save",
-        )
-    else:
-        hist_x = np.arange(p.size - hist_p.size, p.size)
-        fut_x = np.arange(p.size - 1, p.size + horizon)
-        fan = figure(
-            title="simulated fan (5-25-50-75-95 %)",
-            width=width,
-            height=height,
-            tools="pan,wheel_zoom,reset,save",
-        )
-    fan.line(hist_x, hist_p, color="#222222", legend_label="history")
-    fan_src = ColumnDataSource(
-        {"x": fut_x, "q05": qs[0], "q25": qs[1], "q50": qs[2], "q75": qs[3], "q95": qs[4]}
-    )
-    fan.add_layout(
-        Band(
-            base="x",
-            lower="q05",
-            upper="q95",
-            source=fan_src,
-            fill_color="#1f77b4",
-            fill_alpha=0.15,
-            line_width=0,
-        )
-    )
-    fan.add_layout(
-        Band(
-            base="x",
-            lower="q25",
-            upper="q75",
-            source=fan_src,
-            fill_color="#1f77b4",
-            fill_alpha=0.3,
-            line_width=0,
-        )
-    )
-    fan.line("x", "q50", source=fan_src, color="#1f77b4", line_width=2, legend_label="median")
-    fan.legend.location = "top_left"
-    fan.legend.label_text_font_size = "8pt"
-    return gridplot([[hist_fig, qq], [acf_fig, fan]], toolbar_location="right")
 
 
 def _server_symbols(server: Any) -> list[str]:
@@ -396,7 +162,8 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
     model
         Initially selected model key (see :data:`MODEL_CHOICES`).
     years
-        Fit on the last ``years`` years of history (0: all of it).
+        Initial date range: the last ``years`` years of the data (0: all of it). The
+        start and end date pickers change it.
 
     Attributes
     ----------
@@ -404,6 +171,10 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
         The last :class:`~quoteflow.models.FitResult` (``None`` before the first fit).
     prices
         The price series of the last fit.
+    start_date, end_date
+        The date pickers (``None``: from the first / to the last price).
+    download
+        HTML link that downloads the last fit as JSON (``FitResult.to_dict()``).
     """
 
     def __init__(
@@ -411,11 +182,11 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
     ) -> None:
         from quoteflow.data import TICKERS
 
-        load_bokehjs()
         self.server = server
         self.result: Any = None
         self.prices: pd.Series | None = None
         self._uploaded: pd.Series | None = None
+        self._years = int(years)
         self.source_picker = widgets.Dropdown(
             options=list(TICKERS), value=ticker.upper(), description="data"
         )
@@ -426,21 +197,26 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
         self.model_picker = widgets.Dropdown(
             options=list(MODEL_CHOICES.items()), value=model, description="model"
         )
-        self.years = widgets.BoundedIntText(
-            value=years, min=0, max=50, description="years", layout=widgets.Layout(width="160px")
+        self.start_date = widgets.DatePicker(
+            description="from", layout=widgets.Layout(width="230px")
         )
+        self.end_date = widgets.DatePicker(description="to", layout=widgets.Layout(width="230px"))
         self.fit_button = widgets.Button(description="fit", button_style="primary", icon="cogs")
         self.fit_button.on_click(lambda _b: self.fit())
         self.upload.observe(self._on_upload, names="value")
+        self.source_picker.observe(lambda _c: self._reset_dates(), names="value")
         self.message = widgets.HTML()
         self.table = widgets.HTML()
-        self.plots = widgets.Box()
-        self._plot_widget: EchoFreeBokehModel | None = None
+        self.tests = widgets.HTML()
+        self.download = widgets.HTML()
+        self.plots = widgets.HTML()
         children: list[Any] = [
             widgets.HBox([self.source_picker, self.upload, self.column]),
-            widgets.HBox([self.model_picker, self.years, self.fit_button]),
+            widgets.HBox([self.start_date, self.end_date]),
+            widgets.HBox([self.model_picker, self.fit_button, self.download]),
             self.message,
             self.table,
+            self.tests,
             self.plots,
         ]
         self.symbol_picker = widgets.Dropdown(description="symbol", options=[])
@@ -460,8 +236,35 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             self.symbol_picker.options = symbols
             children.append(widgets.HBox([self.symbol_picker, self.push_button, self.push_message]))
         super().__init__(children=children)
+        self._reset_dates()
 
     # ------------------------------------------------------------------ data
+
+    def _all_prices(self) -> pd.Series:
+        from quoteflow.data import load
+
+        choice = str(self.source_picker.value)
+        if choice.startswith("upload: "):
+            if self._uploaded is None:
+                raise ValueError("no uploaded CSV; upload one first")
+            return self._uploaded
+        return load(choice)["adj_close"]
+
+    def _reset_dates(self) -> None:
+        """Date pickers to the default range of the selected data (the last ``years``)."""
+        try:
+            prices = self._all_prices()
+        except ValueError:
+            return
+        if not isinstance(prices.index, pd.DatetimeIndex) or prices.empty:
+            self.start_date.value = self.end_date.value = None
+            return
+        last = prices.index[-1]
+        first = prices.index[0]
+        if self._years > 0:
+            first = max(first, last - pd.DateOffset(years=self._years))
+        self.start_date.value = first.date()
+        self.end_date.value = last.date()
 
     def _on_upload(self, change: dict[str, Any]) -> None:
         files = change["new"]
@@ -482,6 +285,7 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             label,
         ]
         self.source_picker.value = label
+        self._reset_dates()
         self.message.value = f"read {len(self._uploaded)} prices from {html.escape(name)}"
 
     def _read_upload(self, name: str, content: bytes) -> pd.Series:
@@ -490,7 +294,11 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(name).name
             path.write_bytes(content)
-            return read_csv(path, column=self.column.value.strip() or None)
+            try:
+                return read_csv(path, column=self.column.value.strip() or None)
+            except ValueError as exc:
+                # The reader names the file it read, a temporary copy: name the user's.
+                raise ValueError(str(exc).replace(str(path), Path(name).name)) from None
 
     def load_csv(self, path: str | Path) -> pd.Series:
         """Use a CSV file from disk instead of an upload (same reader and errors)."""
@@ -501,19 +309,15 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
         return self._uploaded
 
     def _selected_prices(self) -> pd.Series:
-        from quoteflow.data import load
-
-        choice = str(self.source_picker.value)
-        if choice.startswith("upload: "):
-            if self._uploaded is None:
-                raise ValueError("no uploaded CSV; upload one first")
-            prices = self._uploaded
-        else:
-            prices = load(choice)["adj_close"]
-        years = int(self.years.value)
-        if years > 0 and isinstance(prices.index, pd.DatetimeIndex):
-            start = prices.index[-1] - pd.DateOffset(years=years)
-            prices = prices[prices.index >= start]
+        prices = self._all_prices()
+        if isinstance(prices.index, pd.DatetimeIndex):
+            start, end = self.start_date.value, self.end_date.value
+            if start is not None and end is not None and start > end:
+                raise ValueError(f"start date {start} is after end date {end}")
+            if start is not None:
+                prices = prices[prices.index >= pd.Timestamp(start)]
+            if end is not None:
+                prices = prices[prices.index < pd.Timestamp(end) + pd.Timedelta(days=1)]
         return prices
 
     # ------------------------------------------------------------------ actions
@@ -530,10 +334,14 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             self.model_picker.value = model
         key = str(self.model_picker.value)
         self.message.value = "fitting…"
+        self.push_message.value = ""  # "X now follows ..." was about the previous fit
         try:
             prices = self._selected_prices()
             result = fit_model(prices, key)
-            layout = diagnostics(result, prices)
+            layouts = [diagnostics(result, prices)]
+            if result.model.name == "garch":
+                layouts.append(volatility_diagnostics(result, prices))
+            tests = residual_tests(result, prices)
         except (ValueError, ArithmeticError, RuntimeError) as exc:
             self.message.value = f"<span style='color:#c62828'>{html.escape(str(exc))}</span>"
             return None
@@ -542,13 +350,42 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             f"{html.escape(str(self.source_picker.value))}: {len(prices)} prices"
             f" from {prices.index[0]!s:.10} to {prices.index[-1]!s:.10}"
         )
-        self.table.value = result._repr_html_()
-        if self._plot_widget is not None:
-            self._plot_widget.close()
-        self._plot_widget = EchoFreeBokehModel(layout)
-        self.plots.children = [self._plot_widget]
+        self.table.value = parameter_table_html(result)
+        self.tests.value = tests_table_html(tests)
+        self.plots.value = "".join(
+            static_figure(layout, title=f"{model_label(result)} diagnostics")._repr_html_()
+            for layout in layouts
+        )
+        self.download.value = self._download_link()
         self.push_button.disabled = self.server is None
+        ticker = str(self.source_picker.value)
+        if ticker in self.symbol_picker.options:
+            self.symbol_picker.value = ticker  # push to the data's own symbol by default
         return result
+
+    def export(self) -> dict[str, Any]:
+        """The last fit as a JSON-safe dict (``FitResult.to_dict()`` plus the data's range)."""
+        if self.result is None or self.prices is None:
+            raise ValueError("nothing fitted yet: call fit() first")
+        out: dict[str, Any] = dict(self.result.to_dict())
+        out["label"] = model_label(self.result)
+        out["data"] = {
+            "source": str(self.source_picker.value),
+            "start": str(self.prices.index[0])[:10],
+            "end": str(self.prices.index[-1])[:10],
+            "prices": len(self.prices),
+        }
+        return out
+
+    def _download_link(self) -> str:
+        body = json.dumps(self.export(), indent=2).encode()
+        data = base64.b64encode(body).decode()
+        source = str(self.source_picker.value).removeprefix("upload: ").replace(" ", "_")
+        name = f"{Path(source).stem}-{self.model_picker.value}-{dt.date.today():%Y%m%d}.json"
+        return (
+            f"<a download='{html.escape(name, quote=True)}' "
+            f"href='data:application/json;base64,{data}'>&#11015; download fit (JSON)</a>"
+        )
 
     def push(self, symbol: str | None = None) -> Any:
         """Push the last fitted model to the server for ``symbol`` (default: the picker's)."""
@@ -569,16 +406,9 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             self.push_message.value = f"<span style='color:#c62828'>{html.escape(str(exc))}</span>"
             raise
         self.push_message.value = (
-            f"{html.escape(str(target))} now follows "
-            f"{html.escape(type(self.result.model).__name__)}"
+            f"{html.escape(str(target))} now follows {html.escape(model_label(self.result))}"
         )
         return answer
-
-    def close(self) -> None:
-        """Close the panel and its plots."""
-        if self._plot_widget is not None:
-            self._plot_widget.close()
-        super().close()
 
 
 def calibrate_widget(server: Any = None, **kwargs: Any) -> CalibrationPanel:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import inspect
 import json
@@ -29,21 +30,30 @@ from datetime import datetime
 from typing import Any, Literal
 
 import ipywidgets as widgets
-from bokeh.layouts import column
-from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter
-from bokeh.models.annotations.labels import Title
-from bokeh.plotting import figure
+from bokeh.models import ColumnDataSource
+from bokeh.models.annotations.geometry import Span
+from bokeh.models.annotations.labels import Label, Title
 
 from quoteflow.notebook._bokeh import EchoFreeBokehModel, load_bokehjs
+from quoteflow.notebook._chart_figures import (
+    OVERLAY_COLUMNS,
+    overlay_figure,
+    price_volume_figures,
+    time_axis_label,
+)
 
-__all__ = ["ChartKind", "LiveChart"]
+__all__ = ["ChartKind", "ChartView", "LiveChart", "running_charts"]
+
+#: Charts by key (see ``LiveChart(key=...)``): creating a chart under a key that is taken
+#: closes the chart that had it, so re-running a chart cell leaves one chart, not two.
+_chart_registry: dict[str, LiveChart] = {}
 
 ChartKind = Literal["line", "candles"]
 
 _UP = "#26a69a"
 _DOWN = "#ef5350"
-_LINE = "#1f77b4"
-_VOLUME = "#9e9e9e"
+
+ChartView = Literal["single", "overlay"]
 
 #: Columns of the data source per chart kind (times are epoch milliseconds, UTC).
 _COLUMNS: dict[str, tuple[str, ...]] = {
@@ -66,6 +76,45 @@ def _stream_url(url: Any) -> str:
     if base.rstrip("/").endswith("/stream"):
         return base
     return base.rstrip("/") + "/stream"
+
+
+#: The request being executed and how many charts it has created so far.
+_request_count: dict[str, int] = {}
+
+
+def _cell_key() -> str | None:
+    """``<cell>#<n>``: the executing cell and this chart's rank among the charts it made.
+
+    The cell is JupyterLab's ``cellId`` or, for frontends that send none (nbclient, the
+    console), a hash of the cell's code, so running the same code again is a re-run. The
+    rank tells apart several charts made by one cell, the same way on every re-run.
+    """
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipywidgets
+        return None
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None or not hasattr(kernel, "get_parent"):
+        return None
+    with contextlib.suppress(Exception):
+        parent = kernel.get_parent()
+        request = str(parent.get("header", {}).get("msg_id", ""))
+        cell = parent.get("metadata", {}).get("cellId")
+        if not cell:
+            code = str(parent.get("content", {}).get("code", ""))
+            cell = "code-" + hashlib.sha1(code.encode()).hexdigest()[:12] if code else None
+        if cell is None:
+            return None
+        if request not in _request_count:
+            _request_count.clear()  # a new request: older counts are no longer needed
+        rank = _request_count[request] = _request_count.get(request, 0) + 1
+        return f"{cell}#{rank}"
+    return None
+
+
+def running_charts() -> list[LiveChart]:
+    """The registered charts that are connected or trying to connect (one per key)."""
+    return [c for c in _chart_registry.values() if c.running]
 
 
 @dataclass
@@ -111,11 +160,29 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
     interval
         Seconds between redraws; events arriving in between are sent in one batch.
     title
-        Chart title; default: the URL.
+        What the chart shows, after the symbol in its title (default: "ticks" or "bars").
     width, height
         Size of the price panel in pixels (the volume panel is a third of ``height``).
+    view
+        ``"single"``: one symbol at a time, picked from the dropdown; ``"overlay"``
+        (``kind="line"`` only): every symbol at once, each normalised to 100 at its
+        first tick, so that symbols of different price levels can be compared.
+    unit
+        Price unit for the axis label.
+    volume
+        Show the volume panel below the price panel (``view="single"``).
+    span
+        Seconds of time shown, trailing the latest event (``None``: the whole window).
+        Give a tick chart and a bar chart of the same feed the same span and their time
+        axes show the same stretch of time.
     autostart
         Connect immediately (default). Otherwise call :meth:`start`.
+    key
+        Registry key: creating a chart under a key already in use closes the chart that
+        had it. Default: the executing notebook cell's id and the chart's rank among the
+        charts that cell creates, so re-running a cell replaces its charts (and several
+        charts in one cell keep each other). Outside a notebook cell with no ``key``:
+        not registered.
     **client_options
         Passed to :func:`quoteflow.client.stream` (e.g. ``token``, ``heartbeat_timeout``).
 
@@ -147,15 +214,34 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         width: int = 760,
         height: int = 300,
         autostart: bool = True,
+        key: str | None = None,
+        view: ChartView = "single",
+        unit: str = "USD",
+        volume: bool = True,
+        span: float | None = None,
         **client_options: Any,
     ) -> None:
         if kind not in _COLUMNS:
             raise ValueError(f"kind must be 'line' or 'candles', got {kind!r}")
+        if view not in ("single", "overlay"):
+            raise ValueError(f"view must be 'single' or 'overlay', got {view!r}")
+        if view == "overlay" and (kind != "line" or not symbols):
+            raise ValueError("view='overlay' needs kind='line' and the symbols to overlay")
         if int(window) < 2:
             raise ValueError(f"window must be at least 2 points, got {window!r}")
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.url = _stream_url(url)
+        self.view: ChartView = view
+        self.unit = unit
+        self._volume = bool(volume)
+        self.span = None if span is None else float(span)
+        self._market = getattr(url, "market", None)
+        #: (epoch ms, label) of every :meth:`mark`.
+        self.marks: list[tuple[float, str]] = []
+        # A server handle is followed by name: re-running its cell (a new server under
+        # the same name, possibly elsewhere) moves the chart to the new one.
+        self._server_name: str | None = getattr(url, "name", None) if hasattr(url, "url") else None
         self.kind: ChartKind = kind
         self.window = int(window)
         self.interval = float(interval)
@@ -181,6 +267,13 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         empty: dict[str, Any] = {c: [] for c in cols}
         self.source = ColumnDataSource(empty)
         self._live = ColumnDataSource(self._forming_columns(None))
+        self._overlay: dict[str, ColumnDataSource] = {}
+        self._first_price: dict[str, float] = {}
+        if view == "overlay":
+            self._overlay = {
+                s: ColumnDataSource({c: [] for c in OVERLAY_COLUMNS}) for s in self.symbols or []
+            }
+            self.source = next(iter(self._overlay.values()))
         self._rate = _Rate()
         self.events_received = 0
         self.last_latency_ms: float | None = None
@@ -204,7 +297,8 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             options=initial,
             value=initial[0] if initial else None,
             description="symbol",
-            layout=widgets.Layout(width="200px"),
+            # The overlay shows every symbol: nothing to pick.
+            layout=widgets.Layout(width="200px", display="none" if view == "overlay" else None),
         )
         self.picker.observe(self._on_pick, names="value")
         self.pause_button = widgets.ToggleButton(
@@ -214,9 +308,19 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self.status = widgets.HTML(value="")
         controls = widgets.HBox([self.picker, self.pause_button, self.status])
         super().__init__(children=[controls, self.plot])
+        self.add_class("quoteflow-livechart")  # how tests and styles find a live chart
         self._update_status(force=True)
+        self.key = key if key is not None else self._default_key()
+        if self.key is not None:
+            previous = _chart_registry.pop(self.key, None)
+            if previous is not None and previous is not self:
+                previous.close()
+            _chart_registry[self.key] = self
         if autostart:
             self.start()
+
+    def _default_key(self) -> str | None:
+        return _cell_key()
 
     # ------------------------------------------------------------------ figures
 
@@ -243,67 +347,102 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         }
 
     def _title_text(self, symbol: str | None) -> str:
-        what = "ticks" if self.kind == "line" else "bars"
-        head = self._title or f"{what} from {self.url}"
+        what = "last price and bid/ask, ticks" if self.kind == "line" else "OHLC bars"
+        head = self._title or what
+        if self.view == "overlay":
+            return f"{', '.join(self.symbols or [])} · {head}, normalised to 100"
         return f"{symbol} · {head}" if symbol else head
 
     def _build_figures(self, title: str, width: int, height: int) -> Any:
-        price = figure(
+        layout, self._price_fig = self._make_layout(
+            self.source, self._live, self._overlay, title, width, height
+        )
+        return layout
+
+    def _make_layout(
+        self,
+        source: ColumnDataSource,
+        live: ColumnDataSource,
+        overlay: dict[str, ColumnDataSource],
+        title: str,
+        width: int,
+        height: int,
+    ) -> tuple[Any, Any]:
+        """(layout, price figure) of this chart's view over the given sources."""
+        time_label = time_axis_label(self._market)
+        if self.view == "overlay":
+            fig = overlay_figure(
+                overlay, title=title, width=width, height=height, time_label=time_label,
+                span=self.span,
+            )  # fmt: skip
+            return fig, fig
+        return price_volume_figures(
+            self.kind,
+            source,
+            live,
             title=title,
-            x_axis_type="datetime",
             width=width,
             height=height,
-            tools="pan,wheel_zoom,box_zoom,reset,save",
-            toolbar_location="right",
+            unit=self.unit,
+            time_label=time_label,
+            volume=self._volume,
+            span=self.span,
         )
-        price.yaxis.formatter = NumeralTickFormatter(format="0,0.00")
-        vol = figure(
-            x_axis_type="datetime",
-            x_range=price.x_range,
-            width=width,
-            height=max(80, height // 3),
-            tools="",
-            toolbar_location=None,
-        )
-        vol.yaxis.formatter = NumeralTickFormatter(format="0a")
-        src = self.source
-        if self.kind == "line":
-            price.varea(x="x", y1="bid", y2="ask", source=src, fill_alpha=0.2, fill_color=_LINE)
-            line = price.line(x="x", y="price", source=src, line_width=2, color=_LINE)
-            price.add_tools(
-                HoverTool(
-                    renderers=[line],
-                    tooltips=[
-                        ("time", "@x{%H:%M:%S.%3N}"),
-                        ("price", "@price{0,0.00}"),
-                        ("bid", "@bid{0,0.00}"),
-                        ("ask", "@ask{0,0.00}"),
-                    ],
-                    formatters={"@x": "datetime"},
-                    mode="vline",
-                )
+
+    def prices(self, symbol: str | None = None) -> list[tuple[float, float]]:
+        """``(epoch ms, price)`` of the points kept for ``symbol`` (default: the shown one).
+
+        Tick charts give last prices, candle charts bar closes; at most ``window`` points.
+        """
+        symbol = symbol or self.symbol
+        rows = self._history.get(symbol or "", ())
+        col = 1 if self.kind == "line" else 4
+        return [(float(r[0]), float(r[col])) for r in rows]
+
+    def snapshot(self, title: str | None = None) -> Any:
+        """A static copy of the chart as it is now (survives save/reopen and HTML export).
+
+        Returns
+        -------
+        StaticFigure
+            Display it as a cell's value; it needs neither the kernel nor the internet.
+        """
+        from quoteflow.notebook.static import static_figure
+
+        sources = {}
+        for symbol in self._overlay:
+            rows = list(self._history.get(symbol, ()))
+            first = self._first_price.get(symbol, rows[0][1] if rows else 1.0)
+            sources[symbol] = ColumnDataSource(
+                {
+                    "x": [r[0] for r in rows],
+                    "y": [100.0 * r[1] / first for r in rows],
+                    "price": [r[1] for r in rows],
+                }
             )
-            vol.vbar(x="x", top="volume", width="w", source=src, color=_VOLUME)
-        else:
-            for s, alpha in ((src, 1.0), (self._live, 0.5)):
-                price.segment(
-                    x0="x", y0="high", x1="x", y1="low", source=s, color="color", line_alpha=alpha
-                )
-                price.vbar(
-                    x="x",
-                    top="open",
-                    bottom="close",
-                    width="w",
-                    source=s,
-                    fill_color="color",
-                    line_color="color",
-                    fill_alpha=alpha,
-                    line_alpha=alpha,
-                )
-            vol.vbar(x="x", top="volume", width="w", source=src, color=_VOLUME)
-        vol.yaxis.axis_label = "volume"
-        self._price_fig = price
-        return column(price, vol)
+        shown = self.symbol or ""
+        layout, fig = self._make_layout(
+            ColumnDataSource(self._columns(self._history.get(shown, ()))),
+            ColumnDataSource(self._forming_columns(self._forming.get(shown))),
+            sources,
+            self._price_fig.title.text,
+            self._price_fig.width,
+            self._price_fig.height,
+        )
+        for x, label in self.marks:
+            _draw_mark(fig, x, label)
+        return static_figure(layout, title=title or f"snapshot: {self._price_fig.title.text}")
+
+    def mark(self, label: str, color: str = "#ff8f00") -> None:
+        """Draw a vertical line at the time of the latest event, labelled ``label``.
+
+        Use it where something changed (a slider moved a parameter): the chart shows
+        where the stream should start to look different. Kernel loop only (a cell or a
+        widget callback).
+        """
+        x = max(self._last_x.values(), default=time.time() * 1000.0)
+        _draw_mark(self._price_fig, x, label, color)
+        self.marks.append((x, label))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -353,12 +492,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if not self._running:
             return
         self._running = False
-        client, self._client = self._client, None
-        self._reconnects_base += int(getattr(client, "reconnects", 0) or 0)
-        if client is not None and hasattr(client, "close"):
-            result = client.close()
-            if inspect.isawaitable(result) and self._loop is not None:
-                self._loop.create_task(_await(result))
+        self._drop_client()
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -371,6 +505,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             return
         self.stop()
         self._closed = True
+        key = getattr(self, "key", None)
+        if key is not None and _chart_registry.get(key) is self:
+            del _chart_registry[key]
         parts = [getattr(self, n, None) for n in ("plot", "picker", "pause_button", "status")]
         for w in (*parts, *self.children):
             if w is None:
@@ -437,10 +574,36 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             self._running = False
             self._update_status(force=True)
 
+    def _drop_client(self, reconnect: bool = False) -> None:
+        """Close the SSE client, keeping its reconnect count (plus one for a move)."""
+        client, self._client = self._client, None
+        self._reconnects_base += int(getattr(client, "reconnects", 0) or 0) + int(reconnect)
+        if client is not None and hasattr(client, "close"):
+            result = client.close()
+            if inspect.isawaitable(result) and self._loop is not None:
+                self._loop.create_task(_await(result))
+
+    def _follow_server(self) -> None:
+        """Reconnect to the server now registered under our server's name, if it moved."""
+        if self._server_name is None:
+            return
+        from quoteflow.notebook.server import running_servers
+
+        current = running_servers().get(self._server_name)
+        if current is None or _stream_url(current) == self.url:
+            return
+        self.url = _stream_url(current)
+        receiver = self._tasks[0] if self._tasks else None
+        self._drop_client(reconnect=True)
+        if receiver is not None and self._loop is not None:
+            receiver.cancel()
+            self._tasks[0] = self._loop.create_task(self._receive())
+
     async def _redraw_loop(self) -> None:
         while self._running:
             await asyncio.sleep(self.interval)
             try:
+                self._follow_server()
                 self._flush()
                 self._update_status()
             except Exception as exc:  # keep drawing; say what went wrong
@@ -551,6 +714,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         """Send what arrived since the last flush to the browser (kernel loop only)."""
         if self._paused or self._closed:
             return
+        if self.view == "overlay":
+            self._flush_overlay()
+            return
         symbol = self.symbol
         if symbol is None:
             return
@@ -567,9 +733,26 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             new = self._forming_columns(self._forming.get(symbol))
             self._live.patch({k: [(0, v[0])] for k, v in new.items()})
 
+    def _flush_overlay(self) -> None:
+        for symbol, rows in self._pending.items():
+            src = self._overlay.get(symbol)
+            if not rows or src is None:
+                continue
+            self._pending[symbol] = []
+            rows = rows[-self.window :]
+            first = self._first_price.setdefault(symbol, float(rows[0][1]))
+            src.stream(
+                {
+                    "x": [r[0] for r in rows],
+                    "y": [100.0 * r[1] / first for r in rows],
+                    "price": [r[1] for r in rows],
+                },
+                rollover=self.window,
+            )
+
     def _on_pick(self, change: dict[str, Any]) -> None:
         symbol = change["new"]
-        if symbol is None:
+        if symbol is None or self.view == "overlay":
             return
         # Replace, not stream: the new symbol's history is drawn in one go.
         self.source.data = self._columns(self._history.get(symbol, ()))
@@ -596,7 +779,8 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         """Counters shown in the status line, as a dict."""
         client = self._client
         now = time.time()
-        rate = self._rate.value(now)
+        # A stopped chart receives nothing: its rate is 0, not the last one measured.
+        rate = self._rate.value(now) if self._running else 0.0
         connected = getattr(client, "connected", None)
         if connected is None:  # a client without the flag: judge by recent traffic
             connected = rate > 0
@@ -644,6 +828,22 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if text != self._status_text:
             self._status_text = text
             self.status.value = text
+
+
+def _draw_mark(fig: Any, x: float, label: str, color: str = "#ff8f00") -> None:
+    """A dashed vertical line at ``x`` (epoch ms) with ``label`` at its foot."""
+    fig.add_layout(Span(location=x, dimension="height", line_color=color, line_dash="dashed"))
+    fig.add_layout(
+        Label(
+            x=x,
+            y=4,
+            y_units="screen",
+            x_offset=3,
+            text=label,
+            text_font_size="8pt",
+            text_color=color,
+        )
+    )
 
 
 async def _await(awaitable: Any) -> None:

@@ -191,6 +191,8 @@ def serve_in_background(
     Works inside a running Jupyter kernel (the server has its own thread and event
     loop, so cells that block do not stall it). Calling it again with the same ``name``
     (re-running the cell) stops the previous server first: no leaked servers or ports.
+    With ``port=0`` the new server takes the previous one's port again, so clients and
+    :class:`~quoteflow.notebook.LiveChart` views of it reconnect to the new server.
 
     Parameters
     ----------
@@ -223,14 +225,24 @@ def serve_in_background(
     """
     with _registry_lock:
         previous = _registry.pop(name, None)
+    # Re-running the cell keeps the address: charts and clients of the old server
+    # reconnect to the new one by themselves (``port=0`` only; a given port is a given).
+    keep = previous.port if previous is not None and port == 0 and previous.host == host else 0
     if previous is not None:
         previous.stop()
     if market is None:
         from quoteflow.market import Market
 
         market = Market.default(seed=seed)
-    handle = BackgroundServer(market, host=host, port=port, name=name, **options)
-    handle.start(timeout=timeout)
+    handle = BackgroundServer(market, host=host, port=keep or port, name=name, **options)
+    try:
+        handle.start(timeout=timeout)
+    except QuoteflowError:
+        if not keep:
+            raise
+        # Someone else took the old port meanwhile: any free one (charts follow by name).
+        handle = BackgroundServer(market, host=host, port=0, name=name, **options)
+        handle.start(timeout=timeout)
     with _registry_lock:
         _registry[name] = handle
     return handle

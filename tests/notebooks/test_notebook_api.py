@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from quoteflow.notebook import (
     CalibrationPanel,
     EchoFreeBokehModel,
     LiveChart,
+    running_charts,
     running_servers,
     serve_in_background,
     stop_all,
@@ -78,18 +80,24 @@ def _no_leaked_servers() -> Iterator[None]:
 # ------------------------------------------------------------------ server handle
 
 
-def test_rerunning_the_cell_leaves_exactly_one_server() -> None:
+def test_rerunning_the_cell_leaves_exactly_one_server_on_the_same_port() -> None:
     first = serve_in_background(_market(), name="cell")
     p1 = first.port
     assert p1 > 0 and _listening(p1)
     second = serve_in_background(_market(seed=2), name="cell")
-    p2 = second.port
     assert not first.running
-    assert not _listening(p1), "the first server's port is still open"
-    assert _listening(p2)
+    # The same address again, so that charts and clients of the first reconnect.
+    assert second.port == p1 and _listening(p1)
     assert running_servers() == {"cell": second}
     second.stop()
-    assert not _listening(p2)
+    assert not _listening(p1)
+
+
+def test_rerun_with_an_explicit_port_takes_that_port() -> None:
+    first = serve_in_background(_market(), name="cell")
+    other = free_port()
+    second = serve_in_background(_market(), port=other, name="cell")
+    assert not first.running and second.port == other and not _listening(first.port)
 
 
 def test_stop_frees_the_port_and_is_idempotent() -> None:
@@ -322,6 +330,146 @@ def test_bad_arguments_are_refused() -> None:
         LiveChart("http://x", window=1, autostart=False)
 
 
+def test_a_chart_under_a_taken_key_closes_the_previous_one() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="keys")
+        first = LiveChart(server, symbols="AAA", interval=0.05, key="cell-1")
+        other = LiveChart(server, symbols="AAA", interval=0.05, key="cell-2")
+        try:
+            await _until(lambda: first.events_received > 0, what="first chart's events")
+            second = LiveChart(server, symbols="AAA", interval=0.05, key="cell-1")
+            assert not first.running and first._closed
+            assert set(running_charts()) == {other, second}
+            await _until(lambda: second.events_received > 0, what="second chart's events")
+            second.close()
+            assert set(running_charts()) == {other}
+        finally:
+            for chart in list(running_charts()):
+                chart.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+def test_stopped_chart_reports_zero_events_per_second() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="rate")
+        chart = LiveChart(server, symbols="AAA", interval=0.05)
+        try:
+            await _until(lambda: chart.stats()["events_per_second"] > 0, what="a rate")
+            chart.stop()
+            assert chart.stats()["events_per_second"] == 0.0
+            assert " 0.0 events/s" in chart.status.value
+        finally:
+            chart.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+def test_chart_follows_a_server_restarted_elsewhere_under_its_name() -> None:
+    async def main() -> None:
+        server = serve_in_background(_market(), name="moving")
+        chart = LiveChart(server, symbols="AAA", interval=0.05)
+        try:
+            await _until(lambda: chart.events_received > 0, what="events")
+            moved = serve_in_background(_market(seed=5), port=free_port(), name="moving")
+            assert moved.port != server.port and not _listening(server.port)
+            await _until(lambda: chart.url == moved.stream_url, what="the chart to move")
+            before = chart.events_received
+            await _until(
+                lambda: chart.stats()["connected"] and chart.events_received > before + 3,
+                what="events from the new server",
+            )
+        finally:
+            chart.close()
+            stop_all()
+
+    asyncio.run(main())
+
+
+def test_chart_is_labelled_and_says_when_time_is_simulated() -> None:
+    server = serve_in_background(_market(), name="labels")
+    try:
+        chart = LiveChart(server, symbols=["AAA", "BBB"], autostart=False)
+        price, vol = chart._layout.children
+        assert price.title.text.startswith("AAA · ")
+        assert "http" not in price.title.text  # the symbol, not the URL
+        assert price.yaxis[0].axis_label == "price (USD)"
+        assert "SIMULATED" in vol.xaxis[0].axis_label
+        assert vol.yaxis[0].axis_label == "shares"
+        assert vol.x_range is price.x_range
+        assert {item.label["value"] for item in price.legend[0].items} == {"last", "bid/ask"}
+        candles = LiveChart(server, kind="candles", symbols="AAA", autostart=False)
+        cprice = candles._layout.children[0]
+        hover = [t for t in cprice.tools if type(t).__name__ == "HoverTool"]
+        assert hover and "@close" in str(hover[0].tooltips)
+        # The same span: tick and bar charts show the same trailing stretch of time.
+        ticks = LiveChart(server, symbols="AAA", span=60, autostart=False)
+        bars = LiveChart(server, kind="candles", symbols="AAA", span=60, autostart=False)
+        for c in (ticks, bars):
+            rng = c._price_fig.x_range
+            assert (rng.follow, rng.follow_interval) == ("end", 60_000.0)
+            c.close()
+        plain = LiveChart("http://127.0.0.1:1", symbols="AAA", autostart=False, volume=False)
+        assert plain._layout.xaxis[0].axis_label == "time (UTC)"
+        for c in (chart, candles, plain):
+            c.close()
+    finally:
+        server.stop()
+
+
+def test_overlay_normalises_every_symbol_to_its_first_price_and_snapshots() -> None:
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA", "BBB"], view="overlay", autostart=False)
+    try:
+        for i in range(5):
+            chart._on_event("tick", _tick("AAA", i))  # 100, 101, ...
+            chart._on_event("tick", _tick("BBB", i))
+        chart._flush()
+        ys = chart._overlay["AAA"].data["y"]
+        assert ys[0] == 100.0 and ys[-1] == pytest.approx(104.0)
+        assert len(chart._overlay["BBB"].data["x"]) == 5
+        chart.mark("sigma up")
+        assert chart.marks and chart.marks[0][1] == "sigma up"
+        snap = chart.snapshot()
+        assert "sigma up" in snap.html and "Bokeh.embed" in snap.html
+        assert chart.prices("BBB")[-1][1] == 104.0
+    finally:
+        chart.close()
+    with pytest.raises(ValueError, match="overlay"):
+        LiveChart("http://x", view="overlay", autostart=False)
+
+
+def test_monitor_reads_realised_volatility_and_correlation_of_the_stream() -> None:
+    from quoteflow.notebook import StreamMonitor
+    from quoteflow.notebook.monitor import realised_volatility
+
+    rng = np.random.default_rng(3)
+    dt = 0.1 / 252
+    z = rng.standard_normal((2000, 2)) @ np.linalg.cholesky([[1, 0.6], [0.6, 1]]).T
+    a = 100 * np.exp(np.cumsum(0.3 * np.sqrt(dt) * z[:, 0]))
+    b = 50 * np.exp(np.cumsum(0.3 * np.sqrt(dt) * z[:, 1]))
+    assert realised_volatility(a, dt) == pytest.approx(0.3, rel=0.05)
+    market = Market(
+        {"AAA": GBM(mu=0.0, sigma=0.3), "BBB": GBM(mu=0.0, sigma=0.3)},
+        correlation={("AAA", "BBB"): 0.6},
+        tick_interval=0.1,
+    )
+    chart = LiveChart("http://127.0.0.1:1", symbols=["AAA", "BBB"], window=3000, autostart=False)
+    try:
+        for i, (pa, pb) in enumerate(zip(a, b, strict=True)):
+            for sym, p in (("AAA", pa), ("BBB", pb)):
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_700_000_000 + i))
+                chart._on_event("tick", json.dumps({"symbol": sym, "price": p, "ts": ts + ".000Z"}))
+        monitor = StreamMonitor(chart, market, ["AAA", "BBB"], window=1000)
+        assert monitor.correlation == pytest.approx(0.6, abs=0.08)
+        assert "realised σ <b>0.3" in monitor.readouts["AAA"].value
+        assert "target 0.60" in monitor.figure.title.text
+        monitor.stop()
+    finally:
+        chart.close()
+
+
 # ------------------------------------------------------------------ calibration
 
 
@@ -330,10 +478,66 @@ def test_panel_fits_and_pushes_to_a_market() -> None:
     panel = CalibrationPanel(market, ticker="MSFT", model="gbm", years=3)
     result = panel.fit()
     assert result is not None, panel.message.value
-    assert "mu" in panel.table.value and isinstance(panel.plots.children[0], EchoFreeBokehModel)
-    panel.push("MSFT")
+    assert "mu" in panel.table.value and "<iframe" in panel.plots.value
+    assert panel.symbol_picker.value == "MSFT"  # the push target defaults to the data's ticker
+    panel.push()
     assert market.model("MSFT") == result.model
+    assert "now follows" in panel.push_message.value
+    panel.fit("gbm")
+    assert panel.push_message.value == "", "the message was about the previous fit"
     panel.close()
+
+
+def test_panel_dates_pick_the_range_and_export_the_fit() -> None:
+    import base64
+    import datetime as dt
+
+    panel = CalibrationPanel(ticker="IBM", model="garch-normal", years=5)
+    assert panel.end_date.value is not None and panel.start_date.value is not None
+    assert 4.9 < (panel.end_date.value - panel.start_date.value).days / 365.25 < 5.1
+    panel.start_date.value = dt.date(2008, 1, 1)
+    panel.end_date.value = dt.date(2010, 12, 31)
+    result = panel.fit()
+    assert result is not None, panel.message.value
+    assert panel.prices is not None
+    assert str(panel.prices.index[0])[:4] == "2008" and str(panel.prices.index[-1])[:4] == "2010"
+    exported = panel.export()
+    assert exported["params"] == result.to_dict()["params"]
+    assert exported["label"] == "GARCH(1,1)-normal"
+    assert exported["data"]["start"].startswith("2008-01")
+    link = panel.download.value
+    payload = link.split("base64,", 1)[1].split("'", 1)[0]
+    assert json.loads(base64.b64decode(payload)) == json.loads(json.dumps(exported))
+    assert "download='IBM-garch-normal-" in link
+    for label in ("t", "p-value", "95% CI", "Ljung-Box", "ARCH-LM", "Jarque-Bera"):
+        assert label in panel.table.value + panel.tests.value, label
+    panel.end_date.value = dt.date(2007, 1, 1)
+    assert panel.fit() is None and "after end date" in panel.message.value
+    panel.close()
+
+
+def test_panel_csv_error_names_the_users_file_not_a_temp_copy(tmp_path: Path) -> None:
+    bad = tmp_path / "my_prices.csv"
+    bad.write_text("Date,Close\n")
+    panel = CalibrationPanel()
+    with pytest.raises(ValueError, match="my_prices.csv") as info:
+        panel.load_csv(bad)
+    # The reader read a temporary copy; the message must not send the user looking there.
+    for text in (str(info.value), panel.message.value):
+        assert not re.search(r"/\S*my_prices\.csv", text), text
+    panel.close()
+
+
+def test_noisy_drift_gets_a_note() -> None:
+    from quoteflow.data import load
+    from quoteflow.notebook.diagnostics import parameter_table_html
+
+    prices = load("MSFT")["adj_close"].iloc[-756:]
+    fit = GBM.fit(prices)
+    assert abs(fit.params["mu"]) < 2 * fit.std_err["mu"]  # three years: drift is noise
+    assert "too noisy" in parameter_table_html(fit)
+    # Right-aligned numbers.
+    assert "text-align:right" in parameter_table_html(fit)
 
 
 def test_panel_pushes_over_http(tmp_path: Path) -> None:
@@ -376,3 +580,88 @@ def test_diagnostics_layout_and_residuals() -> None:
     assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.05
     layout = diagnostics(fit, prices, n_paths=50)
     assert len(layout.children) == 4
+
+
+def _figures(layout: Any) -> dict[str, Any]:
+    return {child.title.text.split(":")[0].split(" (")[0]: child for child, *_ in layout.children}
+
+
+def test_fan_chart_range_holds_its_outer_band_and_acf_its_confidence_band() -> None:
+    from quoteflow.data import load
+
+    prices = load("AAPL")["adj_close"].iloc[-1260:]
+    fit = GBM.fit(prices)
+    figs = _figures(diagnostics(fit, prices, n_paths=200))
+    fan = figs["simulated fan"]
+    band = next(r for r in fan.center if type(r).__name__ == "Band" and r.upper == "q95")
+    q95, q05 = max(band.source.data["q95"]), min(band.source.data["q05"])
+    assert fan.y_range.start <= q05 and fan.y_range.end >= q95
+    acf_fig = figs["ACF of squared std. residuals"]
+    limit = 1.96 / np.sqrt(len(prices) - 1)
+    assert acf_fig.y_range.start < -limit and acf_fig.y_range.end > limit
+    # A model that explains the clustering leaves small bars: the band still shows.
+    z = np.random.default_rng(0).standard_normal(5000)
+    from quoteflow.notebook.diagnostics import _acf_figure
+
+    quiet = _acf_figure(z, 300, 200)
+    assert quiet.y_range.start < -1.96 / np.sqrt(5000) and quiet.y_range.end > 1.96 / np.sqrt(5000)
+
+
+def test_residual_tests_agree_with_statsmodels() -> None:
+    from statsmodels.stats.diagnostic import acorr_ljungbox, het_arch
+    from statsmodels.stats.stattools import jarque_bera as sm_jb
+
+    from quoteflow.data import load
+    from quoteflow.models import GARCH
+    from quoteflow.notebook.diagnostics import residual_tests
+
+    prices = load("AAPL")["adj_close"].iloc[-1000:]
+    fit = GARCH.fit(prices, dist="t")
+    z = standardized_residuals(fit, prices)
+    lb, lb2, lm, jb = residual_tests(fit, prices, lags=10, arch_lags=5)
+    ref = acorr_ljungbox(z, lags=[10])
+    assert lb.statistic == pytest.approx(float(ref["lb_stat"].iloc[0]), rel=1e-10)
+    assert lb.pvalue == pytest.approx(float(ref["lb_pvalue"].iloc[0]), rel=1e-8)
+    ref2 = acorr_ljungbox(z**2, lags=[10])
+    assert lb2.statistic == pytest.approx(float(ref2["lb_stat"].iloc[0]), rel=1e-10)
+    arch = het_arch(z, nlags=5, result_object=True)
+    assert lm.statistic == pytest.approx(arch.lm, rel=1e-8)
+    assert lm.pvalue == pytest.approx(arch.lmpval, rel=1e-6)
+    jb_stat, jb_p, _skew, _kurt = sm_jb(z)
+    assert jb.statistic == pytest.approx(jb_stat, rel=1e-10)
+    assert jb.pvalue == pytest.approx(jb_p, rel=1e-8, abs=1e-300)
+
+
+def test_labels_tell_garch_normal_from_garch_t_and_volatility_panels() -> None:
+    from quoteflow.data import load
+    from quoteflow.models import GARCH
+    from quoteflow.notebook.diagnostics import model_label, volatility_diagnostics
+
+    prices = load("MSFT")["adj_close"].iloc[-1000:]
+    normal, t = GARCH.fit(prices, dist="normal"), GARCH.fit(prices, dist="t")
+    assert model_label(normal) == "GARCH(1,1)-normal"
+    assert model_label(t).startswith("GARCH(1,1)-t (nu ")
+    titles = [f.title.text for f, *_ in diagnostics(t, prices, n_paths=20).children]
+    assert all("GARCH(1,1)-t" in s for s in titles if ":" in s)
+    left, right = volatility_diagnostics(t, prices).children
+    assert "annualised" in left.yaxis[0].axis_label
+    # The term structure converges on the unconditional volatility (percent per year).
+    term = right.renderers[0].data_source.data["y"]
+    assert (
+        abs(term[-1] - 100 * t.model.annual_volatility)
+        < abs(term[0] - 100 * t.model.annual_volatility) + 1e-9
+    )
+    with pytest.raises(ValueError, match="GARCH"):
+        volatility_diagnostics(GBM.fit(prices), prices)
+
+
+def test_static_figure_is_self_contained() -> None:
+    from quoteflow.data import load
+    from quoteflow.notebook import static_figure
+
+    prices = load("IBM")["adj_close"].iloc[-300:]
+    fig = static_figure(diagnostics(GBM.fit(prices), prices, n_paths=20), title="IBM")
+    page = fig._repr_html_()
+    assert page.startswith("<iframe") and "srcdoc=" in page
+    assert "cdn.bokeh.org" not in fig.html and "Bokeh.embed" in fig.html
+    assert fig.width > 760 and fig.height > 520

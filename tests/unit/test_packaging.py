@@ -57,7 +57,24 @@ def test_binder_requirements_match_runtime_and_notebook_extra() -> None:
         _name(r): r.replace("_", "-").lower()
         for r in list(project["dependencies"]) + project["optional-dependencies"]["notebook"]
     }
-    assert _requirement_lines(ROOT / "binder" / "requirements.txt") == wanted
+    pinned = _requirement_lines(ROOT / "binder" / "requirements.txt")
+    assert set(pinned) == set(wanted)
+    # Binder pins exact versions (reproducible builds), each inside pyproject's bound.
+    from packaging.requirements import Requirement
+
+    for name, line in pinned.items():
+        version = line.split("==", 1)[1] if "==" in line else ""
+        assert version, f"binder/requirements.txt: {name} is not pinned with =="
+        assert Requirement(wanted[name]).specifier.contains(version), (name, version)
+
+
+def test_binder_runtime_pins_the_supported_python() -> None:
+    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
+    assert re.fullmatch(r"python-3\.\d+", runtime), runtime
+    minimum = PYPROJECT["project"]["requires-python"].removeprefix(">=")
+    assert tuple(map(int, runtime.removeprefix("python-").split("."))) >= tuple(
+        map(int, minimum.split(".")[:2])
+    )
 
 
 def test_binder_postbuild_installs_the_package() -> None:
