@@ -825,7 +825,9 @@ class EventStream:
             self._queue.put_nowait(exc)
         finally:
             if self._closed:
-                self.state = "closed"
+                # close() reports "closed" itself once the task is done; setting the state
+                # here would make its _set_state("closed") a repeat, and it would never be
+                # reported at all.
                 self.connected = False
             else:
                 self._set_state("closed")
