@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from tests.conftest import ROOT, require_executable
 #: ``interop`` extra).
 NPM_EVENTSOURCE = "eventsource@4.1.1"
 NODE_DIR = ROOT / ".cache" / "interop-node"
+#: When this test session started: results older than this are another session's.
+SESSION_START = time.time()
 
 
 @pytest.fixture(scope="session")

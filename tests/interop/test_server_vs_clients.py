@@ -139,7 +139,14 @@ def test_httpx_sse_with_recipe() -> None:
 
     async def body() -> None:
         exact, cuts, streams = await server_scenario(read)
-        row = Row("httpx-sse", "client", "Python", version("httpx-sse"), False)
+        row = Row(
+            "httpx-sse",
+            "client",
+            "Python",
+            version("httpx-sse"),
+            False,
+            note="does not reconnect; sse.json() works on every event",
+        )
         _finish(row, exact, cuts, streams)
 
     run(body)
@@ -154,7 +161,14 @@ def test_sseclient_py_with_recipe() -> None:
 
     async def body() -> None:
         exact, cuts, streams = await server_scenario(read)
-        row = Row("sseclient-py", "client", "Python", version("sseclient-py"), False)
+        row = Row(
+            "sseclient-py",
+            "client",
+            "Python",
+            version("sseclient-py"),
+            False,
+            note="does not reconnect",
+        )
         _finish(row, exact, cuts, streams)
 
     run(body)
@@ -176,7 +190,13 @@ def test_aiohttp_sse_client_with_recipe() -> None:
     async def body() -> None:
         exact, cuts, streams = await server_scenario(read)
         row = Row(
-            "aiohttp-sse-client", "client", "Python (asyncio)", version("aiohttp-sse-client"), False
+            "aiohttp-sse-client",
+            "client",
+            "Python (asyncio)",
+            version("aiohttp-sse-client"),
+            False,
+            note="raises on a dropped connection (FIN, RST, mid-event cut); "
+            "reconnects by itself only after a clean end",
         )
         _finish(row, exact, cuts, streams)
 
