@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-SYSTEM_PKGS=(chromium redis-server nginx golang-go golang-github-gin-gonic-gin-dev)
+SYSTEM_PKGS=(chromium redis-server nginx golang-go golang-github-gin-gonic-gin-dev nodejs npm)
 need_cmd() { command -v "$1" >/dev/null 2>&1; }
 
 missing=()
@@ -16,6 +16,8 @@ need_cmd chromium || missing+=(chromium)
 need_cmd redis-server || missing+=(redis-server)
 need_cmd nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 need_cmd go || missing+=(golang-go)
+need_cmd node || missing+=(nodejs)  # tests/interop: npm eventsource
+need_cmd npm || missing+=(npm)
 [ -d /usr/share/gocode/src/github.com/gin-gonic/gin ] || missing+=(golang-github-gin-gonic-gin-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && need_cmd apt-get; then

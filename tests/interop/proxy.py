@@ -25,6 +25,7 @@ import contextlib
 import re
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 __all__ = ["MODES", "Connection", "CutProxy"]
@@ -241,7 +242,7 @@ async def _cut(writer: asyncio.StreamWriter, mode: str, chunked: bool) -> None:
         raise ValueError(f"unknown cut mode {mode!r}; known: {', '.join(MODES)}")
 
 
-async def _decoded(up: asyncio.StreamReader, chunked: bool):  # type: ignore[no-untyped-def]
+async def _decoded(up: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
     """The response body, de-chunked, piece by piece as it arrives."""
     if not chunked:
         while data := await up.read(65536):
