@@ -170,3 +170,22 @@ async def page_server(html: str) -> AsyncIterator[str]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def probe(
+    attempt: Callable[[str], Awaitable[str]], mode: str
+) -> tuple[str, list[Connection]]:
+    """What a client does by itself when its one connection is cut once with ``mode``.
+
+    ``attempt(url)`` reads with the bare client (no recipe loop) until the client gives
+    control back, and says how: ``"ended"`` (its iterator stopped) or ``"raised X"``.
+    Returns that and the connections the proxy saw: a client that reconnects by itself
+    would have opened a second one before giving control back.
+    """
+    settings = ServerSettings(retry_ms=RETRY_MS)
+    async with serving(FakeSource(interval=0.02), settings=settings) as server:
+        assert server.port is not None
+        async with CutProxy(server.port, (mode,), only_path="/stream", after=AFTER) as proxy:
+            url = f"http://127.0.0.1:{proxy.port}/stream?events=tick"
+            outcome = await asyncio.wait_for(attempt(url), HANG_GUARD)
+            return outcome, proxy.streams

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import CHROMIUM_ARGS, require_executable
 from tests.integration.fakes import run
 from tests.interop.conftest import NPM_EVENTSOURCE
-from tests.interop.harness import Received, Row, page_server, server_scenario
+from tests.interop.harness import AFTER, Received, Row, page_server, probe, server_scenario
 from tests.interop.proxy import Connection
 from tests.interop.recipes import aiohttp_sse_client_events, httpx_sse_events, sseclient_events
 
@@ -125,6 +125,27 @@ def _take_sync(events: Iterator[Any], n: int) -> list[Received]:
     return got
 
 
+def _bare(take: Callable[[str], int]) -> Callable[[str], Awaitable[str]]:
+    """``take(url)`` reads with a bare client until it gives control back; returns how."""
+
+    async def attempt(url: str) -> str:
+        try:
+            n = await asyncio.to_thread(take, url)
+        except Exception as exc:
+            return f"raised {type(exc).__name__}"
+        return f"ended after {n} events"
+
+    return attempt
+
+
+def _httpx_sse_bare(url: str) -> int:
+    import httpx
+    from httpx_sse import connect_sse
+
+    with httpx.Client() as client, connect_sse(client, "GET", url) as source:
+        return sum(1 for _ in source.iter_sse())
+
+
 def test_httpx_sse_with_recipe() -> None:
     async def read(url: str, n: int) -> list[Received]:
         def take() -> list[Received]:
@@ -138,6 +159,9 @@ def test_httpx_sse_with_recipe() -> None:
         return await asyncio.to_thread(take)
 
     async def body() -> None:
+        # Measured, not assumed: at a clean end of the response the bare client stops.
+        outcome, conns = await probe(_bare(_httpx_sse_bare), "end")
+        assert (outcome, len(conns)) == (f"ended after {AFTER} events", 1)
         exact, cuts, streams = await server_scenario(read)
         row = Row(
             "httpx-sse",
@@ -145,11 +169,19 @@ def test_httpx_sse_with_recipe() -> None:
             "Python",
             version("httpx-sse"),
             False,
-            note="does not reconnect; sse.json() works on every event",
+            note="stops at the end of a response; sse.json() works on every event",
         )
         _finish(row, exact, cuts, streams)
 
     run(body)
+
+
+def _sseclient_bare(url: str) -> int:
+    import requests
+    import sseclient
+
+    with requests.get(url, stream=True, timeout=(10, 60)) as resp:
+        return sum(1 for _ in sseclient.SSEClient(resp.iter_content(chunk_size=None)).events())
 
 
 def test_sseclient_py_with_recipe() -> None:
@@ -160,6 +192,8 @@ def test_sseclient_py_with_recipe() -> None:
         return await asyncio.to_thread(take)
 
     async def body() -> None:
+        outcome, conns = await probe(_bare(_sseclient_bare), "end")
+        assert (outcome, len(conns)) == (f"ended after {AFTER} events", 1)
         exact, cuts, streams = await server_scenario(read)
         row = Row(
             "sseclient-py",
@@ -167,7 +201,7 @@ def test_sseclient_py_with_recipe() -> None:
             "Python",
             version("sseclient-py"),
             False,
-            note="does not reconnect",
+            note="stops at the end of a response",
         )
         _finish(row, exact, cuts, streams)
 
@@ -187,7 +221,28 @@ def test_aiohttp_sse_client_with_recipe() -> None:
             await events.aclose()  # type: ignore[attr-defined]
         return got
 
+    async def bare(url: str) -> str:
+        from aiohttp_sse_client.client import EventSource
+
+        n = 0
+        try:
+            async with EventSource(url, max_connect_retry=0) as source:
+                async for _ in source:
+                    n += 1
+                    if n >= 2 * AFTER:
+                        return f"read {n} events"
+        except Exception as exc:
+            return f"raised {type(exc).__name__}"
+        return f"ended after {n} events"
+
     async def body() -> None:
+        # Measured: after a drop (FIN between events) the bare client raises; after a
+        # clean end it reconnects by itself, with Last-Event-ID.
+        outcome, conns = await probe(bare, "fin")
+        assert outcome.startswith("raised") and len(conns) == 1, (outcome, conns)
+        outcome, conns = await probe(bare, "end")
+        assert outcome == f"read {2 * AFTER} events", outcome
+        assert [c.last_event_id for c in conns[1:2]] == conns[0].forwarded[-1:], conns
         exact, cuts, streams = await server_scenario(read)
         row = Row(
             "aiohttp-sse-client",
