@@ -27,10 +27,15 @@ format: ## ruff format + autofix
 types: ## mypy strict on the package
 	$(PY) -m mypy
 
+interop: ## third-party SSE clients/servers vs quoteflow, then refresh docs/clients.md's table
+	$(PY) -m pytest -m interop tests/interop \
+		--deselect tests/interop/test_table.py::test_checked_in_table_matches_the_measured_results
+	$(PY) -m tests.interop.table --write
+
 bench: ## model benchmarks (see benchmarks/README.md)
 	$(PY) -m quoteflow bench models
 
 strip: ## strip notebook outputs
 	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
-.PHONY: help install serve test quick lint format types bench strip
+.PHONY: help install serve test quick lint format types interop bench strip
