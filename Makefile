@@ -29,6 +29,11 @@ format: install ## ruff format + autofix
 types: install ## mypy strict on the package
 	$(PY) -m mypy
 
+interop: install ## third-party SSE clients/servers vs quoteflow, then refresh docs/clients.md's table
+	$(PY) -m pytest -m interop tests/interop \
+		--deselect tests/interop/test_table.py::test_checked_in_table_matches_the_measured_results
+	$(PY) -m tests.interop.table --write
+
 bench: install ## model benchmarks (see benchmarks/README.md)
 	$(PY) -m quoteflow bench models
 
@@ -38,4 +43,4 @@ mutate: install ## plant known bugs in a scratch copy and check the tests catch 
 strip: install ## strip notebook outputs
 	$(PY) scripts/strip_notebooks.py notebooks/*.ipynb
 
-.PHONY: help install serve test quick lint format types bench mutate strip
+.PHONY: help install serve test quick lint format types interop bench mutate strip

@@ -27,6 +27,7 @@ import logging
 import queue
 import random
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
@@ -38,7 +39,7 @@ from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.netutil import Resolver
-from tornado.simple_httpclient import SimpleAsyncHTTPClient
+from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
 from tornado.tcpclient import TCPClient
 
 from quoteflow.errors import StreamError
@@ -533,6 +534,29 @@ class _TrackingTCPClient(TCPClient):
             self.current.close()
 
 
+class _ResetSafeConnection(_HTTPConnection):
+    """tornado's HTTP/1 client connection, made to finish its fetch on a TCP reset.
+
+    When the peer resets the connection (RST) while a chunked body is being read,
+    tornado 6's ``_HTTPConnection.on_connection_close`` re-raises the stream's
+    ``ConnectionResetError`` from inside the HTTP/1 reader, where nothing catches it:
+    tornado logs "Uncaught exception" and the fetch future never completes, so a
+    streaming client would wait for its heartbeat timeout (or for ever without one).
+    A reset is routed here through ``_handle_exception`` like every other connection
+    error, which completes the fetch with that error at once.
+    """
+
+    def on_connection_close(self) -> None:
+        error = self.stream.error
+        if self.final_callback is not None and error is not None:
+            try:
+                raise error
+            except BaseException:
+                self._handle_exception(*sys.exc_info())
+            return
+        super().on_connection_close()
+
+
 class _StreamingHTTPClient(SimpleAsyncHTTPClient):
     """One-connection HTTP client whose TCP connections can be cut (see above)."""
 
@@ -542,6 +566,9 @@ class _StreamingHTTPClient(SimpleAsyncHTTPClient):
         super().initialize(**kwargs)
         self.tracker = _TrackingTCPClient(self.resolver)
         self.tcp_client = self.tracker
+
+    def _connection_class(self) -> type:
+        return _ResetSafeConnection
 
 
 class _End:
@@ -754,6 +781,10 @@ class EventStream:
     # -- connection loop --------------------------------------------------------------
 
     def _set_state(self, state: str) -> None:
+        if state == "closed" and self.state == "closed":
+            # The end is reported once: both the connection loop (HTTP 204, error)
+            # and close() (``async with``, iter_events) reach here.
+            return
         self.state = state
         self.connected = state == "connected"
         if self.on_status is not None:
@@ -794,7 +825,9 @@ class EventStream:
             self._queue.put_nowait(exc)
         finally:
             if self._closed:
-                self.state = "closed"
+                # close() reports "closed" itself once the task is done; setting the state
+                # here would make its _set_state("closed") a repeat, and it would never be
+                # reported at all.
                 self.connected = False
             else:
                 self._set_state("closed")

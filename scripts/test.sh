@@ -17,6 +17,8 @@ need_cmd chromium || missing+=(chromium)
 need_cmd redis-server || missing+=(redis-server)
 need_cmd nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 need_cmd go || missing+=(golang-go)
+need_cmd node || missing+=(nodejs)  # tests/interop: npm eventsource
+need_cmd npm || missing+=(npm)
 [ -d /usr/share/gocode/src/github.com/gin-gonic/gin ] || missing+=(golang-github-gin-gonic-gin-dev)
 { need_cmd prometheus && need_cmd promtool; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then

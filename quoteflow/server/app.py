@@ -29,6 +29,7 @@ from quoteflow.broker.base import Broker
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.redis import RedisBroker
 from quoteflow.server.auth import check_secret, symbol_key
+from quoteflow.server.cors import RefusedOriginLog
 from quoteflow.server.handlers import (
     ApiError,
     DashboardHandler,
@@ -285,6 +286,8 @@ class ServerState:
         self._heartbeat: PeriodicCallback | None = None
         #: Set by ``quoteflow serve`` (:func:`~quoteflow.server.runner.run_server`) only.
         self.gc_governor: GcGovernor | None = None
+        #: Refused cross-origin requests, logged once per origin per minute.
+        self.refused_origins = RefusedOriginLog()
 
     # -- symbols -----------------------------------------------------------------------
 

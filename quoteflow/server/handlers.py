@@ -196,14 +196,24 @@ class JSONHandler(QuoteflowHandler):
                 self.set_header("Access-Control-Allow-Credentials", "true")
 
     def _cors_origin(self) -> str | None:
-        """The ``Access-Control-Allow-Origin`` value for this request, None for none."""
+        """The ``Access-Control-Allow-Origin`` value for this request, None for none.
+
+        A request from another origin that is refused is noted in the log (once per
+        origin per minute) with the flag that would allow it.
+        """
         origins = self.state.settings.cors_origins
-        if not origins:
-            return None
         if "*" in origins:
             return "*"
         origin = self.request.headers.get("Origin")
-        return origin if origin in origins else None
+        if origin is None:
+            return None
+        if origin in origins:
+            return origin
+        if origin != f"{self.request.protocol}://{self.request.host}":
+            self.state.refused_origins.refused(
+                origin, self.request.path, cors_enabled=bool(origins)
+            )
+        return None
 
     def prepare(self) -> None:
         """Refuse oversized header fields with a JSON 431 before any work is done."""

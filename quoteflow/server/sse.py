@@ -13,6 +13,11 @@ stream" (and §9.2.5 for how the stream is parsed by an ``EventSource``):
   removed at dispatch, so a payload with *n* line breaks is written as *n + 1* lines;
 * a blank line dispatches the event; a line starting with ``:`` is a comment.
 
+Only :func:`encode_event` (and :func:`encode_fields` by default) end with a blank line.
+The ``retry`` line and heartbeat comments are written as bare lines that join the next
+event's block: a data-less block dispatches nothing in WHATWG terms, but some clients
+(httpx-sse 0.4) report one as an empty event, so the server never writes one.
+
 The parser that reads these bytes back is :class:`quoteflow.client.SSEParser`.
 """
 
@@ -137,9 +142,13 @@ def encode_retry(ms: int) -> bytes:
     Returns
     -------
     bytes
-        ``b"retry: <ms>\\n\\n"``. The blank line after it dispatches nothing (the data
-        buffer is empty, §9.2.6 dispatch step 2) but closes the block, so the retry line
-        can be sent on its own, e.g. as the first line of a stream.
+        ``b"retry: <ms>\\n"``: one field line, *without* a blank line. It joins the block
+        of the next event (a receiver applies ``retry`` when it reads the line, §9.2.6, so
+        it takes effect at once), and no data-less block is ever dispatched. A blank line
+        here would be harmless to a WHATWG receiver (empty data buffer: nothing is
+        dispatched, §9.2.6 dispatch step 2), but httpx-sse 0.4 turns such a block into an
+        empty ``message`` event once an id or retry is set, and ``sse.json()`` then fails
+        (issue 18; tests/interop checks every common client).
 
     Raises
     ------
@@ -149,7 +158,7 @@ def encode_retry(ms: int) -> bytes:
     """
     if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
         raise ValueError(f"retry must be a non-negative integer of milliseconds, got {ms!r}")
-    return b"retry: %d\n\n" % ms
+    return b"retry: %d\n" % ms
 
 
 def encode_comment(text: str = "keepalive") -> bytes:
@@ -166,14 +175,18 @@ def encode_comment(text: str = "keepalive") -> bytes:
     Returns
     -------
     bytes
-        ``b": keepalive\\n\\n"`` for the default. The trailing blank line makes the
-        block self-contained; it dispatches nothing because no data was buffered.
+        ``b": keepalive\\n"`` for the default: comment lines only, *without* a blank line.
+        A receiver ignores comment lines wherever they are (§9.2.6), so no dispatch is
+        needed, and sent between two events they simply precede the next event's fields.
+        No blank line, so no data-less block that a client such as httpx-sse 0.4 would
+        report as an empty event (see :func:`encode_retry`). Bytes still flow, which is
+        what a heartbeat is for (a client's silence timeout, a proxy's idle timeout).
     """
     if "\n" in text or "\r" in text:
         body = "".join([": " + line + "\n" for line in _LINE_BREAK.split(text)])
     else:
         body = ": " + text + "\n"
-    return (body + "\n").encode("utf-8")
+    return body.encode("utf-8")
 
 
 def encode_fields(fields: Iterable[tuple[str, str]], *, dispatch: bool = True) -> bytes:
