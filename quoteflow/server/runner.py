@@ -201,7 +201,16 @@ class QuoteServer:
         self._http = http
         self.port = int(sockets[0].getsockname()[1])
         await self.state.start()
-        log.info("listening on %s", self.url)
+        # what was bound (a wildcard is every interface, not loopback) and a URL that works
+        bound = ", ".join(
+            dict.fromkeys(
+                f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+                for a in (s.getsockname() for s in sockets)
+            )
+        )
+        wildcard = self.host in ("0.0.0.0", "::", "")
+        where = "all interfaces; from this host " if wildcard else ""
+        log.info("listening on %s (%s%s)", bound, where, self.url)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Graceful stop: refuse new connections, end streams cleanly, stop the source.
