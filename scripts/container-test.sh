@@ -19,6 +19,7 @@ IMAGE=${QUOTEFLOW_IMAGE:-localhost/quoteflow:latest}
 DEBIAN_IMAGE=localhost/quoteflow-debian:bookworm
 PYTHON_IMAGE=localhost/quoteflow-python:3.11
 REDIS_IMAGE=localhost/quoteflow-redis:7
+NGINX_IMAGE=localhost/quoteflow-nginx:1
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/podman/containers.conf}
 
 log() { echo ">> $*" >&2; }
@@ -101,7 +102,7 @@ build_debian() {
     rm -rf "$rootfs"
   fi
   log "podman import $tarball -> $DEBIAN_IMAGE"
-  podman import --change 'CMD ["/bin/bash"]' "$tarball" "$DEBIAN_IMAGE" >/dev/null
+  podman import --quiet --change 'CMD ["/bin/bash"]' "$tarball" "$DEBIAN_IMAGE" >/dev/null
 }
 
 build_from_debian() {  # image dockerfile
@@ -173,6 +174,7 @@ build_all() {
   build_debian
   build_from_debian "$PYTHON_IMAGE" deploy/podman/python.Dockerfile
   build_from_debian "$REDIS_IMAGE" deploy/podman/redis.Dockerfile
+  build_from_debian "$NGINX_IMAGE" deploy/podman/nginx.Dockerfile
   build_image
 }
 
@@ -180,7 +182,7 @@ case "${1:-}" in
   build) build_all ;;
   *)
     build_all
-    export QUOTEFLOW_IMAGE=$IMAGE QUOTEFLOW_REDIS_IMAGE=$REDIS_IMAGE
+    export QUOTEFLOW_IMAGE=$IMAGE QUOTEFLOW_REDIS_IMAGE=$REDIS_IMAGE QUOTEFLOW_NGINX_IMAGE=$NGINX_IMAGE
     exec "$PY" -m pytest -m container tests/containers "$@"
     ;;
 esac

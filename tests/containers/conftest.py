@@ -28,6 +28,7 @@ CONTAINERS_CONF = os.environ.get(
 )
 IMAGE = os.environ.get("QUOTEFLOW_IMAGE", "localhost/quoteflow:latest")
 REDIS_IMAGE = os.environ.get("QUOTEFLOW_REDIS_IMAGE", "localhost/quoteflow-redis:7")
+NGINX_IMAGE = os.environ.get("QUOTEFLOW_NGINX_IMAGE", "localhost/quoteflow-nginx:1")
 # hang guard for one podman command (a build runs in the session fixture, not here)
 PODMAN_TIMEOUT = 120.0
 
