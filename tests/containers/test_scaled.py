@@ -58,19 +58,18 @@ def test_client_resumes_across_container_instances_without_gap(
     )  # fmt: skip
     broker = f"redis://{red}:6379/0"
     gen = pod.run(
-        "generator", images, "generate", "--broker", broker, "--host", "0.0.0.0",
-        "--port", "8080", "--universe", "3", "--seed", "1", "--tick-interval", "0.05",
-        "--bar-interval", "1",
+        "generator", images, "generate", "--broker", broker,
+        "--host", "0.0.0.0", "--port", "8080", "--universe", "3", "--seed", "1",
+        "--tick-interval", "0.05", "--bar-interval", "1",
         opts=(*on_net, "--entrypoint", "quoteflow"),
     )  # fmt: skip
-    instances = {
-        name: pod.run(
+    instances: dict[str, str] = {}
+    for name in ("A", "B"):
+        instances[name] = pod.run(
             f"serve-{name}", images, "--broker", broker, "--instance-id", name,
             "--retry-ms", "200", "--heartbeat", "1", "--trust-proxy",
             opts=(*on_net, *PUBLISH),
         )  # fmt: skip
-        for name in ("A", "B")
-    }
     conf = nginx_conf_for(tmp_path, list(instances.values()))
     # the upstream names must resolve when nginx starts: the instances first
     urls = {name: f"http://127.0.0.1:{pod.host_port(c)}" for name, c in instances.items()}
