@@ -152,6 +152,8 @@ build_image() {
   if [ "${QUOTEFLOW_REBUILD:-0}" != 1 ] && [ "$(image_hash "$IMAGE")" = "$hash" ]; then
     log "$IMAGE is up to date"
   else
+    local old
+    old=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
     tmp=$(mktemp -d)
     chmod 700 "$tmp"
     pip_build_conf "$tmp"
@@ -162,7 +164,8 @@ build_image() {
       -f deploy/Dockerfile -t "$IMAGE" . >"$CACHE/build.log" 2>&1 \
       || { rm -rf "$tmp"; tail -30 "$CACHE/build.log" >&2; exit 1; }
     rm -rf "$tmp"
-    podman image prune -f >/dev/null  # the replaced image's layers
+    # the replaced image (its layers the new one shares stay: the build cache)
+    [ -n "$old" ] && podman rmi "$old" >/dev/null 2>&1 || true
   fi
   log "image size: $(podman image inspect --format '{{.Size}}' "$IMAGE" \
     | awk '{printf "%.0f MB", $1/1e6}') ($IMAGE)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -60,7 +61,12 @@ def images() -> str:
         capture_output=True,
         text=True,
         timeout=900,  # hang guard: a cold build is about 2 minutes
-        env={**os.environ, "CONTAINERS_CONF": CONTAINERS_CONF, "QUOTEFLOW_IMAGE": IMAGE},
+        env={
+            **os.environ,
+            "CONTAINERS_CONF": CONTAINERS_CONF,
+            "QUOTEFLOW_IMAGE": IMAGE,
+            "PYTHON": sys.executable,  # its pip's configuration goes into the build
+        },
         check=False,
     )
     if proc.returncode != 0:
