@@ -246,7 +246,16 @@ class QuoteServer:
         self.port = int(sockets[0].getsockname()[1])
         self._start_metrics_listener()
         await self.state.start()
-        log.info("listening on %s", self.url)
+        # what was bound (a wildcard is every interface, not loopback) and a URL that works
+        bound = ", ".join(
+            dict.fromkeys(
+                f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+                for a in (s.getsockname() for s in sockets)
+            )
+        )
+        wildcard = self.host in ("0.0.0.0", "::", "")
+        where = "all interfaces; from this host " if wildcard else ""
+        log.info("listening on %s (%s%s)", bound, where, self.url)
 
     def _http_server(
         self, app: tornado.web.Application, *, xheaders: bool = False

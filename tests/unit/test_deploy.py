@@ -1,5 +1,5 @@
-"""The deployment files carry the essentials (issue: production). They are not built here
-when no container engine runs; nginx.conf is checked by the real nginx (`nginx -t`)."""
+"""The deployment files carry the essentials (issue: production), checked statically;
+tests/containers builds and runs them with podman; nginx.conf is checked by `nginx -t`."""
 
 from __future__ import annotations
 
