@@ -428,9 +428,12 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
     def prices(self, symbol: str | None = None) -> list[tuple[float, float]]:
         """``(epoch ms, price)`` of the points kept for ``symbol`` (default: the shown one).
 
-        Tick charts give last prices, candle charts bar closes; at most ``window`` points.
+        Tick charts (and ``kind="both"``) give last prices, candle charts bar closes; at
+        most ``window`` points.
         """
         symbol = symbol or self.symbol
+        if self.kind == "both":
+            return [(float(r[0]), float(r[1])) for r in self._tick_history.get(symbol or "", ())]
         rows = self._history.get(symbol or "", ())
         col = 1 if self.kind == "line" else 4
         return [(float(r[0]), float(r[col])) for r in rows]
