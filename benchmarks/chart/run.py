@@ -11,8 +11,7 @@ This process is the frontend: it counts every ``comm_msg`` the kernel sends on I
 (messages and bytes per second: what JupyterLab would receive), samples the kernel's CPU
 (utime + stime from /proc) and RSS each second, and reads the charts' event counters at
 the start and the end of each window. "Keeps up" means the charts received at least 95 %
-of the offered ticks each. Not measured here: the browser's JS heap (that needs a
-JupyterLab page; see docs/notebook.md).
+of the offered ticks each. The browser's JS heap: ``benchmarks.chart.lab_soak``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,13 @@ from bokeh.models import BasicTicker, ColumnDataSource, DataRange1d, HoverTool, 
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-__all__ = ["OVERLAY_COLUMNS", "overlay_figure", "price_volume_figures", "time_axis_label"]
+__all__ = [
+    "OVERLAY_COLUMNS",
+    "overlay_figure",
+    "price_volume_figures",
+    "tick_bar_figures",
+    "time_axis_label",
+]
 
 _LINE = "#1f77b4"
 _VOLUME = "#9e9e9e"
@@ -46,15 +52,22 @@ def time_axis_label(market: Any) -> str:
 
 
 def _price_figure(
-    title: str, width: int, height: int, time_label: str, y_label: str, span: float | None
+    title: str,
+    width: int,
+    height: int,
+    time_label: str,
+    y_label: str,
+    span: float | None,
+    x_range: Any = None,
 ) -> Any:
     # A trailing window of ``span`` seconds: charts with the same span (ticks and bars of
     # the same feed) show the same stretch of time, edge to edge.
-    x_range = (
-        DataRange1d(follow="end", follow_interval=span * 1000.0, range_padding=0)
-        if span
-        else DataRange1d()
-    )
+    if x_range is None:
+        x_range = (
+            DataRange1d(follow="end", follow_interval=span * 1000.0, range_padding=0)
+            if span
+            else DataRange1d()
+        )
     fig = figure(
         x_range=x_range,
         title=title,
@@ -82,6 +95,7 @@ def price_volume_figures(
     time_label: str,
     volume: bool = True,
     span: float | None = None,
+    x_range: Any = None,
 ) -> tuple[Any, Any]:
     """The single-symbol layout; returns ``(layout, price_figure)``.
 
@@ -103,8 +117,10 @@ def price_volume_figures(
         Add the volume panel below the price panel.
     span
         Seconds of time shown, trailing the latest point (``None``: all the data).
+    x_range
+        A range model to share (linked panels); default: a new one (see ``span``).
     """
-    price = _price_figure(title, width, height, time_label, f"price ({unit})", span)
+    price = _price_figure(title, width, height, time_label, f"price ({unit})", span, x_range)
     if kind == "line":
         price.varea(
             x="x",
@@ -178,6 +194,49 @@ def price_volume_figures(
     vol.yaxis.ticker = BasicTicker(desired_num_ticks=3)
     vol.vbar(x="x", top="volume", width="w", source=source, color=_VOLUME)
     return column(price, vol), price
+
+
+def tick_bar_figures(
+    ticks: ColumnDataSource,
+    bars: ColumnDataSource,
+    live: ColumnDataSource,
+    *,
+    titles: tuple[str, str],
+    width: int,
+    height: int,
+    unit: str,
+    time_label: str,
+    volume: bool = True,
+    span: float | None = None,
+) -> tuple[Any, list[Any]]:
+    """Ticks over candles (over volume) of one symbol, all on ONE shared x-range.
+
+    The panels live in one layout, hence one Bokeh document: panning or zooming any of
+    them moves the others. Returns ``(layout, [tick_figure, candle_figure])``.
+
+    Parameters
+    ----------
+    ticks
+        Tick data (``LiveChart`` ``kind="line"`` columns).
+    bars, live
+        Closed bars and the one-row forming bar (``kind="candles"`` columns).
+    titles
+        Of the tick panel and the candle panel.
+    width, height
+        Of each price panel; the volume panel is a third as high.
+    unit, time_label, volume, span
+        As for :func:`price_volume_figures`.
+    """
+    tick_fig, _ = price_volume_figures(
+        "line", ticks, live, title=titles[0], width=width, height=height, unit=unit,
+        time_label=time_label, volume=False, span=span,
+    )  # fmt: skip
+    tick_fig.xaxis.axis_label = None
+    bar_layout, bar_fig = price_volume_figures(
+        "candles", bars, live, title=titles[1], width=width, height=height, unit=unit,
+        time_label=time_label, volume=volume, span=span, x_range=tick_fig.x_range,
+    )  # fmt: skip
+    return column(tick_fig, bar_layout), [tick_fig, bar_fig]
 
 
 def overlay_figure(

@@ -39,6 +39,7 @@ from quoteflow.notebook._chart_figures import (
     OVERLAY_COLUMNS,
     overlay_figure,
     price_volume_figures,
+    tick_bar_figures,
     time_axis_label,
 )
 
@@ -48,7 +49,7 @@ __all__ = ["ChartKind", "ChartView", "LiveChart", "running_charts"]
 #: closes the chart that had it, so re-running a chart cell leaves one chart, not two.
 _chart_registry: dict[str, LiveChart] = {}
 
-ChartKind = Literal["line", "candles"]
+ChartKind = Literal["line", "candles", "both"]
 
 _UP = "#26a69a"
 _DOWN = "#ef5350"
@@ -60,6 +61,8 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "line": ("x", "price", "bid", "ask", "volume", "w"),
     "candles": ("x", "open", "high", "low", "close", "volume", "w", "color"),
 }
+#: ``kind="both"``: its main source holds bars; ticks go to ``tick_source``.
+_COLUMNS["both"] = _COLUMNS["candles"]
 
 
 def _epoch_ms(ts: Any) -> float:
@@ -154,13 +157,18 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
     kind
         ``"line"``: tick prices with bid/ask band and tick sizes as volume;
         ``"candles"``: OHLCV bars from ``bar`` events, plus a forming candle built from
-        ticks so the chart moves between bars.
+        ticks so the chart moves between bars; ``"both"``: a tick panel over a candle
+        panel (and volume) of the same symbol in ONE Bokeh document with ONE shared
+        x-range, so panning or zooming either moves the other, fed by one connection
+        (``events=tick,bar``). Its ``source`` holds the bars, ``tick_source`` the ticks.
     window
-        Points (ticks or bars) kept and shown per symbol; older ones roll off.
+        Points (ticks or bars) kept and shown per symbol; older ones roll off
+        (``kind="both"``: ticks and bars each).
     interval
         Seconds between redraws; events arriving in between are sent in one batch.
     title
-        What the chart shows, after the symbol in its title (default: "ticks" or "bars").
+        What the chart shows, after the symbol in its title (default: "ticks" or "bars";
+        ``kind="both"`` names its two panels itself).
     width, height
         Size of the price panel in pixels (the volume panel is a third of ``height``).
     view
@@ -222,7 +230,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         **client_options: Any,
     ) -> None:
         if kind not in _COLUMNS:
-            raise ValueError(f"kind must be 'line' or 'candles', got {kind!r}")
+            raise ValueError(f"kind must be 'line', 'candles' or 'both', got {kind!r}")
         if view not in ("single", "overlay"):
             raise ValueError(f"view must be 'single' or 'overlay', got {view!r}")
         if view == "overlay" and (kind != "line" or not symbols):
@@ -264,6 +272,11 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self._bar_ms: dict[str, float] = {}
         self._tick_ms: dict[str, float] = {}
         self._last_x: dict[str, float] = {}
+        self._last_tick_x: dict[str, float] = {}
+        # kind="both": the ticks, kept and sent beside the bars.
+        self._tick_history: dict[str, deque[tuple[Any, ...]]] = {}
+        self._tick_pending: dict[str, list[tuple[Any, ...]]] = {}
+        self.tick_source = ColumnDataSource({c: [] for c in _COLUMNS["line"]})
         empty: dict[str, Any] = {c: [] for c in cols}
         self.source = ColumnDataSource(empty)
         self._live = ColumnDataSource(self._forming_columns(None))
@@ -346,17 +359,22 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             "color": [_UP if bar["close"] >= bar["open"] else _DOWN],
         }
 
-    def _title_text(self, symbol: str | None) -> str:
-        what = "last price and bid/ask, ticks" if self.kind == "line" else "OHLC bars"
-        head = self._title or what
+    def _title_text(self, symbol: str | None, kind: str | None = None) -> str:
+        # kind="both": the first (titled) panel is the tick panel.
+        kind = kind or ("line" if self.kind == "both" else self.kind)
+        what = "last price and bid/ask, ticks" if kind == "line" else "OHLC bars"
+        if self.kind == "both" and kind != "line":
+            what = "OHLC bars, x-range linked to the ticks above"
+        head = what if self.kind == "both" or not self._title else self._title
         if self.view == "overlay":
             return f"{', '.join(self.symbols or [])} · {head}, normalised to 100"
         return f"{symbol} · {head}" if symbol else head
 
     def _build_figures(self, title: str, width: int, height: int) -> Any:
-        layout, self._price_fig = self._make_layout(
-            self.source, self._live, self._overlay, title, width, height
+        layout, self._panel_figs = self._make_layout(
+            self.source, self._live, self._overlay, title, width, height, self.tick_source
         )
+        self._price_fig = self._panel_figs[0][1]
         return layout
 
     def _make_layout(
@@ -367,16 +385,33 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         title: str,
         width: int,
         height: int,
-    ) -> tuple[Any, Any]:
-        """(layout, price figure) of this chart's view over the given sources."""
+        ticks: ColumnDataSource | None = None,
+    ) -> tuple[Any, list[tuple[str, Any]]]:
+        """(layout, [(kind, price figure), ...]) of this chart's view over the sources."""
         time_label = time_axis_label(self._market)
+        if self.kind == "both":
+            first = self.symbols[0] if self.symbols else None
+            symbol = self.symbol if hasattr(self, "picker") else first
+            layout, figs = tick_bar_figures(
+                ticks if ticks is not None else ColumnDataSource(self._columns((), "line")),
+                source,
+                live,
+                titles=(title, self._title_text(symbol, "candles")),
+                width=width,
+                height=height,
+                unit=self.unit,
+                time_label=time_label,
+                volume=self._volume,
+                span=self.span,
+            )
+            return layout, [("line", figs[0]), ("candles", figs[1])]
         if self.view == "overlay":
             fig = overlay_figure(
                 overlay, title=title, width=width, height=height, time_label=time_label,
                 span=self.span,
             )  # fmt: skip
-            return fig, fig
-        return price_volume_figures(
+            return fig, [(self.kind, fig)]
+        layout, fig = price_volume_figures(
             self.kind,
             source,
             live,
@@ -388,13 +423,17 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             volume=self._volume,
             span=self.span,
         )
+        return layout, [(self.kind, fig)]
 
     def prices(self, symbol: str | None = None) -> list[tuple[float, float]]:
         """``(epoch ms, price)`` of the points kept for ``symbol`` (default: the shown one).
 
-        Tick charts give last prices, candle charts bar closes; at most ``window`` points.
+        Tick charts (and ``kind="both"``) give last prices, candle charts bar closes; at
+        most ``window`` points.
         """
         symbol = symbol or self.symbol
+        if self.kind == "both":
+            return [(float(r[0]), float(r[1])) for r in self._tick_history.get(symbol or "", ())]
         rows = self._history.get(symbol or "", ())
         col = 1 if self.kind == "line" else 4
         return [(float(r[0]), float(r[col])) for r in rows]
@@ -421,16 +460,18 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
                 }
             )
         shown = self.symbol or ""
-        layout, fig = self._make_layout(
+        layout, panels = self._make_layout(
             ColumnDataSource(self._columns(self._history.get(shown, ()))),
             ColumnDataSource(self._forming_columns(self._forming.get(shown))),
             sources,
             self._price_fig.title.text,
             self._price_fig.width,
             self._price_fig.height,
+            ColumnDataSource(self._columns(self._tick_history.get(shown, ()), "line")),
         )
         for x, label in self.marks:
-            _draw_mark(fig, x, label)
+            for _, panel in panels:
+                _draw_mark(panel, x, label)
         return static_figure(layout, title=title or f"snapshot: {self._price_fig.title.text}")
 
     def mark(self, label: str, color: str = "#ff8f00") -> None:
@@ -440,8 +481,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         where the stream should start to look different. Kernel loop only (a cell or a
         widget callback).
         """
-        x = max(self._last_x.values(), default=time.time() * 1000.0)
-        _draw_mark(self._price_fig, x, label, color)
+        x = max([*self._last_x.values(), *self._last_tick_x.values()], default=time.time() * 1000.0)
+        for _, panel in self._panel_figs:
+            _draw_mark(panel, x, label, color)
         self.marks.append((x, label))
 
     # ------------------------------------------------------------------ lifecycle
@@ -541,7 +583,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         """Consume the SSE stream (runs on the kernel loop until stopped)."""
         from quoteflow.client import stream
 
-        events = "tick,bar" if self.kind == "candles" else "tick"
+        events = "tick" if self.kind == "line" else "tick,bar"
         options = dict(self._client_options)
         options.setdefault("events", events.split(","))
         if self.symbols:
@@ -633,6 +675,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
                 return
             self._history[symbol] = deque(maxlen=self.window)
             self._pending[symbol] = []
+            if self.kind == "both":
+                self._tick_history[symbol] = deque(maxlen=self.window)
+                self._tick_pending[symbol] = []
             if symbol not in self.picker.options:
                 self.picker.options = [*self.picker.options, symbol]
             if self.picker.value is None:
@@ -641,28 +686,14 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if row is not None:
             self._history[symbol].append(row)
             self._pending[symbol].append(row)
+        if self.kind == "both" and event == "tick":
+            tick = self._tick_row(symbol, d)
+            self._tick_history[symbol].append(tick)
+            self._tick_pending[symbol].append(tick)
 
     def _row(self, event: str, symbol: str, d: dict[str, Any]) -> tuple[Any, ...] | None:
         if self.kind == "line":
-            if event != "tick":
-                return None
-            x = _epoch_ms(d["ts"])
-            last = self._last_x.get(symbol)
-            if last is not None and x > last:
-                # Volume bars as wide as the typical tick spacing (smoothed).
-                gap = x - last
-                self._tick_ms[symbol] = 0.8 * self._tick_ms.get(symbol, gap) + 0.2 * gap
-            self._last_x[symbol] = x
-            w = 0.8 * self._tick_ms.get(symbol, 200.0)
-            price = float(d["price"])
-            return (
-                x,
-                price,
-                float(d.get("bid", price)),
-                float(d.get("ask", price)),
-                float(d.get("size", 0.0)),
-                w,
-            )
+            return self._tick_row(symbol, d) if event == "tick" else None
         if event == "tick":
             self._extend_forming(symbol, d)
             return None
@@ -681,6 +712,26 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             float(d.get("volume", 0.0)),
             0.8 * (end - start),
             _UP if c >= o else _DOWN,
+        )
+
+    def _tick_row(self, symbol: str, d: dict[str, Any]) -> tuple[Any, ...]:
+        """A row of ``kind="line"`` columns from a tick."""
+        x = _epoch_ms(d["ts"])
+        last = self._last_tick_x.get(symbol)
+        if last is not None and x > last:
+            # Volume bars as wide as the typical tick spacing (smoothed).
+            gap = x - last
+            self._tick_ms[symbol] = 0.8 * self._tick_ms.get(symbol, gap) + 0.2 * gap
+        self._last_tick_x[symbol] = x
+        w = 0.8 * self._tick_ms.get(symbol, 200.0)
+        price = float(d["price"])
+        return (
+            x,
+            price,
+            float(d.get("bid", price)),
+            float(d.get("ask", price)),
+            float(d.get("size", 0.0)),
+            w,
         )
 
     def _extend_forming(self, symbol: str, d: dict[str, Any]) -> None:
@@ -702,8 +753,8 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ drawing
 
-    def _columns(self, rows: Iterable[tuple[Any, ...]]) -> dict[str, Any]:
-        names = _COLUMNS[self.kind]
+    def _columns(self, rows: Iterable[tuple[Any, ...]], kind: str | None = None) -> dict[str, Any]:
+        names = _COLUMNS[kind or self.kind]
         out: dict[str, Any] = {c: [] for c in names}
         for row in rows:
             for c, v in zip(names, row, strict=True):
@@ -724,10 +775,17 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if rows:
             self._pending[symbol] = []
             self.source.stream(self._columns(rows[-self.window :]), rollover=self.window)
-        for other, pending in self._pending.items():
-            if other != symbol:
-                pending.clear()  # kept in history; drawn from there when picked
-        if self.kind == "candles" and symbol in self._forming_dirty:
+        ticks = self._tick_pending.get(symbol)
+        if ticks:
+            self._tick_pending[symbol] = []
+            self.tick_source.stream(
+                self._columns(ticks[-self.window :], "line"), rollover=self.window
+            )
+        for pendings in (self._pending, self._tick_pending):
+            for other, pending in pendings.items():
+                if other != symbol:
+                    pending.clear()  # kept in history; drawn from there when picked
+        if self.kind != "line" and symbol in self._forming_dirty:
             self._forming_dirty.clear()
             # Patch the one-row source in place: a patch echo is dropped like a stream echo.
             new = self._forming_columns(self._forming.get(symbol))
@@ -758,11 +816,14 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self.source.data = self._columns(self._history.get(symbol, ()))
         if symbol in self._pending:
             self._pending[symbol] = []
-        if self.kind == "candles":
+        if self.kind == "both":
+            self.tick_source.data = self._columns(self._tick_history.get(symbol, ()), "line")
+            self._tick_pending[symbol] = []
+        if self.kind != "line":
             self._live.data = self._forming_columns(self._forming.get(symbol))
-        title = self._price_fig.title
-        if isinstance(title, Title):
-            title.text = self._title_text(str(symbol))
+        for kind, panel in self._panel_figs:
+            if isinstance(panel.title, Title):
+                panel.title.text = self._title_text(str(symbol), kind)
         self._update_status(force=True)
 
     def _on_pause(self, change: dict[str, Any]) -> None:

@@ -253,7 +253,12 @@ def test_live_chart_in_jupyterlab(
         )
         charts = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .quoteflow-livechart")
         charts.first.locator(".bk-Canvas").first.wait_for(timeout=30_000)
-        canvases = [charts.nth(i).locator(".bk-Canvas").first for i in range(charts.count())]
+        # The first panel of every chart, and the candle panel of a kind="both" chart (ticks,
+        # candles, volume: three canvases) too.
+        canvases = []
+        for i in range(charts.count()):
+            panels = charts.nth(i).locator(".bk-Canvas")
+            canvases += [panels.nth(j) for j in range(2 if panels.count() >= 3 else 1)]
         assert canvases, f"{name}: no live chart on the page"
         # Await the condition (every chart redraws with new data), polling screenshots up
         # to a hang guard, instead of comparing two screenshots taken a fixed time apart.
@@ -277,6 +282,10 @@ def test_live_chart_in_jupyterlab(
             monitor.first.scroll_into_view_if_needed()
             page.screenshot(path=str(DOCS / f"notebook-{stem}-steer.png"))
         assert not _error_outputs(page), _error_outputs(page)
+        linked = [charts.nth(i) for i in range(charts.count())]
+        linked = [c for c in linked if c.locator(".bk-Canvas").count() >= 3]
+        if linked:
+            _pan_on_ticks_moves_the_candles(page, linked[0], artifacts_dir / stem)
 
         # Now the last cell: stop the chart and the server; it must finish cleanly.
         last.locator(".jp-InputPrompt").click()
@@ -291,6 +300,43 @@ def test_live_chart_in_jupyterlab(
         assert not console_errors, console_errors
     finally:
         page.close()
+
+
+def _stable_screenshot(element: Any) -> bytes:
+    """A screenshot of ``element`` once two in a row are the same (its redraws settled)."""
+    shot = element.screenshot()
+    deadline = time.monotonic() + CHART_CHANGE_HANG_GUARD_S  # hang guard
+    while time.monotonic() < deadline:
+        element.page.wait_for_timeout(300)  # polling interval
+        again = element.screenshot()
+        if _changed_pixels(shot, again) == 0:
+            return again
+        shot = again
+    raise AssertionError("the panel never stopped changing after pause")
+
+
+def _pan_on_ticks_moves_the_candles(page: Any, chart: Any, prefix: Path) -> None:
+    """kind="both": with drawing paused (nothing else moves), a drag on the tick panel
+    must move the candle panel too: they share one x-range in one Bokeh document."""
+    chart.locator("button", has_text="pause").click()
+    ticks, candles = chart.locator(".bk-Canvas").nth(0), chart.locator(".bk-Canvas").nth(1)
+    before = _stable_screenshot(candles)
+    box = ticks.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 250, y, steps=10)
+    page.mouse.up()
+    after = before
+    deadline = time.monotonic() + CHART_CHANGE_HANG_GUARD_S  # hang guard
+    while _changed_pixels(before, after) <= 200 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)  # polling interval
+        after = candles.screenshot()
+    Path(f"{prefix}-candles-before-pan.png").write_bytes(before)
+    Path(f"{prefix}-candles-after-pan.png").write_bytes(after)
+    assert _changed_pixels(before, after) > 200, "a pan on the ticks did not move the candles"
+    chart.locator("button", has_text="resume").click()
 
 
 def test_server_is_reachable_through_jupyter_server_proxy(jupyterlab: LabServer) -> None:

@@ -138,3 +138,45 @@ def test_rerunning_chart_and_server_cells_leaves_one_chart_and_one_connection(
     assert after["url"] == after["server"]
     stopped = json.loads(kernel.run(STOP_CELL, "stop").strip().splitlines()[-1])
     assert stopped == {"rate_after_stop": 0.0, "old_closed": True}
+
+
+BOTH_CELL = """\
+import asyncio, json, time
+from bokeh.models import Plot
+both = LiveChart(server, symbols=["AAA"], kind="both", interval=0.1)
+display(both)
+
+async def _filled():
+    deadline = time.monotonic() + 30  # hang guard: bars close every 0.5 s
+    while time.monotonic() < deadline:
+        if len(both.source.data["x"]) >= 2 and len(both.tick_source.data["x"]) >= 5:
+            break
+        await asyncio.sleep(0.1)
+
+await _filled()
+# Every plot of the chart's ONE Bokeh document (the widget's model), and their x-ranges.
+plots = [m for m in both.plot._model.references() if isinstance(m, Plot)]
+print(json.dumps({
+    "plots": len(plots),
+    "x_ranges": len({p.x_range.id for p in plots}),
+    "documents": len({id(p.document) for p in plots}),
+    "one_document": all(p.document is both.plot._model.document for p in plots),
+    "bars": len(both.source.data["x"]), "ticks": len(both.tick_source.data["x"]),
+    "client_url": both._client.url,
+}))
+both.close()
+"""
+
+
+def test_tick_and_bar_panels_share_one_x_range_and_both_get_data(kernel: Kernel) -> None:
+    """kind="both": ticks, candles and volume are plots of ONE Bokeh document with ONE
+    x_range model (so a pan or zoom of one moves the others), fed by one SSE client
+    subscribed to ticks and bars, and both panels receive data."""
+    kernel.run(SERVER_CELL.replace('name="rerun"', 'name="both"'), "server-cell")
+    got = json.loads(kernel.run(BOTH_CELL, "both-cell").strip().splitlines()[-1])
+    kernel.run("server.stop()", "stop")
+    assert got["plots"] == 3, got  # ticks, candles, volume
+    assert got["x_ranges"] == 1, got
+    assert got["documents"] == 1 and got["one_document"], got
+    assert got["bars"] >= 2 and got["ticks"] >= 5, got
+    assert "events=tick,bar" in got["client_url"], got  # one client for both panels
