@@ -45,6 +45,10 @@ def test_there_are_notebooks() -> None:
     } <= names
 
 
+#: The mime type of a widget's output: a reference to a model in the (gone) kernel.
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
 def test_notebook_executes(
     path: Path,
@@ -62,6 +66,15 @@ def test_notebook_executes(
     record_property("seconds", round(elapsed, 1))
     print(f"{path.name}: {elapsed:.1f} s")
     assert not problems(nb), f"{path.name}: {problems(nb)}"
+    # Run All ends by freezing every live widget into static HTML: a widget view left in
+    # the saved notebook reopens as "Error displaying widget: model not found".
+    views = [
+        i
+        for i, cell in enumerate(nb.cells)
+        for out in cell.get("outputs", [])
+        if WIDGET_VIEW in out.get("data", {})
+    ]
+    assert not views, f"{path.name}: cells {views} keep a widget view after the stop cell"
     # The static figures are in an HTML export too (widgets would need a kernel).
     from nbconvert import HTMLExporter
 
