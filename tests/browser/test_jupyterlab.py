@@ -223,7 +223,11 @@ def _error_outputs(page: Any) -> list[str]:
     ).all_inner_texts()
     errors = [t[:500] for t in texts if "Error" in t or "Traceback" in t]
     body = panel.inner_text()
-    errors += [f"page shows {s!r}" for s in RENDER_FAILURES if s in body]
+    errors += [
+        f"page shows {s!r} after {body[max(0, body.index(s) - 200) : body.index(s)]!r}"
+        for s in RENDER_FAILURES
+        if s in body
+    ]
     return errors
 
 
