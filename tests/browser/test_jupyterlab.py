@@ -34,6 +34,7 @@ import pytest
 
 from tests.conftest import CHROMIUM_ARGS, ROOT, free_port, require_executable
 from tests.notebooks._kernel import NOTEBOOKS_DIR, ensure_python3_kernelspec, kernel_env
+from tests.notebooks.run_notebooks import widget_views
 
 pytestmark = [
     pytest.mark.browser,
@@ -231,9 +232,6 @@ def _error_outputs(page: Any) -> list[str]:
     return errors
 
 
-#: The mime type of a widget's output: a reference to a model in the kernel.
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
 #: JavaScript: the reopened notebook has settled: its kernel is idle, at least ``n`` output
 #: areas are drawn, and the widget manager has answered every widget output (it shows
 #: "Loading widget..." until it has either drawn the view or given up with "Error
@@ -262,12 +260,7 @@ def _save_and_shut_down(page: Any, lab: LabServer, name: str) -> dict[str, Any]:
     assert saved.stat().st_mtime_ns != before, f"{name} was not saved"
     lab.shutdown_kernels()
     nb: dict[str, Any] = json.loads(saved.read_text())
-    views = [
-        i
-        for i, cell in enumerate(nb["cells"])
-        for out in cell.get("outputs", [])
-        if WIDGET_VIEW in out.get("data", {})
-    ]
+    views = widget_views(nb)
     assert not views, f"{name}: saved with widget views in cells {views}"
     return nb
 

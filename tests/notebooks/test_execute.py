@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.notebooks._kernel import ensure_python3_kernelspec, kernel_env, notebooks
-from tests.notebooks.run_notebooks import execute, problems
+from tests.notebooks.run_notebooks import execute, problems, widget_views
 
 pytestmark = [
     pytest.mark.notebook,
@@ -45,10 +45,6 @@ def test_there_are_notebooks() -> None:
     } <= names
 
 
-#: The mime type of a widget's output: a reference to a model in the (gone) kernel.
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
 def test_notebook_executes(
     path: Path,
@@ -68,12 +64,7 @@ def test_notebook_executes(
     assert not problems(nb), f"{path.name}: {problems(nb)}"
     # Run All ends by freezing every live widget into static HTML: a widget view left in
     # the saved notebook reopens as "Error displaying widget: model not found".
-    views = [
-        i
-        for i, cell in enumerate(nb.cells)
-        for out in cell.get("outputs", [])
-        if WIDGET_VIEW in out.get("data", {})
-    ]
+    views = widget_views(nb)
     assert not views, f"{path.name}: cells {views} keep a widget view after the stop cell"
     # The static figures are in an HTML export too (widgets would need a kernel).
     from nbconvert import HTMLExporter
