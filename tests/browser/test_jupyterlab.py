@@ -93,6 +93,19 @@ class LabServer:
             with urllib.request.urlopen(req, timeout=30):
                 pass
 
+    def restore(self, name: str) -> None:
+        """Close every session (and its kernel) and put back the repository's copy of
+        ``name``, as the module found it (the tests after a save expect a fresh notebook)."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}") as resp:
+            sessions = json.loads(resp.read())
+        for s in sessions:
+            req = urllib.request.Request(
+                f"{self.url}/api/sessions/{s['id']}?token={self.token}", method="DELETE"
+            )
+            with urllib.request.urlopen(req, timeout=30):
+                pass
+        shutil.copy(NOTEBOOKS_DIR / name, self.root / name)
+
     def kernel_of(self, name: str) -> Any:
         """A client of the kernel behind the open notebook ``name`` (its connection file)."""
         from jupyter_client.blocking.client import BlockingKernelClient
@@ -290,6 +303,7 @@ def _reopen_and_check(
         assert not failures, failures
     finally:
         page.close()
+        lab.restore(name)
 
 
 @pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_live_market.ipynb"])
