@@ -23,6 +23,7 @@ from quoteflow.notebook.calibrate import (
     push_model,
 )
 from quoteflow.notebook.chart import LiveChart, running_charts
+from quoteflow.notebook.frozen import LiveDisplay, live_display
 from quoteflow.notebook.monitor import StreamMonitor
 from quoteflow.notebook.server import (
     BackgroundServer,
@@ -38,11 +39,13 @@ __all__ = [
     "CalibrationPanel",
     "EchoFreeBokehModel",
     "LiveChart",
+    "LiveDisplay",
     "StaticFigure",
     "StreamMonitor",
     "calibrate_widget",
     "diagnostics",
     "fit_model",
+    "live_display",
     "load_bokehjs",
     "push_model",
     "running_charts",

@@ -33,6 +33,7 @@ from quoteflow.notebook.diagnostics import (
     tests_table_html,
     volatility_diagnostics,
 )
+from quoteflow.notebook.frozen import LiveDisplay
 from quoteflow.notebook.static import static_figure
 
 __all__ = [
@@ -235,6 +236,7 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
                 )
             self.symbol_picker.options = symbols
             children.append(widgets.HBox([self.symbol_picker, self.push_button, self.push_message]))
+        self._outputs = LiveDisplay(self, self._static_html)
         super().__init__(children=children)
         self._reset_dates()
 
@@ -386,6 +388,29 @@ class CalibrationPanel(widgets.VBox):  # type: ignore[misc]
             f"<a download='{html.escape(name, quote=True)}' "
             f"href='data:application/json;base64,{data}'>&#11015; download fit (JSON)</a>"
         )
+
+    def _static_html(self) -> str:
+        parts = (self.message, self.table, self.tests, self.download, self.plots, self.push_message)
+        body = "".join(f"<div>{w.value}</div>" for w in parts if w.value)
+        return f"<div class='quoteflow-frozen quoteflow-calibration'>{body}</div>"
+
+    def _ipython_display_(self) -> None:
+        self._outputs.show()
+
+    def freeze(self) -> str:
+        """Replace every output showing the panel with a static copy of its results.
+
+        Call it where the panel's live part ends (before ``server.stop()``): a widget's
+        output needs the kernel, so a saved and reopened notebook would show "Error
+        displaying widget" in its place; the static copy (message, parameter and test
+        tables, download link, diagnostics figures) needs nothing.
+
+        Returns
+        -------
+        str
+            The static HTML.
+        """
+        return self._outputs.freeze()
 
     def push(self, symbol: str | None = None) -> Any:
         """Push the last fitted model to the server for ``symbol`` (default: the picker's)."""

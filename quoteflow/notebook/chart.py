@@ -42,6 +42,7 @@ from quoteflow.notebook._chart_figures import (
     tick_bar_figures,
     time_axis_label,
 )
+from quoteflow.notebook.frozen import LiveDisplay
 
 __all__ = ["ChartKind", "ChartView", "LiveChart", "running_charts"]
 
@@ -320,6 +321,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self.pause_button.observe(self._on_pause, names="value")
         self.status = widgets.HTML(value="")
         controls = widgets.HBox([self.picker, self.pause_button, self.status])
+        self._outputs = LiveDisplay(self, lambda: self.status.value + self.snapshot()._repr_html_())
         super().__init__(children=[controls, self.plot])
         self.add_class("quoteflow-livechart")  # how tests and styles find a live chart
         self._update_status(force=True)
@@ -540,6 +542,15 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self._tasks = []
         self._flush()
         self._update_status(force=True)
+
+    def freeze(self) -> None:
+        """Stop, and replace every output showing the chart with :meth:`snapshot` (static:
+        it survives a saved and reopened notebook, see :mod:`quoteflow.notebook.frozen`)."""
+        self.stop()
+        self._outputs.freeze()
+
+    def _ipython_display_(self) -> None:
+        self._outputs.show()
 
     def close(self) -> None:
         """Stop and close the widget and its views (releases the connection)."""

@@ -30,6 +30,8 @@ from bokeh.models.annotations.geometry import Span
 from bokeh.plotting import figure
 
 from quoteflow.notebook._bokeh import EchoFreeBokehModel
+from quoteflow.notebook.frozen import LiveDisplay
+from quoteflow.notebook.static import static_figure
 
 __all__ = ["StreamMonitor", "realised_volatility", "return_correlation"]
 
@@ -97,6 +99,19 @@ class StreamMonitor(widgets.VBox):  # type: ignore[misc]
         self.readouts = {s: widgets.HTML(layout=widgets.Layout(width="460px")) for s in symbols}
         self.correlation = math.nan
         self._corr = ColumnDataSource({"x": [], "rho": []})
+        self._size = (int(width), int(height))
+        fig = self._make_figure(self._corr)
+        self.figure = fig
+        self.plot = EchoFreeBokehModel(fig)
+        self._outputs = LiveDisplay(self, self._static_html)
+        super().__init__(children=[self.plot])
+        self._update()
+        with contextlib.suppress(RuntimeError):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _make_figure(self, source: ColumnDataSource) -> Any:
+        """The rolling-correlation figure drawn from ``source`` (live, or a static copy)."""
+        width, height = self._size
         target = self._target_correlation()
         title = (
             f"rolling correlation of {self.symbols[0]} and {self.symbols[1]} tick returns"
@@ -116,18 +131,27 @@ class StreamMonitor(widgets.VBox):  # type: ignore[misc]
             height=height,
             tools="pan,wheel_zoom,reset,save",
         )
-        fig.line("x", "rho", source=self._corr, line_width=2, legend_label="realised")
+        fig.line("x", "rho", source=source, line_width=2, legend_label="realised")
         if target is not None:
             fig.add_layout(
                 Span(location=target, dimension="width", line_dash="dashed", line_color="#c62828")
             )
         fig.legend.location = "bottom_left"
-        self.figure = fig
-        self.plot = EchoFreeBokehModel(fig)
-        super().__init__(children=[self.plot])
-        self._update()
-        with contextlib.suppress(RuntimeError):
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        return fig
+
+    def _static_html(self) -> str:
+        copy = self._make_figure(
+            ColumnDataSource({str(k): list(v) for k, v in self._corr.data.items()})
+        )
+        return str(static_figure(copy, title="rolling correlation")._repr_html_())
+
+    def _ipython_display_(self) -> None:
+        self._outputs.show()
+
+    def freeze(self) -> None:
+        """Stop, and replace every output showing the panel with a static copy of it."""
+        self.stop()
+        self._outputs.freeze()
 
     def _target_correlation(self) -> float | None:
         if len(self.symbols) < 2:

@@ -34,6 +34,7 @@ import pytest
 
 from tests.conftest import CHROMIUM_ARGS, ROOT, free_port, require_executable
 from tests.notebooks._kernel import NOTEBOOKS_DIR, ensure_python3_kernelspec, kernel_env
+from tests.notebooks.run_notebooks import widget_views
 
 pytestmark = [
     pytest.mark.browser,
@@ -91,6 +92,19 @@ class LabServer:
             )
             with urllib.request.urlopen(req, timeout=30):
                 pass
+
+    def restore(self, name: str) -> None:
+        """Close every session (and its kernel) and put back the repository's copy of
+        ``name``, as the module found it (the tests after a save expect a fresh notebook)."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}") as resp:
+            sessions = json.loads(resp.read())
+        for s in sessions:
+            req = urllib.request.Request(
+                f"{self.url}/api/sessions/{s['id']}?token={self.token}", method="DELETE"
+            )
+            with urllib.request.urlopen(req, timeout=30):
+                pass
+        shutil.copy(NOTEBOOKS_DIR / name, self.root / name)
 
     def kernel_of(self, name: str) -> Any:
         """A client of the kernel behind the open notebook ``name`` (its connection file)."""
@@ -223,8 +237,73 @@ def _error_outputs(page: Any) -> list[str]:
     ).all_inner_texts()
     errors = [t[:500] for t in texts if "Error" in t or "Traceback" in t]
     body = panel.inner_text()
-    errors += [f"page shows {s!r}" for s in RENDER_FAILURES if s in body]
+    errors += [
+        f"page shows {s!r} after {body[max(0, body.index(s) - 200) : body.index(s)]!r}"
+        for s in RENDER_FAILURES
+        if s in body
+    ]
     return errors
+
+
+#: JavaScript: the reopened notebook has settled: its kernel is idle, at least ``n`` output
+#: areas are drawn, and the widget manager has answered every widget output (it shows
+#: "Loading widget..." until it has either drawn the view or given up with "Error
+#: displaying widget"). Checking before that would miss the error.
+OUTPUTS_SETTLED = """(n) => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel || !document.body.innerText.includes('| Idle')) return false;
+  const drawn = [...panel.querySelectorAll('.jp-Cell .jp-OutputArea')]
+    .filter(a => a.querySelector('.jp-OutputArea-child')).length;
+  return drawn >= n && !panel.innerText.includes('Loading widget...');
+}"""
+
+
+def _save_and_shut_down(page: Any, lab: LabServer, name: str) -> dict[str, Any]:
+    """Save the visible notebook (await the file on disk), shut the kernels down.
+
+    Returns the saved notebook, asserting that it keeps no widget view (a widget's output
+    needs the kernel: reopened, it shows "Error displaying widget: model not found").
+    """
+    saved = lab.root / name
+    before = saved.stat().st_mtime_ns
+    page.keyboard.press("Control+s")
+    deadline = time.monotonic() + 30  # hang guard
+    while saved.stat().st_mtime_ns == before and time.monotonic() < deadline:
+        page.wait_for_timeout(200)  # polling a condition: the file on disk
+    assert saved.stat().st_mtime_ns != before, f"{name} was not saved"
+    lab.shutdown_kernels()
+    nb: dict[str, Any] = json.loads(saved.read_text())
+    views = widget_views(nb)
+    assert not views, f"{name}: saved with widget views in cells {views}"
+    return nb
+
+
+def _reopen_and_check(
+    browser: Any, lab: LabServer, name: str, nb: dict[str, Any], shot: Path, figures: int
+) -> None:
+    """Reopen ``name`` (its kernel shut down), wait until every output has settled, then
+    assert at least ``figures`` static figures and no error on the page or the console."""
+    console_errors: list[str] = []
+    page = _new_page(browser, console_errors)
+    try:
+        page.goto(lab.notebook_url(name))
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for(
+            timeout=60_000
+        )
+        with_outputs = sum(1 for c in nb["cells"] if c.get("outputs"))
+        page.wait_for_function(OUTPUTS_SETTLED, arg=with_outputs, timeout=60_000)
+        drawn = _await_static_figures(page, figures) if figures else []
+        assert len(drawn) >= figures and 0 not in drawn, f"{name} after reopening: {drawn}"
+        if figures:
+            _screenshot_at_figure(page, 0, shot)
+        else:
+            page.screenshot(path=str(shot))
+        assert not _error_outputs(page), _error_outputs(page)
+        failures = [e for e in console_errors if any(s in e for s in RENDER_FAILURES)]
+        assert not failures, failures
+    finally:
+        page.close()
+        lab.restore(name)
 
 
 @pytest.mark.parametrize("name", ["01_quickstart.ipynb", "03_live_market.ipynb"])
@@ -274,7 +353,9 @@ def test_live_chart_in_jupyterlab(
             (artifacts_dir / f"jupyterlab-{stem}-chart{i}-1.png").write_bytes(a)
             (artifacts_dir / f"jupyterlab-{stem}-chart{i}-2.png").write_bytes(b)
         changed = [_changed_pixels(a, b) for a, b in zip(first, second, strict=True)]
-        assert all(n > 200 for n in changed), f"{name}: a chart did not change within {CHART_CHANGE_HANG_GUARD_S} s: {changed}"
+        assert all(n > 200 for n in changed), (
+            f"{name}: a chart did not change within {CHART_CHANGE_HANG_GUARD_S} s: {changed}"
+        )
         charts.first.scroll_into_view_if_needed()
         page.screenshot(path=str(DOCS / f"notebook-{stem}.png"))
         monitor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider")
@@ -298,8 +379,15 @@ def test_live_chart_in_jupyterlab(
             or "stopped" in page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
         )
         assert not console_errors, console_errors
+        # Saved, closed and reopened: the frozen copies, no dead widget.
+        nb = _save_and_shut_down(page, jupyterlab, name)
     finally:
         page.close()
+    shot = artifacts_dir / f"jupyterlab-{stem}-reopened.png"
+    # 01: the snapshot cell + 2 frozen charts; 03: 2 snapshots + 2 frozen charts (the overlay
+    # and the kind="both" chart) + monitor.
+    figures = {"01_quickstart.ipynb": 3, "03_live_market.ipynb": 5}[name]
+    _reopen_and_check(browser, jupyterlab, name, nb, shot, figures)
 
 
 def _stable_screenshot(element: Any) -> bytes:
@@ -427,7 +515,8 @@ def test_calibration_diagnostics_survive_save_close_and_reopen(
     jupyterlab: LabServer, browser: Any, artifacts_dir: Path
 ) -> None:
     """02: Run All draws its diagnostics as static figures; saved, closed, with the kernel
-    shut down and reopened, the notebook still shows every one of them, and no error."""
+    shut down and reopened, the notebook still shows every one of them (the panel's too:
+    its stop cell froze it), and no widget error once the widget manager has settled."""
     name = "02_calibrate.ipynb"
     console_errors: list[str] = []
     page = _new_page(browser, console_errors)
@@ -442,30 +531,13 @@ def test_calibration_diagnostics_survive_save_close_and_reopen(
         _screenshot_at_figure(page, 1, DOCS / "notebook-02_calibrate.png")
         assert not _error_outputs(page), _error_outputs(page)
 
-        page.keyboard.press("Control+s")
-        saved = jupyterlab.root / name
-        deadline = time.monotonic() + 30  # hang guard
-        while "quoteflow-static" not in saved.read_text() and time.monotonic() < deadline:
-            page.wait_for_timeout(200)  # polling a condition: the file on disk
-        assert "quoteflow-static" in saved.read_text(), "the notebook was not saved"
-        jupyterlab.shutdown_kernels()
+        nb = _save_and_shut_down(page, jupyterlab, name)
+        assert "quoteflow-static" in json.dumps(nb), "the notebook was saved without figures"
     finally:
         page.close()
-
-    page = _new_page(browser, console_errors)
-    try:
-        page.goto(jupyterlab.notebook_url(name))
-        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell").first.wait_for(
-            timeout=60_000
-        )
-        drawn = _await_static_figures(page, 3)
-        assert len(drawn) >= 3 and 0 not in drawn, f"after reopening: {drawn}"
-        _screenshot_at_figure(page, 0, artifacts_dir / "jupyterlab-02-reopened.png")
-        assert not _error_outputs(page), _error_outputs(page)
-        failures = [e for e in console_errors if any(s in e for s in RENDER_FAILURES)]
-        assert not failures, failures
-    finally:
-        page.close()
+    # 5: the panel's frozen copy keeps its 2 figures.
+    shot = artifacts_dir / "jupyterlab-02-reopened.png"
+    _reopen_and_check(browser, jupyterlab, name, nb, shot, figures=5)
 
 
 #: JavaScript: the prompt of code cell ``n`` shows an execution count other than ``old``.

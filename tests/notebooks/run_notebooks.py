@@ -33,6 +33,21 @@ assert not _left and not running_servers(), f"servers left running: {_left} {run
 CDN = re.compile(r"cdn\.bokeh\.org|<script[^>]*\bsrc=\\*[\"']https?://")
 
 
+#: The mime type of a widget's output: a reference to a model in the kernel. Saved and
+#: reopened without the kernel, it shows "Error displaying widget: model not found".
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def widget_views(nb: Any) -> list[int]:
+    """Indices of the cells of ``nb`` (a notebook or its JSON) that keep a widget view."""
+    return [
+        i
+        for i, cell in enumerate(nb["cells"])
+        for out in cell.get("outputs", [])
+        if WIDGET_VIEW in out.get("data", {})
+    ]
+
+
 def problems(nb: Any) -> list[str]:
     """Error outputs, tracebacks on stderr, CDN references and unexecuted cells of ``nb``."""
     found: list[str] = []

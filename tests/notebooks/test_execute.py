@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.notebooks._kernel import ensure_python3_kernelspec, kernel_env, notebooks
-from tests.notebooks.run_notebooks import execute, problems
+from tests.notebooks.run_notebooks import execute, problems, widget_views
 
 pytestmark = [
     pytest.mark.notebook,
@@ -62,6 +62,10 @@ def test_notebook_executes(
     record_property("seconds", round(elapsed, 1))
     print(f"{path.name}: {elapsed:.1f} s")
     assert not problems(nb), f"{path.name}: {problems(nb)}"
+    # Run All ends by freezing every live widget into static HTML: a widget view left in
+    # the saved notebook reopens as "Error displaying widget: model not found".
+    views = widget_views(nb)
+    assert not views, f"{path.name}: cells {views} keep a widget view after the stop cell"
     # The static figures are in an HTML export too (widgets would need a kernel).
     from nbconvert import HTMLExporter
 
