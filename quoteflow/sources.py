@@ -39,11 +39,13 @@ import pandas as pd
 from quoteflow.errors import ConfigError, DataError
 
 __all__ = [
+    "Catalog",
     "MarketEvent",
     "Relay",
     "Replay",
     "Source",
     "iso_ms",
+    "paced",
     "quote_sides",
     "round_prices",
 ]
@@ -77,18 +79,25 @@ class MarketEvent:
     data: dict[str, Any]
 
 
-class Source(ABC):
-    """Anything that produces market events for the broker (docs/internals.md).
+class Catalog(ABC):
+    """What the server asks of any source of symbols: names, descriptions, live changes.
 
-    Subclasses implement :attr:`symbols`, :meth:`batches`, :meth:`describe` and
-    :meth:`update`. ``lag_seconds`` is how late the most recent batch was relative to its
-    wall-clock deadline (exported by the server as "generation lag"); sources that are not
-    paced by a clock leave it at 0. ``prices_reseeded`` counts prices a model source had to
+    A :class:`Source` is a catalog that also produces the events. A serving-only
+    instance of a cluster (``quoteflow serve --broker redis://...``) has a catalog and
+    no events of its own: they reach its broker from another process
+    (:class:`quoteflow.broker.redis.StreamSource`).
+
+    ``lag_seconds`` is how late the most recent batch was relative to its wall-clock
+    deadline (exported by the server as "generation lag"); sources that are not paced by
+    a clock leave it at 0. ``prices_reseeded`` counts prices a model source had to
     restart (see ``Market._guard``).
     """
 
     #: Lateness of the latest batch against its deadline, in seconds (0 when on time).
     lag_seconds: float = 0.0
+    #: Deadlines skipped because the consumer fell more than one interval behind
+    #: (see :func:`paced`).
+    ticks_skipped: int = 0
     #: Prices the source replaced because its model drove them out of the streamable range
     #: or made them non-finite (the market's price guard); exported as
     #: ``quoteflow_prices_reseeded``. Sources without models leave it at 0.
@@ -99,9 +108,11 @@ class Source(ABC):
     def symbols(self) -> list[str]:
         """The symbols this source emits (for a relay: the ones seen so far)."""
 
-    @abstractmethod
-    def batches(self) -> AsyncIterator[list[MarketEvent]]:
-        """Yield one batch of events per tick round, paced by the wall clock."""
+    @property
+    def symbols_known(self) -> bool:
+        """False while the source cannot tell which symbols exist yet (then an unknown
+        symbol is answered 503 "retry", not 400)."""
+        return True
 
     @abstractmethod
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -117,8 +128,73 @@ class Source(ABC):
             Naming the unknown symbol or the bad parameter and what is allowed.
         """
 
+    async def aupdate(self, symbol: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`update`, awaitable (what ``PUT /symbols/{symbol}`` calls).
+
+        A source whose changes travel (a serving instance forwarding to its producer)
+        overrides this; ``ConnectionError`` then means nobody answered.
+        """
+        return self.update(symbol, params)
+
+    def close(self) -> None:
+        """Release what the source holds (server shutdown); nothing by default."""
+        return None
+
+    async def aclose(self) -> None:
+        """:meth:`close`, awaitable (what the server calls at shutdown); a source that
+        must await its release overrides this."""
+        self.close()
+
+
+class Source(Catalog):
+    """Anything that produces market events for the broker (docs/internals.md).
+
+    Subclasses implement :attr:`symbols`, :meth:`batches`, :meth:`describe` and
+    :meth:`update`.
+    """
+
+    @abstractmethod
+    def batches(self) -> AsyncIterator[list[MarketEvent]]:
+        """Yield one batch of events per tick round, paced by the wall clock."""
+
 
 # --------------------------------------------------------------------------- quote helpers
+
+
+async def paced(
+    source: Source,
+    step: Callable[[], list[MarketEvent]],
+    interval: float,
+    done: Callable[[], bool] = lambda: False,
+) -> AsyncGenerator[list[MarketEvent], None]:
+    """Yield ``step()`` every ``interval`` seconds until ``done()``: the one pacing loop.
+
+    Deadline schedule: batch ``k`` is due at ``start + k * interval`` on the event loop's
+    monotonic clock, so sleeping late never accumulates drift. At most one batch is
+    produced per wake-up. A batch that is late is produced at once and its lateness
+    recorded in ``source.lag_seconds``; if the loop has fallen more than one whole
+    interval behind, the missed deadlines are skipped (counted in
+    ``source.ticks_skipped``) instead of being produced in a burst. Empty batches are not
+    yielded.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    k = 0
+    while not done():
+        due = start + k * interval
+        delay = due - loop.time()
+        # sleep(0) when late still yields once, so clients get served between batches.
+        await asyncio.sleep(max(delay, 0.0))
+        source.lag_seconds = max(0.0, -delay)
+        batch = step()
+        if batch:
+            yield batch
+        k += 1
+        behind = loop.time() - (start + k * interval)
+        if behind > interval:
+            missed = int(behind // interval)
+            k += missed
+            source.ticks_skipped += missed
 
 
 def iso_ms(t: float) -> str:
@@ -205,9 +281,11 @@ _ALIASES = {
 
 
 def _norm_col(name: Any) -> str:
+    from quoteflow.data import normalise_column
+
     key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    return _ALIASES.get(key.replace(" ", "_"), key.replace(" ", "_"))
+    key = normalise_column(_ALIASES.get(key, key))
+    return _ALIASES.get(key, key)
 
 
 def _long_frame(
@@ -217,9 +295,7 @@ def _long_frame(
     """Normalise any accepted replay input to a long frame with ``symbol``, ``date``, prices."""
     from quoteflow import data
 
-    if source is None or (
-        isinstance(source, str) and source.upper() in data.TICKERS and not Path(source).exists()
-    ):
+    if source is None or data.shipped_ticker(source) is not None:
         names = (
             [str(source).upper()]
             if source is not None
@@ -356,9 +432,7 @@ class Replay(Source):
             raise ConfigError(f"replay: spread_bps must be in [0, 10000), got {spread_bps!r}")
         from quoteflow import data
 
-        shipped = source is None or (
-            isinstance(source, str) and source.upper() in data.TICKERS and not Path(source).exists()
-        )
+        shipped = source is None or data.shipped_ticker(source) is not None
         if shipped and symbols is not None:
             symbols = [str(s).upper() for s in symbols]  # shipped tickers: any case
         frame = _long_frame(source, symbols)
@@ -506,23 +580,10 @@ class Replay(Source):
 
         Ends after the last row unless ``loop`` is on. When the consumer is late by more
         than one interval, missed deadlines are dropped (the replay slows down rather than
-        bursting) and ``lag_seconds`` records the lateness.
+        bursting) and ``lag_seconds`` records the lateness (see :func:`paced`).
         """
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        k = 0
-        while not self.done:
-            due = start + k * self.tick_interval
-            delay = due - loop.time()
-            await asyncio.sleep(max(delay, 0.0))
-            self.lag_seconds = max(0.0, -delay)
-            batch = self.step()
-            if batch:
-                yield batch
-            k += 1
-            behind = loop.time() - (start + k * self.tick_interval)
-            if behind > self.tick_interval:
-                k += int(behind // self.tick_interval)
+        async for batch in paced(self, self.step, self.tick_interval, lambda: self.done):
+            yield batch
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Per symbol ``{"model": "replay", "params": {...}, "price": last emitted price}``."""

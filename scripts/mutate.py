@@ -218,7 +218,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "finish-keeps-pending-data",
         "parser EOF",
-        "quoteflow/client.py",
+        "quoteflow/wire/parser.py",
         "        :attr:`retry` as an ``EventSource`` keeps them across reconnections.\n"
         '        """\n'
         "        self._start_stream()\n",
@@ -233,7 +233,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "finish-keeps-open-line",
         "parser EOF",
-        "quoteflow/client.py",
+        "quoteflow/wire/parser.py",
         "        :attr:`retry` as an ``EventSource`` keeps them across reconnections.\n"
         '        """\n'
         "        self._start_stream()\n",
@@ -262,7 +262,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "id-buffer-survives-finish",
         "parser EOF",
-        "quoteflow/client.py",
+        "quoteflow/wire/parser.py",
         '        self._id_buffer = self.last_event_id or ""\n',
         '        self._id_buffer = getattr(self, "_id_buffer", None) or self.last_event_id or ""\n',
         PARSER_TESTS + CLIENT_EOF_TESTS[:1],
@@ -272,7 +272,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "normal-loglik-no-2pi",
         "GARCH likelihood",
-        "quoteflow/models/garch.py",
+        "quoteflow/models/innovations.py",
         "ll = -0.5 * (_LOG_2PI + np.log(sigma2) + ratio)",
         "ll = -0.5 * (np.log(sigma2) + ratio)",
         GARCH_TESTS,
@@ -281,7 +281,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "t-density-scale",
         "GARCH likelihood",
-        "quoteflow/models/garch.py",
+        "quoteflow/models/innovations.py",
         "            - 0.5 * math.log(math.pi * (nu - 2.0))\n",
         "            - 0.5 * math.log(math.pi * nu)\n",
         GARCH_TESTS,
@@ -290,7 +290,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "t-kernel-exponent",
         "GARCH likelihood",
-        "quoteflow/models/garch.py",
+        "quoteflow/models/innovations.py",
         "ll = const - 0.5 * np.log(sigma2) - 0.5 * (nu + 1.0) * log1q",
         "ll = const - 0.5 * np.log(sigma2) - 0.5 * nu * log1q",
         GARCH_TESTS,
@@ -299,7 +299,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "normal-score-sign",
         "GARCH likelihood",
-        "quoteflow/models/garch.py",
+        "quoteflow/models/innovations.py",
         "        dl_de = -e * inv_s\n",
         "        dl_de = e * inv_s\n",
         GARCH_TESTS,

@@ -1,13 +1,15 @@
 """Fan-out and replay of market events: the broker interface and its implementations.
 
-:class:`MemoryBroker` (one process) is the default; a Redis Streams broker implements
-the same :class:`Broker` interface for several server instances.
+:class:`MemoryBroker` (one process) is the default; a Redis Streams broker
+(:mod:`quoteflow.broker.redis`) implements the same :class:`Broker` interface for several
+server instances. :func:`broker_from_url` picks one from a ``--broker`` URL.
 """
 
 from __future__ import annotations
 
 from quoteflow.broker.base import (
     ALL_EVENTS,
+    BackendLink,
     Broker,
     BrokerStats,
     CloseReason,
@@ -17,10 +19,12 @@ from quoteflow.broker.base import (
     Subscription,
     SubscriptionWriter,
 )
+from quoteflow.broker.factory import broker_from_url
 from quoteflow.broker.memory import MemoryBroker
 
 __all__ = [
     "ALL_EVENTS",
+    "BackendLink",
     "Broker",
     "BrokerStats",
     "CloseReason",
@@ -30,4 +34,5 @@ __all__ = [
     "MemoryBroker",
     "Subscription",
     "SubscriptionWriter",
+    "broker_from_url",
 ]

@@ -4,8 +4,15 @@ A broker sits between a :class:`~quoteflow.sources.Source` and the HTTP layer. I
 every event an id, encodes it to SSE bytes once, keeps a replay buffer for resume with
 ``Last-Event-ID`` and fans the bytes out to subscribers. Two implementations share this
 interface (the shape follows mercure's ``Transport``): :mod:`quoteflow.broker.memory`
-(one process, integer ids) and, later, a Redis Streams broker (ids such as
-``"1712345678901-0"``). Ids therefore cross the interface as strings.
+(one process, integer ids) and :mod:`quoteflow.broker.redis` (Redis Streams, shared by
+several server instances; ids such as ``"1712345678901-0"``). Ids therefore cross the
+interface as strings. :func:`quoteflow.broker.broker_from_url` turns a ``--broker`` URL
+into one of them; nothing else names a concrete broker.
+
+What the server needs from every broker is declared on :class:`Broker` (``start``,
+``aclose``, :attr:`Broker.produces`, :meth:`Broker.attach_source`,
+:meth:`Broker.remote_catalog`); what only some brokers have is a small
+``runtime_checkable`` protocol (:class:`BackendLink`: a backend that can be down).
 
 The subscriber side is the :class:`Subscription` defined here, shared by every broker:
 the broker pushes ready-made byte chunks, the HTTP handler awaits :meth:`Subscription.wait`
@@ -29,12 +36,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from quoteflow.errors import QuoteflowError
+from quoteflow.sources import Catalog
+from quoteflow.wire.payload import EVENT_TYPES
 
 __all__ = [
     "ALL_EVENTS",
+    "BackendLink",
     "Broker",
     "BrokerStats",
     "CloseReason",
@@ -49,7 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Event types a client may subscribe to (``events=`` query parameter).
-ALL_EVENTS: frozenset[str] = frozenset({"tick", "bar"})
+ALL_EVENTS: frozenset[str] = EVENT_TYPES
 
 
 class CloseReason:
@@ -507,13 +517,69 @@ class Subscription:
         return _new_delivery(Delivery, (data, events, published_at))
 
 
+@runtime_checkable
+class BackendLink(Protocol):
+    """Capability of a broker whose fan-out depends on a backend that can be down (Redis).
+
+    The server reports it on ``/healthz`` (503 "degraded" while down) and ``/metrics``
+    (``quoteflow_broker_up``, ``_outages``, ``_outbox_events``).
+    """
+
+    @property
+    def healthy(self) -> bool:
+        """True while the backend answers."""
+        ...
+
+    @property
+    def outages(self) -> int:
+        """Times the backend was lost since start."""
+        ...
+
+    @property
+    def outbox_size(self) -> int:
+        """Events waiting to be written to the backend (a producer during an outage)."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """State of the link for ``/healthz``."""
+        ...
+
+
 class Broker(ABC):
     """Fan-out and replay of market events (memory or Redis Streams).
 
-    All methods are called on the event loop thread.
+    All methods are called on the event loop thread. Besides the abstract methods, the
+    server uses the lifecycle below; its defaults suit a broker without I/O.
     """
 
     stats: BrokerStats
+
+    @property
+    def produces(self) -> bool:
+        """True when this process's source feeds this broker (the server runs its pump).
+
+        False for a serving-only member of a cluster: its events are published by
+        another process and reach it through the backend.
+        """
+        return True
+
+    async def start(self) -> None:
+        """Connect and start background work (called once by the server's start)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Stop background work and :meth:`close` (called once at server shutdown)."""
+        self.close()
+
+    def attach_source(self, source: Catalog) -> None:
+        """The server's source, told before :meth:`start` (a producer may publish its
+        catalog and accept forwarded changes); nothing by default."""
+        return None
+
+    def remote_catalog(self) -> Catalog | None:
+        """The catalog of a broker that does not produce (see :attr:`produces`): the
+        symbols and models of the process that does. None for a producing broker."""
+        return None
 
     @abstractmethod
     def publish(self, batch: Sequence[EventLike]) -> None:

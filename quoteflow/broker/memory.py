@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
-import json
 import logging
 import re
 import time
@@ -38,7 +37,9 @@ from quoteflow.broker.base import (
     EventLike,
     Subscription,
 )
-from quoteflow.server.sse import encode_event
+from quoteflow.broker.settings import BufferSettings
+from quoteflow.wire.payload import EventFramer, encode_payload, pre_encoded
+from quoteflow.wire.sse import encode_event
 
 __all__ = ["DEFAULT_REPLAY_MEMORY", "REPLAY_CHUNK", "MemoryBroker", "ReplayBudget", "ReplayCursor"]
 
@@ -48,13 +49,10 @@ log = logging.getLogger(__name__)
 # also hold exactly up to 2**53; we will never get near either). Anything else - signs,
 # spaces, non-ASCII digits, 50 nines - is not an id this broker issued.
 _ID_RE = re.compile(r"[0-9]{1,19}")
-# One encoder for every event: json.dumps() with non-default options builds a new
-# JSONEncoder per call, a third of the encoding time at 100k events/s.
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _MAX_ID = 2**63 - 1
 
 #: Default bound on replay bytes in flight to all resuming clients together (bytes).
-DEFAULT_REPLAY_MEMORY = 64 << 20
+DEFAULT_REPLAY_MEMORY = BufferSettings.replay_memory_bytes
 #: Largest replay chunk taken in one write (bytes); ``--max-backlog`` lowers it.
 REPLAY_CHUNK = 256 << 10
 #: Buffer rows one chunk may scan: a narrow filter over a long buffer is searched in
@@ -388,10 +386,10 @@ class MemoryBroker(Broker):
     def __init__(
         self,
         *,
-        buffer_size: int = 100_000,
-        buffer_age: float = 300.0,
-        max_backlog_bytes: int = 1 << 20,
-        replay_memory_bytes: int = DEFAULT_REPLAY_MEMORY,
+        buffer_size: int = BufferSettings.buffer_size,
+        buffer_age: float = BufferSettings.buffer_age,
+        max_backlog_bytes: int = BufferSettings.max_backlog_bytes,
+        replay_memory_bytes: int = BufferSettings.replay_memory_bytes,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if buffer_size < 1:
@@ -414,10 +412,8 @@ class MemoryBroker(Broker):
         # snapshot() merges them, so publishing does not copy every payload.
         self._latest: dict[str, Mapping[str, Any]] = {}
         self._latest_seq: dict[str, int] = {}
-        # SSE frame templates per event type, see _learn_frame.
-        self._frames: dict[str, str] = {}
-        for kind in sorted(ALL_EVENTS):
-            self._learn_frame(kind)
+        # Payload + seq + SSE framing, once per event (quoteflow.wire).
+        self._framer = EventFramer()
         self._closed = False
 
     # -- ids ---------------------------------------------------------------------------
@@ -485,14 +481,13 @@ class MemoryBroker(Broker):
         batch : sequence of MarketEvent
             One tick round. Payload dicts are not modified; the latest tick of each
             symbol is kept by reference for :meth:`snapshot` (sources hand over fresh
-            dicts every round). A batch with an ``encoded`` attribute
-            (:class:`quoteflow.market.EncodedBatch`) brings its payloads' JSON along,
-            which is used instead of encoding them again.
+            dicts every round). An :class:`~quoteflow.wire.payload.EncodedBatch` brings
+            its payloads' JSON along, which is used instead of encoding them again.
         """
         if not batch or self._closed:
             return
         now = self._clock()
-        encoded: Sequence[tuple[Any, str]] = getattr(batch, "encoded", None) or ()
+        encoded = pre_encoded(batch)
         n_encoded = len(encoded)
         # The batch as parallel lists (see ReplayLog): id, type, symbol, SSE frame.
         keys: list[int] = []
@@ -500,30 +495,21 @@ class MemoryBroker(Broker):
         syms: list[str] = []
         frames_out: list[bytes] = []
         latest, latest_seq = self._latest, self._latest_seq
-        frames = self._frames
+        frame = self._framer.frame
         counts: dict[str, int] = {}
         next_id = self._next_id
         for i, ev in enumerate(batch):
             data = ev.data
             kind = ev.event
-            frame = frames.get(kind)
             text: str | None = None
-            if i < n_encoded and frame is not None:
+            if i < n_encoded:
                 pair = encoded[i]
                 # The pre-encoded text is trusted only for the very payload it was made
-                # from, and "seq" is the broker's to add.
-                if pair[0] is data and "seq" not in data and data:
+                # from.
+                if pair[0] is data:
                     text = pair[1]
             try:
-                if text is not None and frame is not None:
-                    # '"seq"' goes before the closing brace without re-encoding the rest.
-                    encoded_event = (frame % (next_id, text[:-1], next_id)).encode()
-                else:
-                    payload = dict(data)
-                    payload["seq"] = next_id
-                    encoded_event = encode_event(_JSON.encode(payload), id=str(next_id), event=kind)
-                    if frame is None:
-                        self._learn_frame(kind)
+                encoded_event = frame(kind, data, text, next_id, next_id)
             except (TypeError, ValueError) as exc:
                 # One bad event (a NaN price, an unserialisable value, a newline in the
                 # type) must not stop the feed for everyone: drop it, keep ids contiguous.
@@ -547,17 +533,6 @@ class MemoryBroker(Broker):
         self._log.extend(keys, kinds, syms, frames_out, now)
         if self._groups:
             self._fan_out(kinds, syms, frames_out, now)
-
-    def _learn_frame(self, kind: str) -> None:
-        """Cache the SSE frame of event type ``kind`` as a %-template (id, JSON, id).
-
-        Built by :func:`~quoteflow.server.sse.encode_event` itself, so SSE framing is
-        still written in one place; only a type the encoder accepted is cached.
-        """
-        if "%" in kind or len(self._frames) >= 64:
-            return  # a '%' would break the template; and no unbounded cache of odd types
-        template = encode_event('%s,"seq":%d}', id="%d", event=kind).decode()
-        self._frames[kind] = template
 
     def _fan_out(
         self, kinds: list[str], symbols: list[str], frames: list[bytes], now: float
@@ -694,7 +669,7 @@ class MemoryBroker(Broker):
             "last_id": self._format_id(after),
             "snapshot": self.snapshot(sub.symbols),
         }
-        data = _JSON.encode(payload)
+        data = encode_payload(payload)
         sub.push_preamble(encode_event(data, id=self._reset_event_id(), event="reset"), 1)
 
     def _on_closed(self, sub: Subscription) -> None:

@@ -52,17 +52,21 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from quoteflow.broker.base import CloseReason, EventIdError, EventLike, Subscription
-from quoteflow.broker.memory import DEFAULT_REPLAY_MEMORY, MemoryBroker, _Group
+from quoteflow.broker.memory import MemoryBroker, _Group
+from quoteflow.broker.settings import BufferSettings, RedisSettings
 from quoteflow.errors import ConfigError
-from quoteflow.server.sse import encode_event
-from quoteflow.sources import MarketEvent, Source
+from quoteflow.sources import Catalog
+from quoteflow.wire.payload import encode_payload, pre_encoded, with_seq
+from quoteflow.wire.sse import encode_event
 
 __all__ = ["RedisBroker", "StreamSource", "parse_stream_id"]
 
+#: The stream key every instance uses unless told otherwise.
+DEFAULT_STREAM = "quoteflow:events"
 #: Seconds between refreshes of the symbol catalog (producer writes, consumers read):
 #: ``GET /symbols`` on a serving instance shows parameters at most this old.
 CATALOG_PERIOD = 2.0
@@ -70,7 +74,7 @@ CATALOG_PERIOD = 2.0
 UPDATE_TIMEOUT = 5.0
 #: Default seconds a resume with an id this instance has not read yet waits for its reader
 #: (``--catch-up-timeout``).
-CATCH_UP_TIMEOUT = 5.0
+CATCH_UP_TIMEOUT = RedisSettings.catch_up_timeout
 
 log = logging.getLogger("quoteflow.broker.redis")
 
@@ -139,16 +143,16 @@ class RedisBroker(MemoryBroker):
         self,
         url: str,
         *,
-        stream: str = "quoteflow:events",
+        stream: str = DEFAULT_STREAM,
         produce: bool = False,
         consume: bool = True,
-        maxlen: int = 100_000,
-        outbox_size: int = 100_000,
+        maxlen: int = RedisSettings.maxlen,
+        outbox_size: int = RedisSettings.outbox_size,
         block_ms: int = 1000,
-        buffer_size: int = 100_000,
-        buffer_age: float = 300.0,
-        max_backlog_bytes: int = 1 << 20,
-        replay_memory_bytes: int = DEFAULT_REPLAY_MEMORY,
+        buffer_size: int = BufferSettings.buffer_size,
+        buffer_age: float = BufferSettings.buffer_age,
+        max_backlog_bytes: int = BufferSettings.max_backlog_bytes,
+        replay_memory_bytes: int = BufferSettings.replay_memory_bytes,
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = 0.1,
         backoff_max: float = 2.0,
@@ -191,6 +195,8 @@ class RedisBroker(MemoryBroker):
         #: Gaps seen in the producer's counter (see _note_gap).
         self.gaps = 0
         self._outbox_event = asyncio.Event()
+        # Consumer: the JSON text of the latest tick per symbol (see snapshot()).
+        self._latest_text: dict[str, str] = {}
         self._last_sid: str | None = None  # newest stream id ingested
         self._read_from = "$"
         self._primed = False
@@ -224,6 +230,22 @@ class RedisBroker(MemoryBroker):
         self.sent = 0
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def produces(self) -> bool:
+        """True for the producer (``--generate``, ``quoteflow generate``)."""
+        return self.produce
+
+    def attach_source(self, source: Catalog) -> None:
+        """Producer: publish ``source``'s catalog for the serving instances (which have no
+        source) and apply the parameter changes they forward."""
+        if self.produce:
+            self.catalog_provider = source.describe
+            self.update_handler = source.update
+
+    def remote_catalog(self) -> Catalog | None:
+        """Serving only: the producer's catalog as read from Redis (:class:`StreamSource`)."""
+        return None if self.produce else StreamSource(self)
 
     async def start(self) -> None:
         """Connect, prime the local buffer from the stream, start reader/writer tasks.
@@ -311,12 +333,32 @@ class RedisBroker(MemoryBroker):
             return
         published = self.stats.published
         outbox = self._outbox
-        for ev in batch:
-            data = json.dumps(dict(ev.data), separators=(",", ":"), allow_nan=False)
+        encoded = pre_encoded(batch)
+        n_encoded = len(encoded)
+        for i, ev in enumerate(batch):
+            data = ev.data
+            # The payload is encoded once, here, with its "seq" (the producer's event
+            # counter): consumers frame the text as it comes, without decoding it.
+            text: str | None = None
+            if i < n_encoded and encoded[i][0] is data and "seq" not in data and data:
+                text = encoded[i][1]
+            n = self._n + 1
+            try:
+                if text is None:
+                    payload = dict(data)
+                    payload["seq"] = n
+                    text = encode_payload(payload)
+                else:
+                    text = with_seq(text, n)
+            except (TypeError, ValueError) as exc:
+                # As on the memory broker: one bad event must not stop the feed.
+                self.stats.dropped += 1
+                log.warning("dropping unencodable %s event for %r: %s", ev.event, ev.symbol, exc)
+                continue
             if len(outbox) == outbox.maxlen:
                 self.dropped_unsent += 1
-            self._n += 1
-            outbox.append((ev.event, ev.symbol, data.encode(), self._n))
+            self._n = n
+            outbox.append((ev.event, ev.symbol, text.encode(), n))
             published[ev.event] = published.get(ev.event, 0) + 1
         self._outbox_event.set()
 
@@ -579,12 +621,11 @@ class RedisBroker(MemoryBroker):
                 body = fields[b"d"].decode()
                 producer = fields.get(b"p", b"").decode()
                 n = int(fields.get(b"n", b"0"))
-                # '"seq"' is the stream id; appended without re-encoding the JSON object.
+                # The producer wrote the payload with its "seq": framed as it is, not
+                # decoded (the snapshot decodes the latest tick per symbol when asked).
                 if not body.endswith("}"):
                     raise ValueError("payload is not a JSON object")
-                data = body[:-1] + ',"seq":"' + sid + '"}'
-                payload = json.loads(data) if event == "tick" else None
-                frame = encode_event(data, id=sid, event=event)
+                frame = encode_event(body, id=sid, event=event)
             except (KeyError, UnicodeDecodeError, ValueError, EventIdError) as exc:
                 log.warning("skipping malformed stream entry %s: %s", sid, exc)
                 continue
@@ -604,8 +645,8 @@ class RedisBroker(MemoryBroker):
             syms.append(symbol)
             frames.append(frame)
             newest = key
-            if payload is not None:
-                self._latest[symbol] = payload
+            if event == "tick":
+                self._latest_text[symbol] = body
             self._last_sid = sid
         if not keys:
             return
@@ -800,8 +841,26 @@ class RedisBroker(MemoryBroker):
         return self._last_sid
 
     def ticked_symbols(self) -> list[str]:
-        """Symbols seen ticking in the stream (without copying their payloads)."""
-        return list(self._latest)
+        """Symbols seen ticking in the stream (without decoding their payloads)."""
+        return list(self._latest_text)
+
+    def snapshot(self, symbols: frozenset[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Latest tick payload (with ``seq``) per symbol seen ticking in the stream.
+
+        The payloads are kept as the JSON text read from Redis and decoded here, for the
+        symbols asked only: the reader never decodes a payload.
+        """
+        latest = self._latest_text
+        names = sorted(latest if symbols is None else (s for s in symbols if s in latest))
+        out: dict[str, dict[str, Any]] = {}
+        for s in names:
+            try:
+                payload = json.loads(latest[s])
+            except ValueError:
+                continue
+            if isinstance(payload, dict):
+                out[s] = payload
+        return out
 
     @property
     def outbox_size(self) -> int:
@@ -824,12 +883,14 @@ class RedisBroker(MemoryBroker):
         }
 
 
-class StreamSource(Source):
+class StreamSource(Catalog):
     """The source of a serving-only instance: what another process publishes to Redis.
 
     A serving instance (``quoteflow serve --broker redis://...`` without ``--generate``)
-    has no market of its own. Its symbols are those of the producer's catalog (refreshed
-    every :data:`CATALOG_PERIOD` seconds) plus any symbol seen ticking in the stream, so
+    has no market of its own, hence no events to produce: it is a
+    :class:`~quoteflow.sources.Catalog`, not a ``Source`` (the events reach the broker's
+    reader from Redis). Its symbols are those of the producer's catalog (refreshed every
+    :data:`CATALOG_PERIOD` seconds) plus any symbol seen ticking in the stream, so
     ``/symbols``, ``/snapshot`` and the 400 for an unknown symbol work as on the producer.
     ``PUT /symbols/{symbol}`` is forwarded to the producer (:meth:`aupdate`).
 
@@ -853,12 +914,6 @@ class StreamSource(Source):
     def symbols_known(self) -> bool:
         """False until the catalog or a tick has been read (Redis unreachable at start)."""
         return self.broker.catalog is not None or self.broker.last_id is not None
-
-    async def batches(self) -> AsyncIterator[list[MarketEvent]]:
-        """Nothing: events arrive through the broker's reader, not through a pump."""
-        nothing: tuple[list[MarketEvent], ...] = ()
-        for batch in nothing:  # an async generator that ends at once
-            yield batch
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """The producer's catalog, with prices from the latest ticks seen here."""

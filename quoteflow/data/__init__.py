@@ -18,7 +18,17 @@ import pandas as pd
 
 from quoteflow.errors import DataError
 
-__all__ = ["TICKERS", "load", "load_all", "read_csv"]
+__all__ = [
+    "TICKERS",
+    "ColumnNotFound",
+    "PricesNotFound",
+    "load",
+    "load_all",
+    "normalise_column",
+    "read_csv",
+    "resolve_prices",
+    "shipped_ticker",
+]
 
 #: Tickers shipped with the package.
 TICKERS: tuple[str, ...] = ("AAPL", "GOOG", "IBM", "MSFT")
@@ -32,6 +42,97 @@ _COLUMNS = {
     "Volume": "volume",
     "Adj Close": "adj_close",
 }
+
+
+class PricesNotFound(DataError):
+    """A price source that is neither an existing CSV file nor a shipped ticker.
+
+    Attributes
+    ----------
+    spec : str
+        What was asked for.
+    path : pathlib.Path
+        The file that was looked for.
+    """
+
+    def __init__(self, spec: str, path: Path) -> None:
+        super().__init__(
+            f"no such file: {spec} (nor a shipped ticker); give a CSV path or a shipped "
+            f"ticker ({', '.join(TICKERS)})"
+        )
+        self.spec = spec
+        self.path = path
+
+
+class ColumnNotFound(DataError):
+    """A price column that the file or shipped ticker does not have."""
+
+
+def normalise_column(name: Any) -> str:
+    """A column name as a key: case-insensitive, spaces and underscores the same.
+
+    ``"Adj Close"``, ``"adj_close"`` and ``" ADJ CLOSE "`` all give ``"adj_close"``. The one
+    normaliser of column names (CSV files, shipped tickers, replay frames).
+    """
+    return str(name).strip().lower().replace(" ", "_")
+
+
+def shipped_ticker(spec: Any, base_dir: str | Path | None = None) -> str | None:
+    """The shipped ticker ``spec`` names, or None: the one "ticker or CSV?" rule.
+
+    ``spec`` names a shipped ticker if it is one of :data:`TICKERS` (any case) and no file
+    of that name exists (relative names against ``base_dir``, default the working
+    directory): a user's file wins over the shipped data.
+    """
+    if not isinstance(spec, str) or spec.upper() not in TICKERS:
+        return None
+    if (Path(base_dir) / spec if base_dir is not None else Path(spec)).exists():
+        return None
+    return spec.upper()
+
+
+def resolve_prices(
+    spec: str, column: str | None = None, *, base_dir: str | Path | None = None
+) -> pd.Series:
+    """Prices from a CSV file or a shipped ticker name (``AAPL``, ``GOOG``, ``IBM``, ``MSFT``).
+
+    Parameters
+    ----------
+    spec
+        A CSV path (relative ones against ``base_dir``) or a shipped ticker; a file of the
+        same name as a ticker wins (:func:`shipped_ticker`).
+    column
+        Price column (see :func:`read_csv`); a shipped ticker gives ``adj_close`` unless
+        this says otherwise.
+    base_dir
+        Directory of relative paths (a TOML file's directory); default the working directory.
+
+    Raises
+    ------
+    PricesNotFound
+        Neither a file nor a shipped ticker.
+    ColumnNotFound
+        No such column.
+    DataError
+        Bad values (see :func:`read_csv`).
+    """
+    ticker = shipped_ticker(spec, base_dir)
+    if ticker is not None:
+        frame = load(ticker)
+        key = "adj_close" if column is None else normalise_column(column)
+        if key not in frame.columns:
+            raise ColumnNotFound(
+                f"ticker {ticker} has no column {column!r}; columns: {', '.join(frame.columns)}"
+            )
+        series = frame[key].astype(float)
+        series.name = f"{ticker} {key}"
+        return series
+    path = Path(spec)
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    if not path.exists():
+        raise PricesNotFound(spec, path)
+    return read_csv(path, column=column)
 
 
 @functools.cache
@@ -122,9 +223,7 @@ def read_csv(
     if df.empty:
         raise DataError(f"{p} has no data rows")
 
-    def norm(name: str) -> str:
-        return str(name).strip().lower().replace(" ", "_")
-
+    norm = normalise_column
     by_norm = {norm(c): c for c in df.columns}
     if column is None:
         for cand in ("adj_close", "close", "price"):
@@ -141,7 +240,7 @@ def read_csv(
     elif norm(column) in by_norm:
         column = by_norm[norm(column)]
     else:
-        raise DataError(f"{p}: no column {column!r}; columns: {list(df.columns)}")
+        raise ColumnNotFound(f"{p}: no column {column!r}; columns: {list(df.columns)}")
 
     if date_column is None:
         for cand in ("date", "timestamp", "time", "datetime"):

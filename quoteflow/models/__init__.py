@@ -8,7 +8,6 @@ See docs/models.md for the likelihoods, standard errors and known biases.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -18,85 +17,37 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quoteflow.errors import ConfigError, ParameterError
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
 from quoteflow.models.garch import GARCH, GARCHConvergenceWarning, GARCHFitResult
 from quoteflow.models.gbm import GBM
+from quoteflow.models.innovations import INNOVATIONS, Innovation, Normal, StudentT
 from quoteflow.models.meanrev import MeanReversion
+from quoteflow.models.means import ConstantMean, MeanPart, ZeroMean
+from quoteflow.models.registry import MODELS, build_model, model_from_spec
 
 __all__ = [
     "GARCH",
     "GBM",
+    "INNOVATIONS",
     "MODELS",
     "Comparison",
+    "ConstantMean",
     "FitResult",
     "GARCHConvergenceWarning",
     "GARCHFitResult",
+    "Innovation",
+    "MeanPart",
     "MeanReversion",
+    "Normal",
     "PriceModel",
     "Stepper",
+    "StudentT",
+    "ZeroMean",
+    "build_model",
     "compare",
     "model_from_spec",
     "validate_prices",
 ]
-
-#: Model classes by their short name (command line, TOML config, JSON).
-MODELS: dict[str, type[PriceModel]] = {"gbm": GBM, "meanrev": MeanReversion, "garch": GARCH}
-
-
-def model_from_spec(name: str, **params: Any) -> PriceModel:
-    """Build a model from its short name and parameters (TOML config, ``PUT /symbols``, CLI).
-
-    Parameters
-    ----------
-    name
-        Short model name, one of :data:`MODELS` (case-insensitive).
-    **params
-        The model's constructor parameters, e.g. ``mu=0.05, sigma=0.2`` for ``"gbm"``.
-
-    Returns
-    -------
-    PriceModel
-        The validated model.
-
-    Raises
-    ------
-    ConfigError
-        (a ``ValueError``) naming an unknown model (and listing the known ones), an unknown
-        or missing parameter (listing the model's parameters) or a value out of range.
-    """
-    key = str(name).strip().lower()
-    cls = MODELS.get(key)
-    if cls is None:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-    names = [f.name for f in fields]
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)} for model {key!r}; "
-            f"its parameters: {', '.join(names)}"
-        )
-    required = [
-        f.name
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    missing = [n for n in required if n not in params]
-    if missing:
-        raise ConfigError(
-            f"missing parameter(s) {', '.join(missing)} for model {key!r}; "
-            f"its parameters: {', '.join(names)}"
-        )
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        # The models' own messages start with the model name ("gbm: parameter ..."): say it once.
-        message = f"bad parameter for model {key!r}: {str(exc).removeprefix(f'{cls.name}: ')}"
-        if isinstance(exc, ParameterError):
-            raise ParameterError(exc.param, message) from None
-        raise ConfigError(message) from None
-
 
 #: What compare() fits: label -> fit function.
 _CANDIDATES: dict[str, Callable[[Any, float], FitResult]] = {

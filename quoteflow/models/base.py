@@ -272,6 +272,11 @@ class FitResult:
     extra
         Model-specific results (e.g. GARCH conditional volatility); JSON-unsafe values are
         left out of :meth:`to_dict`.
+    std_resid
+        Standardised residuals of the fitted likelihood, one per observation: the
+        innovations the model implies, ``(r_t - E[r_t]) / sd(r_t)`` given the past, which
+        are iid with mean 0 and variance 1 when the model is right (check them for
+        autocorrelation, fat tails, ARCH effects).
     """
 
     model: PriceModel
@@ -283,6 +288,7 @@ class FitResult:
     dt: float = 1 / 252
     notes: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    std_resid: FloatArray = field(default_factory=lambda: np.empty(0), compare=False, repr=False)
 
     @property
     def n_params(self) -> int:

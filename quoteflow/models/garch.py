@@ -25,10 +25,11 @@ import math
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize
 
 from quoteflow.errors import ParameterError
 from quoteflow.models._garch_recursion import (
@@ -37,6 +38,13 @@ from quoteflow.models._garch_recursion import (
     variance_and_gradient,
     variance_filter,
 )
+from quoteflow.models._stepper import PathStepper
+from quoteflow.models._validation import (
+    check_dt,
+    check_shocks,
+    check_sim_args,
+    initial_prices,
+)
 from quoteflow.models.base import (
     FitResult,
     FloatArray,
@@ -44,13 +52,7 @@ from quoteflow.models.base import (
     require_model,
     validate_prices,
 )
-from quoteflow.models.gbm import (
-    _check_dt,
-    _check_shocks,
-    _check_sim_args,
-    _initial_prices,
-    _PathStepper,
-)
+from quoteflow.models.innovations import INNOVATIONS, Innovation
 from quoteflow.models.limits import (
     MAX_SCALE,
     MAX_STEP_DRIFT,
@@ -61,22 +63,24 @@ from quoteflow.models.limits import (
     positive_param,
     step_bound,
 )
+from quoteflow.models.means import MEANS as MEAN_PARTS
+from quoteflow.models.means import MeanPart
 
 __all__ = ["DISTS", "GARCH", "MEANS", "GARCHConvergenceWarning", "GARCHFitResult", "GARCHStepper"]
 
-#: Innovation distributions.
-DISTS: tuple[str, ...] = ("normal", "t")
+#: Innovation distributions (the parts in :data:`quoteflow.models.innovations.INNOVATIONS`).
+DISTS: tuple[str, ...] = tuple(INNOVATIONS)
 #: Mean models: a constant ``mu`` (estimated) or zero (not estimated).
-MEANS: tuple[str, ...] = ("constant", "zero")
+MEANS: tuple[str, ...] = tuple(MEAN_PARTS)
 
-_LOG_2PI = math.log(2.0 * math.pi)
 #: Upper bound of ``alpha + beta`` used in estimation. ``arch`` allows ``<= 1``; the model
 #: must be covariance stationary (``< 1``) to have an unconditional variance to start from.
 _MAX_PERSISTENCE = 1.0 - 1e-6
-#: Bounds of ``nu`` in estimation, as in ``arch.univariate.StudentsT``.
-_NU_BOUNDS = (2.05, 500.0)
-#: Largest |z| mapped through the Gaussian copula (Phi(-37) ~ 6e-300 > 0).
-_MAX_ABS_Z = 37.0
+#: Model fields that are shape parameters of some innovation law (``nu``; skew-t adds its
+#: own). A new law's parameter is a field of :class:`GARCH` and a name in its part.
+_SHAPE_FIELDS: tuple[str, ...] = tuple(
+    dict.fromkeys(n for part in INNOVATIONS.values() for n in part.parameter_names)
+)
 
 
 class GARCHConvergenceWarning(RuntimeWarning):
@@ -90,19 +94,6 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
             f"garch: {name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}",
         )
     return value
-
-
-def _std_t_from_normal(z: FloatArray, nu: float) -> FloatArray:
-    """Gaussian copula: ``F_t^{-1}(Phi(z))`` scaled to unit variance.
-
-    Uses the symmetry of both laws, ``sign(z) * -F_t^{-1}(Phi(-|z|))``, so the lower-tail
-    probability stays representable for large ``|z|`` (``Phi(z)`` would round to 1).
-    ``|z|`` is capped at 37 (a probability of ~6e-300, the smallest ``Phi`` represents
-    comfortably) so that a freak shock gives a huge but finite innovation, never inf.
-    """
-    p = special.ndtr(-np.minimum(np.abs(z), _MAX_ABS_Z))
-    x: FloatArray = -np.sign(z) * special.stdtrit(nu, p)
-    return x * math.sqrt((nu - 2.0) / nu)
 
 
 @dataclass(frozen=True)
@@ -178,12 +169,8 @@ class GARCH(PriceModel):
                 "garch: alpha + beta must be < 1 (covariance stationarity), "
                 f"got alpha={alpha!r} + beta={beta!r} = {alpha + beta!r}",
             )
-        if dist == "t" and nu <= 2.0:
-            raise ParameterError("nu", f"garch: parameter nu must be > 2 when dist='t', got {nu!r}")
-        if mean == "zero" and mu != 0.0:
-            raise ParameterError(
-                "mu", f"garch: parameter mu must be 0 when mean='zero', got {mu!r}"
-            )
+        INNOVATIONS[dist].validate(self._shape_of(dist, nu=nu))
+        MEAN_PARTS[mean].validate(mu)
         for key, value in (
             ("mu", mu),
             ("omega", omega),
@@ -195,11 +182,32 @@ class GARCH(PriceModel):
         ):
             object.__setattr__(self, key, value)
 
+    def _shape_of(self, dist: str, **values: float) -> tuple[float, ...]:
+        names = INNOVATIONS[dist].parameter_names
+        return tuple(values[n] if n in values else float(getattr(self, n)) for n in names)
+
+    @property
+    def innovation(self) -> Innovation:
+        """The innovation law (part) named by :attr:`dist`."""
+        return INNOVATIONS[self.dist]
+
+    @property
+    def mean_part(self) -> MeanPart:
+        """The mean part named by :attr:`mean`."""
+        return MEAN_PARTS[self.mean]
+
+    @property
+    def shape(self) -> tuple[float, ...]:
+        """The innovation's shape parameters (``(nu,)`` for ``"t"``, ``()`` for normal)."""
+        return self._shape_of(self.dist)
+
     def params(self) -> dict[str, float]:
-        """Parameters as a plain dict; ``nu`` only with ``dist="t"`` (normal shocks have none)."""
+        """Parameters as a plain dict; shape parameters (``nu``) only if the law has them."""
         out = super().params()
-        if self.dist != "t":
-            out.pop("nu", None)
+        used = self.innovation.parameter_names
+        for name in _SHAPE_FIELDS:
+            if name not in used:
+                out.pop(name, None)
         return out
 
     # ----------------------------------------------------------------- properties
@@ -234,7 +242,7 @@ class GARCH(PriceModel):
             Naming ``mu``, ``omega``, ``scale``, ``beta`` or ``alpha`` (the one just changed
             if it takes part in the broken rule) and its allowed range.
         """
-        h = _check_dt(dt) / self.dt_fit
+        h = check_dt(dt) / self.dt_fit
         step_bound(
             "garch",
             "|mu * dt / dt_fit| / scale",
@@ -311,11 +319,7 @@ class GARCH(PriceModel):
 
     def _draw_innovations(self, rng: np.random.Generator, shape: tuple[int, int]) -> FloatArray:
         """Unit-variance innovations ``eps`` drawn directly from their law."""
-        if self.dist == "t":
-            # Var of Student-t(nu) is nu/(nu-2); rescale to unit variance.
-            draws: FloatArray = rng.standard_t(self.nu, size=shape)
-            return draws * math.sqrt((self.nu - 2.0) / self.nu)
-        return rng.standard_normal(size=shape)
+        return self.innovation.simulate(self.shape, rng, shape)
 
     def innovations_from_normal(self, z: FloatArray) -> FloatArray:
         """Map standard-normal shocks to this model's unit-variance innovations.
@@ -324,9 +328,7 @@ class GARCH(PriceModel):
         ``F_t^{-1}(Phi(z)) sqrt((nu-2)/nu)``, monotone in ``z``, so correlation imposed on
         the normal shocks carries over (as a rank correlation).
         """
-        if self.dist == "t":
-            return _std_t_from_normal(np.asarray(z, dtype=np.float64), self.nu)
-        return np.asarray(z, dtype=np.float64)
+        return self.innovation.from_normal(self.shape, np.asarray(z, dtype=np.float64))
 
     # ------------------------------------------------------------------ simulation
 
@@ -367,8 +369,8 @@ class GARCH(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
-        start = _initial_prices(s0, n_paths)
+        n_steps, n_paths, dt = check_sim_args(self, n_steps, n_paths, dt)
+        start = initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
         out = np.empty((n_steps + 1, n_paths), dtype=np.float64)
         out[0] = np.log(start)
@@ -483,7 +485,7 @@ class GARCH(PriceModel):
         dist = _choice("dist", dist, DISTS)
         mean = _choice("mean", mean, MEANS)
         scale = param_in_range("garch", "scale", scale, MIN_SCALE, MAX_SCALE)
-        dt = _check_dt(dt)
+        dt = check_dt(dt)
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
         p = validate_prices(prices)
@@ -498,28 +500,46 @@ class GARCH(PriceModel):
 
 @dataclass(frozen=True)
 class _Spec:
-    """What is estimated: layout of the parameter vector ``[mu,] omega, alpha, beta[, nu]``."""
+    """What is estimated: the parts and the layout ``[mean params,] omega, alpha, beta[, shape]``."""
 
     returns: FloatArray
     backcast: float
     dist: str
     mean: str
 
-    @property
+    # Cached: the objective asks for these on every evaluation.
+    @cached_property
+    def innovation(self) -> Innovation:
+        return INNOVATIONS[self.dist]
+
+    @cached_property
+    def mean_part(self) -> MeanPart:
+        return MEAN_PARTS[self.mean]
+
+    @cached_property
     def with_mu(self) -> bool:
-        return self.mean == "constant"
+        """Whether the mean has a parameter (the variance gradient then has a ``mu`` row)."""
+        return bool(self.mean_part.parameter_names)
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
-        head = ("mu",) if self.with_mu else ()
-        tail = ("nu",) if self.dist == "t" else ()
-        return (*head, "omega", "alpha", "beta", *tail)
+        return (
+            *self.mean_part.parameter_names,
+            "omega",
+            "alpha",
+            "beta",
+            *self.innovation.parameter_names,
+        )
 
-    def unpack(self, x: FloatArray) -> tuple[float, float, float, float, float]:
-        i = 1 if self.with_mu else 0
-        mu = float(x[0]) if self.with_mu else 0.0
-        nu = float(x[i + 3]) if self.dist == "t" else math.inf
-        return mu, float(x[i]), float(x[i + 1]), float(x[i + 2]), nu
+    @cached_property
+    def alpha_index(self) -> int:
+        return len(self.mean_part.parameter_names) + 1
+
+    def unpack(self, x: FloatArray) -> tuple[float, float, float, float, tuple[float, ...]]:
+        """``(mu, omega, alpha, beta, shape)`` from the parameter vector."""
+        k = self.alpha_index - 1
+        v = x.tolist()
+        return self.mean_part.mu(v[:k]), v[k], v[k + 1], v[k + 2], tuple(v[k + 3 :])
 
 
 @dataclass(frozen=True)
@@ -527,15 +547,16 @@ class _Terms:
     """Per-observation pieces of the log-likelihood at one parameter vector.
 
     ``ll`` the log-likelihood terms, ``sigma2`` the conditional variances, ``dl_ds`` and
-    ``dl_de`` the partial derivatives of ``ll`` in ``sigma2_t`` and ``e_t``, ``dl_dnu`` the
-    partial in ``nu`` (t only), ``dsig`` the variance derivatives, shape ``(k_var, n)``.
+    ``dl_de`` the partial derivatives of ``ll`` in ``sigma2_t`` and ``e_t``, ``dl_dshape``
+    the partials in the innovation's shape parameters, ``dsig`` the variance derivatives,
+    shape ``(k_var, n)``.
     """
 
     ll: FloatArray
     sigma2: FloatArray
     dl_ds: FloatArray
     dl_de: FloatArray
-    dl_dnu: FloatArray | None
+    dl_dshape: tuple[FloatArray, ...]
     dsig: FloatArray
 
     def gradient(self, with_mu: bool) -> FloatArray:
@@ -545,16 +566,15 @@ class _Terms:
         parts = [g]
         if with_mu:
             g[0] -= self.dl_de.sum()  # de/dmu = -1
-        if self.dl_dnu is not None:
-            parts.append(np.array([self.dl_dnu.sum()]))
+        if self.dl_dshape:
+            parts.append(np.array([d.sum() for d in self.dl_dshape]))
         out: FloatArray = np.concatenate(parts) / n
         return out
 
     def scores(self, with_mu: bool) -> FloatArray:
         """Per-observation scores, shape ``(n, k)``."""
         cols = [self.dsig.T * self.dl_ds[:, np.newaxis]]
-        if self.dl_dnu is not None:
-            cols.append(self.dl_dnu[:, np.newaxis])
+        cols.extend(d[:, np.newaxis] for d in self.dl_dshape)
         out = np.concatenate(cols, axis=1)
         if with_mu:
             out[:, 0] -= self.dl_de
@@ -565,39 +585,21 @@ def _loglik_terms(spec: _Spec, x: FloatArray) -> _Terms:
     """Log-likelihood terms and their partial derivatives at ``x``.
 
     Scores follow by the chain rule ``dl_t/dtheta = dl_t/dsigma2_t dsigma2_t/dtheta``
-    (+ the direct terms in ``mu`` and ``nu``), with the variance derivatives of
-    ``variance_and_gradient``.
+    (+ the direct terms in ``mu`` and the shape parameters), with the variance derivatives
+    of ``variance_and_gradient`` and the innovation's partials.
     """
-    mu, omega, alpha, beta, nu = spec.unpack(x)
+    mu, omega, alpha, beta, shape = spec.unpack(x)
     e = spec.returns - mu
     sigma2, dsig = variance_and_gradient(omega, alpha, beta, e, spec.backcast, spec.with_mu)
-    e2 = e * e
-    inv_s = 1.0 / sigma2
-    dl_dnu: FloatArray | None = None
-    if spec.dist == "normal":
-        ratio = e2 * inv_s
-        ll = -0.5 * (_LOG_2PI + np.log(sigma2) + ratio)
-        dl_ds = 0.5 * (ratio - 1.0) * inv_s
-        dl_de = -e * inv_s
-    else:
-        q = e2 * inv_s / (nu - 2.0)
-        const = (
-            special.gammaln((nu + 1.0) / 2.0)
-            - special.gammaln(nu / 2.0)
-            - 0.5 * math.log(math.pi * (nu - 2.0))
-        )
-        log1q = np.log1p(q)
-        ll = const - 0.5 * np.log(sigma2) - 0.5 * (nu + 1.0) * log1q
-        w = q / (1.0 + q)
-        dl_ds = 0.5 * ((nu + 1.0) * w - 1.0) * inv_s
-        dl_de = -(nu + 1.0) * e * inv_s / ((nu - 2.0) * (1.0 + q))
-        dl_dnu = (
-            0.5 * float(special.digamma((nu + 1.0) / 2.0) - special.digamma(nu / 2.0))
-            - 0.5 / (nu - 2.0)
-            - 0.5 * log1q
-            + 0.5 * (nu + 1.0) / (nu - 2.0) * w
-        )
-    return _Terms(ll=ll, sigma2=sigma2, dl_ds=dl_ds, dl_de=dl_de, dl_dnu=dl_dnu, dsig=dsig)
+    part = spec.innovation.loglikelihood(shape, e, sigma2)
+    return _Terms(
+        ll=part.ll,
+        sigma2=sigma2,
+        dl_ds=part.dl_ds,
+        dl_de=part.dl_de,
+        dl_dshape=part.dl_dshape,
+        dsig=dsig,
+    )
 
 
 def _objective(spec: _Spec) -> Callable[[FloatArray], tuple[float, FloatArray]]:
@@ -621,12 +623,12 @@ def _starting_values(spec: _Spec) -> FloatArray:
     """Grid search like ``arch``'s ``GARCH.starting_values`` (Gaussian likelihood).
 
     ``alpha`` in {0.01, 0.05, 0.1, 0.2}, ``alpha + beta`` in {0.5, 0.7, 0.9, 0.98},
-    ``omega = (1 - alpha - beta) mean(e**2)``; ``nu`` from the kurtosis ``k`` of the
-    standardised residuals, ``nu = max((4k - 6)/(k - 3), 4)`` if ``k > 3.75`` else 12
-    (method of moments for the t, as ``arch``'s ``StudentsT.starting_values``).
+    ``omega = (1 - alpha - beta) mean(e**2)``; the mean and shape parameters from their
+    parts (``mean(r)``; for the t, ``nu`` by the method of moments on the standardised
+    residuals of the best grid point).
     """
-    mu0 = float(spec.returns.mean()) if spec.with_mu else 0.0
-    e = spec.returns - mu0
+    head = spec.mean_part.starting_values(spec.returns)
+    e = spec.returns - spec.mean_part.mu(head)
     target = float(np.mean(e * e))
     best: tuple[float, float, float, FloatArray] | None = None
     best_ll = -math.inf
@@ -639,12 +641,22 @@ def _starting_values(spec: _Spec) -> FloatArray:
                 best_ll, best = ll, (omega, alpha, pers - alpha, s2)
     assert best is not None
     omega, alpha, beta, s2 = best
-    x = [mu0] if spec.with_mu else []
-    x += [omega, alpha, beta]
-    if spec.dist == "t":
-        kurt = float(stats.kurtosis(e / np.sqrt(s2), fisher=False))
-        x.append(max((4.0 * kurt - 6.0) / (kurt - 3.0) if kurt > 3.75 else 12.0, 4.0))
-    return np.asarray(x, dtype=np.float64)
+    tail = spec.innovation.starting_values(e / np.sqrt(s2))
+    return np.asarray([*head, omega, alpha, beta, *tail], dtype=np.float64)
+
+
+def _bounds(spec: _Spec, v: float) -> list[tuple[float | None, float | None]]:
+    """The estimation box, the same as arch's ``GARCH.bounds`` / ``StudentsT.bounds``.
+
+    ``v`` is the mean squared residual at the starting mean.
+    """
+    return [
+        *spec.mean_part.bounds(),
+        (1e-8 * v, 10.0 * v),
+        (0.0, 1.0),
+        (0.0, 1.0),
+        *spec.innovation.bounds(),
+    ]
 
 
 def _hessian(grad: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatArray:
@@ -660,6 +672,55 @@ def _hessian(grad: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatAr
     return 0.5 * (hess + hess.T)
 
 
+def _maximise(spec: _Spec, v: float, max_iter: int) -> tuple[FloatArray, Any]:
+    """SLSQP from the grid start under ``alpha + beta <= 1 - 1e-6``; ``(x, result)``.
+
+    ``v`` is the mean squared residual at the starting mean (it scales the ``omega`` box).
+    The returned ``x`` is clipped into the box and the persistence constraint (SLSQP can
+    leave tiny violations) so that the model validates.
+    """
+    bounds = _bounds(spec, v)
+    ia = spec.alpha_index
+    jac = np.zeros(len(spec.names))
+    jac[ia] = jac[ia + 1] = -1.0
+    constraint = {
+        "type": "ineq",
+        "fun": lambda x: _MAX_PERSISTENCE - x[ia] - x[ia + 1],
+        "jac": lambda x: jac,
+    }
+    opt = optimize.minimize(
+        _objective(spec),
+        _starting_values(spec),
+        jac=True,
+        method="SLSQP",
+        bounds=bounds,
+        constraints=[constraint],
+        options={"maxiter": max_iter, "ftol": 1e-12},
+    )
+    x = np.asarray(opt.x, dtype=np.float64)
+    for i, (lo, hi) in enumerate(bounds):
+        x[i] = min(max(x[i], -math.inf if lo is None else lo), math.inf if hi is None else hi)
+    if x[ia] + x[ia + 1] > _MAX_PERSISTENCE:
+        x[ia + 1] = _MAX_PERSISTENCE - x[ia]
+    return x, opt
+
+
+def _robust_covariance(spec: _Spec, x: FloatArray, scores: FloatArray) -> FloatArray | None:
+    """QML sandwich ``H^-1 J H^-1 / n`` (Bollerslev & Wooldridge 1992); None if ``H`` is singular."""
+
+    def mean_grad(y: FloatArray) -> FloatArray:
+        with np.errstate(all="ignore"):
+            return -_loglik_terms(spec, y).gradient(spec.with_mu)
+
+    hess = _hessian(mean_grad, x)
+    try:
+        inv_h = np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return None
+    cov: FloatArray = inv_h @ np.cov(scores.T) @ inv_h / scores.shape[0]
+    return cov
+
+
 def _fit_returns(
     cls: type[GARCH],
     returns: FloatArray,
@@ -670,47 +731,18 @@ def _fit_returns(
     scale: float,
     max_iter: int,
 ) -> GARCHFitResult:
+    """Estimate on scaled returns: parts -> start -> SLSQP -> sandwich -> result."""
     n = returns.shape[0]
     # The backcast is taken from the residuals at the starting mean and then held fixed,
     # as in arch (its fit() calls backcast(resids(starting_values()))).
-    start_resid = returns - returns.mean() if mean == "constant" else returns
+    mean_part = MEAN_PARTS[mean]
+    start_resid = returns - mean_part.mu(mean_part.starting_values(returns))
     spec = _Spec(returns=returns, backcast=backcast(start_resid), dist=dist, mean=mean)
     if spec.backcast <= 0.0 or float(np.mean(start_resid**2)) <= 0.0:
         raise ValueError("garch: the returns have zero variance; nothing to fit")
     names = spec.names
-    x0 = _starting_values(spec)
-    v = float(np.mean(start_resid**2))
-    bounds: list[tuple[float | None, float | None]] = []
-    if spec.with_mu:
-        bounds.append((None, None))
-    # Same box as arch's GARCH.bounds / StudentsT.bounds.
-    bounds += [(1e-8 * v, 10.0 * v), (0.0, 1.0), (0.0, 1.0)]
-    if dist == "t":
-        bounds.append(_NU_BOUNDS)
-    ia = 2 if spec.with_mu else 1  # index of alpha
-    jac = np.zeros(len(names))
-    jac[ia] = jac[ia + 1] = -1.0
-    constraint = {
-        "type": "ineq",
-        "fun": lambda x: _MAX_PERSISTENCE - x[ia] - x[ia + 1],
-        "jac": lambda x: jac,
-    }
-    fun = _objective(spec)
-    opt = optimize.minimize(
-        fun,
-        x0,
-        jac=True,
-        method="SLSQP",
-        bounds=bounds,
-        constraints=[constraint],
-        options={"maxiter": max_iter, "ftol": 1e-12},
-    )
-    x = np.asarray(opt.x, dtype=np.float64)
-    # Clip the tiny bound/constraint violations SLSQP can leave so the model validates.
-    for i, (lo, hi) in enumerate(bounds):
-        x[i] = min(max(x[i], -math.inf if lo is None else lo), math.inf if hi is None else hi)
-    if x[ia] + x[ia + 1] > _MAX_PERSISTENCE:
-        x[ia + 1] = _MAX_PERSISTENCE - x[ia]
+    x, opt = _maximise(spec, float(np.mean(start_resid**2)), max_iter)
+    ia = spec.alpha_index
     converged = bool(opt.success)
     notes: list[str] = []
     if not converged:
@@ -723,53 +755,35 @@ def _fit_returns(
 
     terms = _loglik_terms(spec, x)
     loglik_scaled = float(terms.ll.sum())
-    sigma2 = terms.sigma2
-    scores = terms.scores(spec.with_mu)
-
-    def mean_grad(y: FloatArray) -> FloatArray:
-        with np.errstate(all="ignore"):
-            return -_loglik_terms(spec, y).gradient(spec.with_mu)
-
-    hess = _hessian(mean_grad, x)
-    try:
-        inv_h = np.linalg.inv(hess)
-        cov = inv_h @ np.cov(scores.T) @ inv_h / n
-        se = np.sqrt(np.where(np.diag(cov) >= 0.0, np.diag(cov), np.nan))
-    except np.linalg.LinAlgError:
+    cov = _robust_covariance(spec, x, terms.scores(spec.with_mu))
+    if cov is None:
         cov = np.full((len(names), len(names)), np.nan)
         se = np.full(len(names), np.nan)
         notes.append("Hessian is singular: standard errors are not available")
+    else:
+        se = np.sqrt(np.where(np.diag(cov) >= 0.0, np.diag(cov), np.nan))
     if x[ia] + x[ia + 1] >= _MAX_PERSISTENCE - 1e-9:
         notes.append("alpha + beta is at the stationarity bound (integrated GARCH?)")
 
-    params = {name: float(val) for name, val in zip(names, x, strict=True)}
-    std_err = {name: float(s) for name, s in zip(names, se, strict=True)}
-    mu, omega, alpha, beta, nu = spec.unpack(x)
+    mu, omega, alpha, beta, shape = spec.unpack(x)
     model = cls(
         mu=mu,
         omega=omega,
         alpha=alpha,
         beta=beta,
-        nu=nu if dist == "t" else GARCH.nu,
+        **dict(zip(spec.innovation.parameter_names, shape, strict=True)),
         dist=dist,
         mean=mean,
         scale=scale,
         dt_fit=dt,
     )
+    notes.insert(0, _units_note(model, loglik_scaled))
     resid = returns - mu
-    vol = np.sqrt(sigma2)
-    notes.insert(
-        0,
-        f"Units: returns = {scale:g} x log-return per period of {dt:.6g} years "
-        f"({'percent' if scale == 100 else 'scaled'}); mu and omega in those units. "
-        f"Annualised volatility {model.annual_volatility:.4g}, persistence alpha+beta "
-        f"{alpha + beta:.4f}. loglik is of the unscaled log returns (arch reports "
-        f"{loglik_scaled:.4f} for the scaled ones).",
-    )
+    vol = np.sqrt(terms.sigma2)
     return GARCHFitResult(
         model=model,
-        params=params,
-        std_err=std_err,
+        params={name: float(val) for name, val in zip(names, x, strict=True)},
+        std_err={name: float(s) for name, s in zip(names, se, strict=True)},
         loglik=loglik_scaled + n * math.log(scale),
         nobs=n,
         converged=converged,
@@ -791,6 +805,18 @@ def _fit_returns(
         std_resid=resid / vol,
         cov=cov,
         backcast=spec.backcast,
+    )
+
+
+def _units_note(model: GARCH, loglik_scaled: float) -> str:
+    """The first note of a fit: what the units of ``mu``, ``omega`` and ``loglik`` are."""
+    scale, dt = model.scale, model.dt_fit
+    return (
+        f"Units: returns = {scale:g} x log-return per period of {dt:.6g} years "
+        f"({'percent' if scale == 100 else 'scaled'}); mu and omega in those units. "
+        f"Annualised volatility {model.annual_volatility:.4g}, persistence alpha+beta "
+        f"{model.alpha + model.beta:.4f}. loglik is of the unscaled log returns (arch reports "
+        f"{loglik_scaled:.4f} for the scaled ones)."
     )
 
 
@@ -817,7 +843,7 @@ class GARCHFitResult(FitResult):
     conditional_volatility
         ``sigma_t``, the conditional standard deviation of each return.
     std_resid
-        Standardised residuals ``resid / sigma_t``.
+        (from :class:`FitResult`) Standardised residuals ``resid / sigma_t``.
     cov
         Robust (sandwich) covariance of the estimates, ordered as ``params``.
     backcast
@@ -828,7 +854,6 @@ class GARCHFitResult(FitResult):
     returns: FloatArray = field(default_factory=_empty)
     resid: FloatArray = field(default_factory=_empty)
     conditional_volatility: FloatArray = field(default_factory=_empty)
-    std_resid: FloatArray = field(default_factory=_empty)
     cov: FloatArray = field(default_factory=_empty)
     backcast: float = math.nan
 
@@ -863,7 +888,7 @@ class GARCHFitResult(FitResult):
         return out
 
 
-class GARCHStepper(_PathStepper[GARCH]):
+class GARCHStepper(PathStepper[GARCH]):
     """Streaming GARCH(1,1): per-path price and conditional variance, one step at a time.
 
     Each :meth:`step` maps the given standard-normal shocks to the model's innovations
@@ -932,7 +957,7 @@ class GARCHStepper(_PathStepper[GARCH]):
     def step(self, z: FloatArray) -> FloatArray:
         """Advance every path one step with standard-normal shocks ``z``; return new prices."""
         model, mu_h, omega_h, alpha_h, beta_h = self._state
-        shocks = _check_shocks(z, self.prices.size)
+        shocks = check_shocks(z, self.prices.size)
         eps = model.innovations_from_normal(shocks)
         v = self.variance
         r = mu_h + np.sqrt(v) * eps

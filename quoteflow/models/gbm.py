@@ -13,15 +13,21 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar
 
 import numpy as np
 
+from quoteflow.models._stepper import PathStepper
+from quoteflow.models._validation import (
+    check_dt,
+    check_shocks,
+    check_sim_args,
+    initial_prices,
+)
 from quoteflow.models.base import (
     FitResult,
     FloatArray,
     PriceModel,
-    Stepper,
     require_model,
     validate_prices,
 )
@@ -36,70 +42,6 @@ from quoteflow.models.limits import (
 __all__ = ["GBM", "GBMStepper"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-# --- helpers shared by the models in this package (meanrev.py and garch.py import them) ---
-
-
-def _check_dt(dt: Any) -> float:
-    x = finite_param("dt", "dt", dt)
-    if x <= 0.0:
-        raise ValueError(f"dt must be a positive time step in years (e.g. 1/252), got {x!r}")
-    return x
-
-
-def _check_sim_args(
-    model: PriceModel, n_steps: Any, n_paths: Any, dt: Any
-) -> tuple[int, int, float]:
-    """Validate the common simulate() arguments (and ``model`` at ``dt``); return them."""
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int | np.integer) or n_steps < 0:
-        raise ValueError(f"n_steps must be an integer >= 0, got {n_steps!r}")
-    if isinstance(n_paths, bool) or not isinstance(n_paths, int | np.integer) or n_paths < 1:
-        raise ValueError(f"n_paths must be an integer >= 1, got {n_paths!r}")
-    dt = _check_dt(dt)
-    model.check_step(dt)
-    return int(n_steps), int(n_paths), dt
-
-
-def _initial_prices(s0: Any, n: int | None = None) -> FloatArray:
-    """``s0`` as a float array of positive prices, broadcast to ``n`` paths if given."""
-    arr = np.atleast_1d(np.asarray(s0, dtype=np.float64))
-    if arr.ndim != 1:
-        raise ValueError(f"s0 must be a price or a 1-D array of prices, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
-        raise ValueError(f"s0 must be finite and > 0, got {s0!r}")
-    if n is not None:
-        if arr.size not in (1, n):
-            raise ValueError(f"s0 has {arr.size} prices but {n} paths were asked for")
-        arr = np.broadcast_to(arr, (n,))
-    return np.array(arr, dtype=np.float64)  # own, writable copy
-
-
-def _check_shocks(z: Any, n: int) -> FloatArray:
-    arr = np.asarray(z, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"shocks z must have shape ({n},) (one per path), got {arr.shape}")
-    return arr
-
-
-_ModelT = TypeVar("_ModelT", bound=PriceModel)
-
-
-class _PathStepper(Stepper, Generic[_ModelT]):
-    """What every model's stepper starts with: a checked ``dt``, one path per start price,
-    and the model, held first in the ``_state`` tuple that ``set_model`` swaps at once."""
-
-    _state: tuple[Any, ...]
-
-    def __init__(self, model: _ModelT, s0: float | FloatArray, dt: float) -> None:
-        self.dt = _check_dt(dt)
-        self.prices = _initial_prices(s0)
-        self.set_model(model)
-
-    @property
-    def model(self) -> _ModelT:
-        """The model currently driving the paths."""
-        return cast(_ModelT, self._state[0])
 
 
 @dataclass(frozen=True)
@@ -147,7 +89,7 @@ class GBM(PriceModel):
         ParameterError
             Naming ``mu`` or ``sigma`` and its allowed range at this ``dt``.
         """
-        dt = _check_dt(dt)
+        dt = check_dt(dt)
         mu_max = MAX_STEP_DRIFT / dt
         step_bound(
             "gbm",
@@ -222,7 +164,7 @@ class GBM(PriceModel):
         MLE); Campbell, Lo & MacKinlay (1997), *The Econometrics of Financial Markets*,
         §9.3.2 (MLE of GBM from log returns).
         """
-        dt = _check_dt(dt)
+        dt = check_dt(dt)
         p = validate_prices(prices)
         r = np.diff(np.log(p))
         n = r.size
@@ -247,6 +189,7 @@ class GBM(PriceModel):
             nobs=n,
             converged=True,
             dt=dt,
+            std_resid=(r - m) / math.sqrt(s2),
         )
 
     def simulate(
@@ -282,8 +225,8 @@ class GBM(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
-        start = _initial_prices(s0, n_paths)
+        n_steps, n_paths, dt = check_sim_args(self, n_steps, n_paths, dt)
+        start = initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
         drift, vol = self.step_coefficients(dt)
         # One preallocated buffer, transformed in place: normals -> log increments ->
@@ -304,7 +247,7 @@ class GBM(PriceModel):
         return GBMStepper(self, s0, dt)
 
 
-class GBMStepper(_PathStepper[GBM]):
+class GBMStepper(PathStepper[GBM]):
     """Exact one-step GBM update ``S <- S exp((mu - sigma^2/2) dt + sigma sqrt(dt) z)``.
 
     Parameters
@@ -327,6 +270,6 @@ class GBMStepper(_PathStepper[GBM]):
     def step(self, z: FloatArray) -> FloatArray:
         """Advance every path one step with standard-normal shocks ``z``; return new prices."""
         _, drift, vol = self._state
-        shocks = _check_shocks(z, self.prices.size)
+        shocks = check_shocks(z, self.prices.size)
         self.prices = self.prices * np.exp(drift + vol * shocks)
         return self.prices

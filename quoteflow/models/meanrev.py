@@ -23,19 +23,19 @@ import numpy as np
 from scipy.signal import lfilter
 
 from quoteflow.errors import DataError
+from quoteflow.models._stepper import PathStepper
+from quoteflow.models._validation import (
+    check_dt,
+    check_shocks,
+    check_sim_args,
+    initial_prices,
+)
 from quoteflow.models.base import (
     FitResult,
     FloatArray,
     PriceModel,
     require_model,
     validate_prices,
-)
-from quoteflow.models.gbm import (
-    _check_dt,
-    _check_shocks,
-    _check_sim_args,
-    _initial_prices,
-    _PathStepper,
 )
 from quoteflow.models.limits import (
     MAX_PRICE,
@@ -118,7 +118,7 @@ class MeanReversion(PriceModel):
         ParameterError
             Naming ``theta`` or ``sigma`` and its allowed range.
         """
-        dt = _check_dt(dt)
+        dt = check_dt(dt)
         param_in_range("meanrev", "theta", self.theta, MIN_PRICE, MAX_PRICE)
         _, sd = _ou_discretisation(self.kappa, 1.0, dt)
         step_bound(
@@ -187,7 +187,7 @@ class MeanReversion(PriceModel):
             anti-correlated step to step, not an OU process) or a long-run level outside
             floating-point range.
         """
-        dt = _check_dt(dt)
+        dt = check_dt(dt)
         p = validate_prices(prices)
         x = np.log(p)
         x0, x1 = x[:-1], x[1:]
@@ -270,6 +270,7 @@ class MeanReversion(PriceModel):
             dt=dt,
             notes=notes,
             extra={"phi": phi, "c": c, "s2": s2, "half_life": model.half_life},
+            std_resid=resid / math.sqrt(s2),
         )
 
     def simulate(
@@ -304,8 +305,8 @@ class MeanReversion(PriceModel):
         ndarray
             Shape ``(n_steps + 1, n_paths)``, first row ``s0``.
         """
-        n_steps, n_paths, dt = _check_sim_args(self, n_steps, n_paths, dt)
-        start = _initial_prices(s0, n_paths)
+        n_steps, n_paths, dt = check_sim_args(self, n_steps, n_paths, dt)
+        start = initial_prices(s0, n_paths)
         rng = np.random.default_rng(seed)
         phi, sd = _ou_discretisation(self.kappa, self.sigma, dt)
         log_theta = math.log(self.theta)
@@ -337,7 +338,7 @@ class MeanReversion(PriceModel):
         return MeanReversionStepper(self, s0, dt)
 
 
-class MeanReversionStepper(_PathStepper[MeanReversion]):
+class MeanReversionStepper(PathStepper[MeanReversion]):
     """Exact one-step update of the log price ``x <- log theta + phi (x - log theta) + sd z``.
 
     Parameters
@@ -365,7 +366,7 @@ class MeanReversionStepper(_PathStepper[MeanReversion]):
     def step(self, z: FloatArray) -> FloatArray:
         """Advance every path one step with standard-normal shocks ``z``; return new prices."""
         _, phi, sd, log_theta = self._state
-        shocks = _check_shocks(z, self.prices.size)
+        shocks = check_shocks(z, self.prices.size)
         # The state is read from .prices each step (not cached in log space) so a caller that
         # resets .prices is honoured; the exp/log round trip costs ~1 ulp per step.
         y = np.log(self.prices) - log_theta

@@ -1,8 +1,8 @@
 """The Tornado quote server: SSE stream, snapshot, symbols, metrics, dashboard.
 
-Public names are loaded lazily (PEP 562) so that importing the pure submodules, such as
-:mod:`quoteflow.server.sse` (which the broker uses to encode events once), does not pull
-in tornado and prometheus_client.
+Public names are loaded lazily (PEP 562) so that importing a light submodule (such as
+:mod:`quoteflow.server.auth`) does not pull in tornado and prometheus_client. The wire
+format the brokers use lives below the server, in :mod:`quoteflow.wire`.
 """
 
 from __future__ import annotations

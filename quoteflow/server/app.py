@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.web
 from tornado.ioloop import PeriodicCallback
 
 from quoteflow.broker.base import Broker
-from quoteflow.broker.memory import MemoryBroker
-from quoteflow.broker.redis import RedisBroker
+from quoteflow.broker.factory import broker_from_url
+from quoteflow.errors import ConfigError
 from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.cors import RefusedOriginLog
 from quoteflow.server.handlers import (
@@ -48,16 +48,16 @@ from quoteflow.server.handlers import (
 from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.openapi import OpenAPIHandler
-from quoteflow.server.sse import encode_comment
 from quoteflow.server.ws import WebSocketStreamHandler
-
-if TYPE_CHECKING:
-    from quoteflow.sources import Source
+from quoteflow.sources import Catalog, Source
+from quoteflow.wire.sse import encode_comment
 
 __all__ = [
     "METRICS_ACCESS",
+    "ROUTES",
     "STATIC_PATH",
     "GcGovernor",
+    "Route",
     "ServerSettings",
     "ServerState",
     "default_instance_id",
@@ -257,15 +257,16 @@ class ServerState:
 
     Parameters
     ----------
-    source : Source
-        Produces the events.
+    source : Catalog
+        The symbols; a :class:`~quoteflow.sources.Source` also produces the events
+        (required when ``broker.produces``).
     broker : Broker
         Fans them out.
     settings : ServerSettings
         Limits and timings.
     """
 
-    def __init__(self, source: Source, broker: Broker, settings: ServerSettings) -> None:
+    def __init__(self, source: Catalog, broker: Broker, settings: ServerSettings) -> None:
         self.source = source
         self.broker = broker
         self.settings = settings
@@ -313,7 +314,7 @@ class ServerState:
             Via ``error``, naming the unknown symbols.
         """
         known = {symbol_key(s): s for s in self.source.symbols}
-        if not known and not getattr(self.source, "symbols_known", True):
+        if not known and not self.source.symbols_known:
             # A serving-only instance that has not reached Redis yet cannot tell an
             # unknown symbol from one it has not heard of: say so instead of a 400.
             raise ApiError(503, "symbols not known yet: the broker is unreachable; retry")
@@ -339,19 +340,21 @@ class ServerState:
             return
         self._running = True
         self.started = time.monotonic()
-        if isinstance(self.broker, RedisBroker) and self.broker.produce:
-            # Producer on Redis: publish the catalog for the serving instances (which
-            # have no source) and apply the parameter changes they forward.
-            self.broker.catalog_provider = self.source.describe
-            self.broker.update_handler = self.source.update
+        # A producer on Redis publishes the catalog for the serving instances (which
+        # have no source) and applies the parameter changes they forward.
+        self.broker.attach_source(self.source)
         # Brokers with I/O (Redis) connect here; the memory broker has nothing to start.
-        start = getattr(self.broker, "start", None)
-        if start is not None:
-            await start()
+        await self.broker.start()
         # A consuming-only instance (Redis, no --generate) serves what another process
         # produces: it runs no pump.
-        if getattr(self.broker, "produce", True):
-            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        if self.broker.produces:
+            source = self.source
+            if not isinstance(source, Source):
+                raise ConfigError(
+                    f"{type(source).__name__} produces no events; a producing broker "
+                    "needs a Source (a Market, Replay or Relay)"
+                )
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump(source))
         # One timer for every stream (not one per connection: 10k timers would cost more
         # than one pass over 10k objects). Checking 4x per heartbeat period bounds the
         # extra silence to a quarter period.
@@ -361,9 +364,9 @@ class ServerState:
         if self.gc_governor is not None:
             self.gc_governor.start()
 
-    async def _run_pump(self) -> None:
+    async def _run_pump(self, source: Source) -> None:
         try:
-            async for batch in self.source.batches():
+            async for batch in source.batches():
                 self.broker.publish(batch)
             log.info("source ended; streams stay open (heartbeats only)")
         except asyncio.CancelledError:
@@ -410,23 +413,56 @@ class ServerState:
             await asyncio.sleep(0.01)  # polling a condition: handlers leave as they finish
         for handler in list(self.streams):  # stuck writers (client not reading): cut off
             handler.cut()
-        close = getattr(self.source, "close", None)
-        if callable(close):
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+        await self.source.aclose()
 
     async def close_broker(self) -> None:
-        """Close the broker (``aclose()`` for brokers with I/O, else ``close()``)."""
-        aclose = getattr(self.broker, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        else:
-            self.broker.close()
+        """Close the broker (its ``aclose()``: background work stopped, then ``close()``)."""
+        await self.broker.aclose()
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route of the app: the one place a path is written.
+
+    Attributes
+    ----------
+    path : str
+        The public path, as listed by the JSON 404 and ``/openapi.json``.
+    pattern : str
+        Tornado's URL regex.
+    handler : type
+        The request handler.
+    streams : bool
+        Only on an app that serves streams (not on ``quoteflow generate --port``).
+    listed : bool
+        Named in the 404's list of endpoints.
+    """
+
+    path: str
+    pattern: str
+    handler: type[tornado.web.RequestHandler]
+    streams: bool = True
+    listed: bool = True
+
+
+#: Every route of the main app, in the order the 404 lists them (static files are added
+#: by make_app: their directories are settings).
+ROUTES: tuple[Route, ...] = (
+    Route("/", r"/", DashboardHandler),
+    Route("/stream", r"/stream", StreamHandler),
+    Route("/ws", r"/ws", WebSocketStreamHandler),
+    Route("/snapshot", r"/snapshot", SnapshotHandler),
+    Route("/symbols", r"/symbols", SymbolsHandler),
+    Route("/symbols/{symbol}", r"/symbols/([^/]+)", SymbolHandler, listed=False),
+    Route("/metrics", r"/metrics", MetricsHandler, streams=False),
+    Route("/healthz", r"/healthz", HealthHandler, streams=False),
+    Route("/livez", r"/livez", LiveHandler, streams=False),
+    Route("/openapi.json", r"/openapi\.json", OpenAPIHandler),
+)
 
 
 def make_app(
-    source: Source,
+    source: Catalog,
     broker: Broker | None = None,
     *,
     settings: ServerSettings | None = None,
@@ -437,8 +473,9 @@ def make_app(
 
     Parameters
     ----------
-    source : Source
-        The event source (Market, Replay, Relay...).
+    source : Catalog
+        The event source (Market, Replay, Relay...), or the catalog of a serving-only
+        cluster member (``broker.remote_catalog()``).
     broker : Broker, optional
         Defaults to a :class:`~quoteflow.broker.memory.MemoryBroker` with default bounds.
     settings : ServerSettings, optional
@@ -456,40 +493,30 @@ def make_app(
         ``await state.start()`` once serving (``QuoteServer`` does).
     """
     settings = settings or ServerSettings()
-    state = ServerState(source, broker or MemoryBroker(), settings)
-    handlers: list[Any] = [
-        (r"/metrics", MetricsHandler),
-        (r"/healthz", HealthHandler),
-        (r"/livez", LiveHandler),
-    ]
+    state = ServerState(source, broker or broker_from_url(None), settings)
+    routes = [r for r in ROUTES if streams or not r.streams]
+    handlers: list[Any] = [(r.pattern, r.handler) for r in routes]
     if streams:
-        handlers += [
-            (r"/", DashboardHandler),
-            (r"/stream", StreamHandler),
-            (r"/ws", WebSocketStreamHandler),
-            (r"/snapshot", SnapshotHandler),
-            (r"/symbols", SymbolsHandler),
-            (r"/symbols/([^/]+)", SymbolHandler),
-            (r"/openapi\.json", OpenAPIHandler),
-        ]
         bokeh_dir = _bokeh_static()
         if bokeh_dir is not None:
             # BokehJS from the installed package: the dashboard works offline (no CDN).
             handlers.append((r"/static/bokeh/(.*)", StaticHandler, {"path": str(bokeh_dir)}))
         handlers.append((r"/static/(.*)", StaticHandler, {"path": str(settings.static_path)}))
-    app_settings = _app_settings(state)
+    app_settings = _app_settings(state, [r.path for r in routes if r.listed])
     # A client has nothing to send on /ws but pongs (see ws.py): tiny messages only.
     app_settings["websocket_max_message_size"] = settings.ws_max_message_size
     app_settings.update(tornado_settings)
     return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]
 
 
-def _app_settings(state: ServerState) -> dict[str, object]:
+def _app_settings(state: ServerState, endpoints: list[str]) -> dict[str, object]:
     return {
         "quoteflow": state,
         # SSE must not be gzip-buffered, and JSON answers are small.
         "compress_response": False,
         "default_handler_class": NotFoundHandler,
+        # The 404's list of endpoints: derived from the routes, never written twice.
+        "default_handler_args": {"endpoints": endpoints},
         "xsrf_cookies": False,
         # The access log without ?access_token= values, and without a line per request
         # refused by a connection limit (quoteflow.server.logs).
@@ -504,4 +531,5 @@ def make_metrics_app(state: ServerState) -> tornado.web.Application:
     app's state: same numbers). No token: what protects it is who can reach its port.
     """
     handlers: list[Any] = [(r"/metrics", MetricsHandler, {"listener": True})]
-    return tornado.web.Application(handlers, **_app_settings(state))  # type: ignore[arg-type]
+    app_settings = _app_settings(state, ["/metrics"])
+    return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]

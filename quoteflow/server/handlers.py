@@ -12,7 +12,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +20,13 @@ import tornado.log
 import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
-from quoteflow.broker.base import ALL_EVENTS, CloseReason, EventIdError, Subscription
+from quoteflow.broker.base import ALL_EVENTS, BackendLink, CloseReason, EventIdError, Subscription
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import AuthError, Claims, extract_token, verify_token
 from quoteflow.server.logs import request_summary, track_connection
 from quoteflow.server.metrics import CONTENT_TYPE
 from quoteflow.server.overload import IntervalLog
-from quoteflow.server.sse import encode_retry
+from quoteflow.wire.sse import encode_retry
 
 if TYPE_CHECKING:
     from quoteflow.server.app import ServerState
@@ -804,13 +804,8 @@ class SymbolHandler(JSONHandler):
                 400,
                 'body must be a non-empty JSON object of parameters, e.g. {"sigma": 0.3}',
             )
-        source = self.state.source
-        aupdate = getattr(source, "aupdate", None)
         try:
-            if aupdate is not None:
-                new = await aupdate(symbol, params)
-            else:
-                new = source.update(symbol, params)
+            new = await self.state.source.aupdate(symbol, params)
         except (ConfigError, ValueError, TypeError) as exc:
             raise ApiError(400, str(exc), symbol=symbol) from None
         except ConnectionError as exc:
@@ -886,7 +881,9 @@ class HealthHandler(JSONHandler):
     def get(self) -> None:
         """Respond ``{"status", "uptime", "connections", "last_event_id", ...}``."""
         state = self.state
-        healthy = getattr(state.broker, "healthy", True)
+        broker = state.broker
+        link = broker if isinstance(broker, BackendLink) else None
+        healthy = link is None or link.healthy
         if state.closing:
             status = "shutting_down"
         elif not healthy:
@@ -903,9 +900,8 @@ class HealthHandler(JSONHandler):
         }
         if state.source_error is not None:
             body["source_error"] = state.source_error
-        health = getattr(state.broker, "health", None)
-        if health is not None:  # brokers with I/O (Redis) report their link
-            body["broker"] = health()
+        if link is not None:  # brokers with I/O (Redis) report their link
+            body["broker"] = link.health()
         self.write_json(body, status=200 if status == "ok" else 503)
 
 
@@ -952,7 +948,13 @@ class StaticHandler(QuoteflowHandler, tornado.web.StaticFileHandler):
 
 
 class NotFoundHandler(JSONHandler):
-    """Any other path: JSON 404 listing the endpoints."""
+    """Any other path: JSON 404 listing the endpoints (the app's routes, see app.ROUTES)."""
+
+    endpoints: tuple[str, ...] = ()
+
+    def initialize(self, endpoints: Sequence[str] = ()) -> None:
+        """The public paths of the app's routes (``default_handler_args``)."""
+        self.endpoints = tuple(endpoints)
 
     def prepare(self) -> None:
         """Refuse every method with 404."""
@@ -960,15 +962,5 @@ class NotFoundHandler(JSONHandler):
         raise ApiError(
             404,
             f"no such endpoint: {self.request.path}",
-            endpoints=[
-                "/",
-                "/stream",
-                "/ws",
-                "/snapshot",
-                "/symbols",
-                "/metrics",
-                "/healthz",
-                "/livez",
-                "/openapi.json",
-            ],
+            endpoints=list(self.endpoints),
         )

@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from quoteflow.broker.base import BackendLink
+
 if TYPE_CHECKING:
     from quoteflow.broker.base import Broker
-    from quoteflow.sources import Source
+    from quoteflow.sources import Catalog
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -51,7 +53,7 @@ class _BrokerCollector(Collector):
     """Reads broker and source state when Prometheus scrapes."""
 
     def __init__(
-        self, owner: ServerMetrics, broker: Broker, source: Source, connections: Callable[[], int]
+        self, owner: ServerMetrics, broker: Broker, source: Catalog, connections: Callable[[], int]
     ) -> None:
         self._owner = owner
         self._broker = broker
@@ -135,38 +137,34 @@ class _BrokerCollector(Collector):
             value=last_value,
         )
         # Brokers with I/O (Redis) report their link: up/down and how many outages so far.
-        healthy = getattr(self._broker, "healthy", None)
-        if isinstance(healthy, bool):
+        broker = self._broker
+        if isinstance(broker, BackendLink):
             yield GaugeMetricFamily(
                 "quoteflow_broker_up",
                 "1 while the broker's backend (Redis) answers, 0 during an outage.",
-                value=1.0 if healthy else 0.0,
+                value=1.0 if broker.healthy else 0.0,
             )
             yield CounterMetricFamily(
                 "quoteflow_broker_outages",
                 "Times the broker lost its backend (Redis) since start.",
-                value=int(getattr(self._broker, "outages", 0)),
+                value=int(broker.outages),
             )
-            outbox = getattr(self._broker, "outbox_size", None)
-            if isinstance(outbox, int):
-                yield GaugeMetricFamily(
-                    "quoteflow_broker_outbox_events",
-                    "Producer: events waiting to be written to Redis (grows during an outage).",
-                    value=outbox,
-                )
+            yield GaugeMetricFamily(
+                "quoteflow_broker_outbox_events",
+                "Producer: events waiting to be written to Redis (grows during an outage).",
+                value=broker.outbox_size,
+            )
         yield CounterMetricFamily(
             "quoteflow_prices_reseeded",
             "Prices the market restarted at their last quote because the model drove them "
             "out of the streamable range or made them non-finite (the price guard).",
             value=int(self._source.prices_reseeded),
         )
-        lag = getattr(self._source, "lag_seconds", None)
-        if isinstance(lag, int | float):
-            yield GaugeMetricFamily(
-                "quoteflow_generation_lag_seconds",
-                "How late the source's latest batch was against its wall-clock deadline.",
-                value=float(lag),
-            )
+        yield GaugeMetricFamily(
+            "quoteflow_generation_lag_seconds",
+            "How late the source's latest batch was against its wall-clock deadline.",
+            value=float(self._source.lag_seconds),
+        )
 
 
 class ServerMetrics:
@@ -176,13 +174,13 @@ class ServerMetrics:
     ----------
     broker : Broker
         Read at scrape time.
-    source : Source
+    source : Catalog
         Its ``lag_seconds`` is exported as the generation lag.
     connections : callable
         Returns the number of open streams.
     """
 
-    def __init__(self, broker: Broker, source: Source, connections: Callable[[], int]) -> None:
+    def __init__(self, broker: Broker, source: Catalog, connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_BrokerCollector(self, broker, source, connections))
         self.streams_opened = Counter(

@@ -38,8 +38,8 @@ from typing import Any
 import tornado.websocket
 
 from quoteflow.broker.base import CloseReason, Subscription
-from quoteflow.client import SSEParser
 from quoteflow.server.handlers import ApiError, SocketWriter, StreamHandler
+from quoteflow.wire.parser import SSEParser
 
 __all__ = ["FRAME_TIMEOUT", "WebSocketStreamHandler", "ws_frame", "ws_frames"]
 

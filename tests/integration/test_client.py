@@ -32,7 +32,7 @@ from quoteflow.client import (
     stream,
 )
 from quoteflow.errors import StreamError
-from quoteflow.server.sse import encode_comment, encode_event, encode_retry
+from quoteflow.wire.sse import encode_comment, encode_event, encode_retry
 from tests.conftest import free_port
 from tests.integration.fakes import wait_for
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from quoteflow.server.sse import encode_comment, encode_event, encode_retry
+from quoteflow.wire.sse import encode_comment, encode_event, encode_retry
 
 pytestmark = [pytest.mark.interop]
 

@@ -1,4 +1,4 @@
-"""Property: whatever quoteflow.server.sse writes, SSEParser reads back, for any chunking.
+"""Property: whatever quoteflow.wire.sse writes, SSEParser reads back, for any chunking.
 
 The only change on the way is the one SSE itself makes (WHATWG HTML §9.2.6): line
 breaks inside data arrive as LF whether they were CR, LF or CRLF, an empty ``id``
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quoteflow.client import Event, SSEParser
-from quoteflow.server.sse import encode_comment, encode_event, encode_retry
+from quoteflow.wire.sse import encode_comment, encode_event, encode_retry
 
 # Any character UTF-8 can carry (no lone surrogates), with the troublemakers made likely.
 _chars = st.characters(codec="utf-8")

@@ -694,7 +694,7 @@ class VirtualClock:
 def test_batches_late_wakeups_do_not_accumulate_drift(monkeypatch: pytest.MonkeyPatch) -> None:
     m = Market({"A": GBM(0, 0.2)}, tick_interval=0.02, seed=1)
     clock = VirtualClock(oversleep=0.005)  # every wake-up 5 ms late
-    monkeypatch.setattr("quoteflow.market.asyncio", clock)
+    monkeypatch.setattr("quoteflow.sources.asyncio", clock)
 
     async def main() -> None:
         gen = m.batches()
@@ -714,7 +714,7 @@ def test_batches_skip_missed_deadlines_on_a_virtual_clock(monkeypatch: pytest.Mo
     # Binary-exact times (1/8 s ticks), so the schedule can be compared exactly.
     m = Market({"A": GBM(0, 0.2)}, tick_interval=0.125, seed=1)
     clock = VirtualClock()
-    monkeypatch.setattr("quoteflow.market.asyncio", clock)
+    monkeypatch.setattr("quoteflow.sources.asyncio", clock)
     lags: list[float] = []
 
     async def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,61 +83,25 @@ def test_binder_postbuild_installs_the_package() -> None:
     assert "pip install" in post and " -e ." in post
 
 
-# Dependency direction (DESIGN.md "Layout"): models <- market/sources <- broker <- server;
-# client depends on nothing but errors; nothing imports notebook or cli.
-FORBIDDEN = {
-    "quoteflow/models": (
-        "quoteflow.market",
-        "quoteflow.sources",
-        "quoteflow.broker",
-        "quoteflow.server",
-        "quoteflow.client",
-        "quoteflow.notebook",
-        "quoteflow.cli",
-        "quoteflow.data",
-        "tornado",
-        "bokeh",
-    ),
-    "quoteflow/market.py": (
-        "quoteflow.broker",
-        "quoteflow.server",
-        "quoteflow.notebook",
-        "quoteflow.cli",
-    ),
-    "quoteflow/sources.py": (
-        "quoteflow.broker",
-        "quoteflow.server",
-        "quoteflow.notebook",
-        "quoteflow.cli",
-    ),
-    "quoteflow/broker": ("quoteflow.server", "quoteflow.notebook", "quoteflow.cli"),
-    "quoteflow/server": ("quoteflow.notebook", "quoteflow.cli"),
-    "quoteflow/client.py": (
-        "quoteflow.models",
-        "quoteflow.market",
-        "quoteflow.sources",
-        "quoteflow.broker",
-        "quoteflow.server",
-        "quoteflow.notebook",
-        "quoteflow.cli",
-    ),
-    "quoteflow/data": (
-        "quoteflow.market",
-        "quoteflow.broker",
-        "quoteflow.server",
-        "quoteflow.notebook",
-        "quoteflow.cli",
-    ),
-}
+# Dependency direction (DESIGN.md "Layout", docs/internals.md): wire <- models <- market /
+# sources <- broker <- server <- notebook / cli. No exemptions: every rule holds for every
+# module of its layer (a module is named by its dotted path, so a file that becomes a
+# package, e.g. market.py -> market/, keeps its rules).
+PACKAGE = ROOT / "quoteflow"
 
 
-# The one allowed upward reference: the broker encodes each event once with the pure,
-# stdlib-only SSE encoder (quoteflow.server.sse, "SSE encoding in one place"), which
-# imports nothing from the server layer (tests/unit/test_sse_encoding.py checks that).
-ALLOWED = {"quoteflow/broker": ("quoteflow.server.sse",)}
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, *, everything: bool = False) -> set[str]:
+    """Every quoteflow module ``path`` imports (``from quoteflow import data`` counts as
+    ``quoteflow.data``), lazy imports inside functions included; with ``everything``,
+    third-party modules too."""
     tree = ast.parse(path.read_text())
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -144,20 +109,144 @@ def _imports(path: Path) -> set[str]:
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             out.add(node.module)
-    return out
+            if node.module == "quoteflow":
+                out.update(f"quoteflow.{a.name}" for a in node.names)
+    if everything:
+        return out
+    return {m for m in out if m == "quoteflow" or m.startswith("quoteflow.")}
 
 
-@pytest.mark.parametrize("where", sorted(FORBIDDEN))
-def test_dependency_direction(where: str) -> None:
-    base = ROOT / where
-    files = [base] if base.suffix == ".py" else sorted(base.rglob("*.py"))
-    bad = []
-    for f in files:
-        if not f.exists():
-            continue
-        for mod in _imports(f):
-            if mod in ALLOWED.get(where, ()):
-                continue
-            if any(mod == p or mod.startswith(p + ".") for p in FORBIDDEN[where]):
-                bad.append(f"{f.relative_to(ROOT)} imports {mod}")
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+MODULES = {_module_name(f): _imports(f) for f in sorted(PACKAGE.rglob("*.py"))}
+
+# The command line's entry points (``quoteflow`` and ``python -m quoteflow``) are the cli
+# layer; the package's own __init__ is the public facade (lazy re-exports, see
+# test_public_api_is_reexported).
+CLI = ("quoteflow.cli", "quoteflow.__main__")
+TOP = ("quoteflow.notebook", *CLI)
+
+
+def _in_layer(module: str, layers: tuple[str, ...]) -> bool:
+    return any(_within(module, layer) for layer in layers)
+
+
+def _violations(rule: Callable[[str, str], bool]) -> list[str]:
+    return [
+        f"{mod} imports {imp}"
+        for mod, imps in MODULES.items()
+        for imp in sorted(imps)
+        if not _within(imp, mod) and rule(mod, imp)
+    ]
+
+
+def test_wire_imports_nothing_from_quoteflow() -> None:
+    """The wire format is the bottom layer: everything else may use it."""
+    assert any(_within(m, "quoteflow.wire") for m in MODULES)
+    bad = _violations(
+        lambda mod, imp: _within(mod, "quoteflow.wire") and not _within(imp, "quoteflow.wire")
+    )
     assert not bad, "\n".join(bad)
+
+
+def test_models_import_nothing_but_errors() -> None:
+    bad = _violations(
+        lambda mod, imp: (
+            _within(mod, "quoteflow.models")
+            and not _within(imp, "quoteflow.models")
+            and imp != "quoteflow.errors"
+        )
+    )
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_below_the_server_imports_the_server() -> None:
+    top = ("quoteflow.server", *TOP)
+    bad = _violations(
+        lambda mod, imp: (
+            mod != "quoteflow" and not _in_layer(mod, top) and _within(imp, "quoteflow.server")
+        )
+    )
+    assert not bad, "\n".join(bad)
+
+
+def test_client_imports_only_the_wire_format_and_errors() -> None:
+    bad = _violations(
+        lambda mod, imp: (
+            _within(mod, "quoteflow.client")
+            and not _in_layer(imp, ("quoteflow.client", "quoteflow.wire"))
+            and imp != "quoteflow.errors"
+        )
+    )
+    assert not bad, "\n".join(bad)
+
+
+def test_nothing_imports_notebook_or_cli() -> None:
+    def rule(mod: str, imp: str) -> bool:
+        if _within(imp, "quoteflow.notebook"):
+            return not _within(mod, "quoteflow.notebook")
+        if _in_layer(imp, CLI):
+            return not _in_layer(mod, CLI)
+        return False
+
+    bad = _violations(rule)
+    assert not bad, "\n".join(bad)
+
+
+def test_brokers_and_sources_do_not_import_tornado_or_the_layers_above() -> None:
+    """Below the server nothing speaks HTTP or draws: the broker carries encoded events."""
+    below = (
+        "quoteflow.wire",
+        "quoteflow.models",
+        "quoteflow.broker",
+        "quoteflow.market",
+        "quoteflow.sources",
+        "quoteflow.data",
+    )
+    bad = [
+        f"{_module_name(f)} imports {imp}"
+        for f in sorted(PACKAGE.rglob("*.py"))
+        if _in_layer(_module_name(f), below)
+        for imp in sorted(_imports(f, everything=True))
+        if imp.split(".")[0] in ("tornado", "bokeh")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_public_api_is_reexported() -> None:
+    """``quoteflow.X`` is the object of X's home module, for every name in ``__all__``."""
+    import importlib
+
+    import quoteflow
+
+    homes = quoteflow._HOMES
+    own = {"ConfigError", "DataError", "ParameterError", "QuoteflowError", "StreamError"}
+    assert len(quoteflow.__all__) == len(set(quoteflow.__all__))
+    assert set(quoteflow.__all__) == {*homes, *own, "__version__"}
+    for name, module in homes.items():
+        home = importlib.import_module(module)
+        assert getattr(quoteflow, name) is getattr(home, name), name
+        assert name in getattr(home, "__all__", [name]), name
+    errors = importlib.import_module("quoteflow.errors")
+    for name in own:
+        assert getattr(quoteflow, name) is getattr(errors, name)
+    assert set(quoteflow.__all__) <= set(dir(quoteflow))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        quoteflow.nope  # noqa: B018
+
+
+def test_import_quoteflow_stays_light() -> None:
+    """The re-exports are lazy: ``import quoteflow`` loads neither tornado nor numpy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, quoteflow; "
+        "print(sorted(m for m in ('tornado', 'numpy', 'bokeh') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Exact bytes on the wire for quoteflow.server.sse (WHATWG HTML §9.2.6)."""
+"""Exact bytes on the wire for quoteflow.wire.sse (WHATWG HTML §9.2.6)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from quoteflow.client import Event, SSEParser
-from quoteflow.server import sse
-from quoteflow.server.sse import (
+from quoteflow.wire import sse
+from quoteflow.wire.sse import (
     encode_comment,
     encode_event,
     encode_fields,

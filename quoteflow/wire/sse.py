@@ -18,7 +18,7 @@ The ``retry`` line and heartbeat comments are written as bare lines that join th
 event's block: a data-less block dispatches nothing in WHATWG terms, but some clients
 (httpx-sse 0.4) report one as an empty event, so the server never writes one.
 
-The parser that reads these bytes back is :class:`quoteflow.client.SSEParser`.
+The parser that reads these bytes back is :class:`quoteflow.wire.parser.SSEParser`.
 """
 
 from __future__ import annotations

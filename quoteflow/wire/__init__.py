@@ -1,0 +1,57 @@
+"""The wire format, in one home: event payloads, SSE framing, and the SSE parser.
+
+- :mod:`quoteflow.wire.payload`: the JSON payload schema of ``tick`` and ``bar``, the fast
+  per-symbol encoder the market uses, ``seq`` (added once, by the broker) and the
+  broker's encode-once framer;
+- :mod:`quoteflow.wire.sse`: Server-Sent Events framing (the only place SSE bytes are
+  written);
+- :mod:`quoteflow.wire.parser`: :class:`SSEParser` and :class:`Event` (the only place
+  SSE bytes are read).
+
+Standard library only, and nothing else from quoteflow: the market, the brokers, the
+server and the client all import this package, and it imports none of them (checked by
+``tests/unit/test_packaging.py``).
+"""
+
+from __future__ import annotations
+
+from quoteflow.wire.parser import Event, SSEParser
+from quoteflow.wire.payload import (
+    BAR_FIELDS,
+    EVENT_TYPES,
+    SEQ_FIELD,
+    TICK_FIELDS,
+    EncodedBatch,
+    EventFramer,
+    PayloadEncoder,
+    encode_payload,
+    pre_encoded,
+    with_seq,
+)
+from quoteflow.wire.sse import (
+    encode_comment,
+    encode_event,
+    encode_fields,
+    encode_retry,
+    split_lines,
+)
+
+__all__ = [
+    "BAR_FIELDS",
+    "EVENT_TYPES",
+    "SEQ_FIELD",
+    "TICK_FIELDS",
+    "EncodedBatch",
+    "Event",
+    "EventFramer",
+    "PayloadEncoder",
+    "SSEParser",
+    "encode_comment",
+    "encode_event",
+    "encode_fields",
+    "encode_payload",
+    "encode_retry",
+    "pre_encoded",
+    "split_lines",
+    "with_seq",
+]

@@ -1,0 +1,87 @@
+"""The wire format's one home: payload encoding, ``seq`` and the broker's framer."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from quoteflow.wire import (
+    BAR_FIELDS,
+    SEQ_FIELD,
+    TICK_FIELDS,
+    EncodedBatch,
+    EventFramer,
+    PayloadEncoder,
+    SSEParser,
+    encode_event,
+    encode_payload,
+    pre_encoded,
+    with_seq,
+)
+
+
+def _compact(payload: dict[str, object]) -> str:
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+def test_fast_encoder_writes_what_the_json_module_writes() -> None:
+    """The per-symbol templates are byte-for-byte json.dumps (compact), for any floats."""
+    rng = random.Random(7)
+    names = ["AAA", 'Q"UOTE', "ünï", "a\\b"]
+    enc = PayloadEncoder(names)
+    for _ in range(200):
+        price = [rng.uniform(1e-6, 1e6) for _ in names]
+        bid = [p * 0.999 for p in price]
+        ask = [p * 1.001 for p in price]
+        size = [rng.randrange(1, 10_000) for _ in names]
+        texts = enc.ticks(price, bid, ask, size, "2026-11-27T02:03:04.567Z", 1764208984567123456)
+        for i, text in enumerate(texts):
+            values = (names[i], price[i], bid[i], ask[i], size[i])
+            want = dict(
+                zip(
+                    TICK_FIELDS,
+                    (*values, "2026-11-27T02:03:04.567Z", 1764208984567123456),
+                    strict=True,
+                )
+            )
+            assert text == _compact(want)
+        bars = enc.bars(price, ask, bid, price, size, "a", "b")
+        for i, text in enumerate(bars):
+            values = (names[i], price[i], ask[i], bid[i], price[i], size[i], "a", "b")
+            assert text == _compact(dict(zip(BAR_FIELDS, values, strict=True)))
+
+
+def test_with_seq_adds_an_int_seq_to_any_object() -> None:
+    assert with_seq('{"a":1}', 5) == '{"a":1,"seq":5}'
+    assert with_seq("{}", 1) == '{"seq":1}'
+    assert json.loads(with_seq(encode_payload({"x": [1, 2]}), 2**40))[SEQ_FIELD] == 2**40
+    with pytest.raises(ValueError, match="not a JSON object"):
+        with_seq("[1]", 1)
+
+
+def test_framer_fast_and_generic_paths_write_the_same_bytes() -> None:
+    framer = EventFramer()
+    data = {"symbol": "AAA", "price": 1.5, "size": 100}
+    text = encode_payload(data)
+    fast = framer.frame("tick", data, text, 7, 7)
+    generic = framer.frame("tick", data, None, 7, 7)
+    assert fast == generic == encode_event(_compact({**data, "seq": 7}), id="7", event="tick")
+    (event,) = SSEParser().feed(fast)
+    assert json.loads(event.data)["seq"] == 7 and event.id == "7"
+
+
+def test_framer_refuses_what_is_not_json() -> None:
+    framer = EventFramer()
+    with pytest.raises(ValueError):
+        framer.frame("tick", {"price": math.nan}, None, 1, 1)
+    with pytest.raises(ValueError):
+        framer.frame("ti\nck", {"price": 1.0}, None, 1, 1)
+
+
+def test_pre_encoded_reads_only_an_encoded_batch() -> None:
+    pairs = [({"a": 1}, '{"a":1}')]
+    assert pre_encoded(EncodedBatch(["e"], pairs)) == pairs
+    assert pre_encoded(["e"]) == ()
