@@ -223,6 +223,10 @@ class RedisBroker(MemoryBroker):
         #: Consumer: the latest catalog read from Redis (None until the first read).
         self.catalog: dict[str, dict[str, Any]] | None = None
         self._catalog_at = -math.inf
+        # Consumer: symbols (as read from the stream) the catalog describes, and those a
+        # fresh read still did not describe (not looked up again until the next refresh).
+        self._described: set[bytes] = set()
+        self._undescribed: set[bytes] = set()
         self.healthy = False
         self.last_error: str | None = None
         self.outages = 0
@@ -540,7 +544,11 @@ class RedisBroker(MemoryBroker):
         if "error" in answer:
             raise ConfigError(str(answer["error"]))
         new: dict[str, Any] = answer["params"]
-        self._catalog_at = -math.inf  # show the new parameters on the next read
+        # Read-your-writes: this instance shows the new parameters at once (the producer
+        # publishes its catalog again soon; the next read confirms them).
+        if self.catalog is not None and symbol in self.catalog:
+            self.catalog[symbol] = {**self.catalog[symbol], "params": dict(new)}
+        self._catalog_at = -math.inf
         return new
 
     # -- consumer ----------------------------------------------------------------------
@@ -557,13 +565,39 @@ class RedisBroker(MemoryBroker):
             return
         if isinstance(catalog, dict):
             self.catalog = catalog
+            self._described = {str(name).encode() for name in catalog}
+            self._undescribed.clear()
+
+    async def _describe_new_symbols(self, rows: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Serving only: read the catalog again before ingesting a symbol it lacks.
+
+        The producer writes its catalog before the events of the same pipeline, so a fresh
+        read describes every symbol of ``rows``: ``/symbols`` never shows a symbol that
+        ticks here without its model and parameters (defect: a serving instance answered
+        ``{"model": null, "params": {}}`` for a symbol seen in the stream before its first
+        catalog read). A symbol still missing after the read is not looked up again
+        until the next periodic refresh.
+        """
+        known, missing = self._described, self._undescribed
+        fresh = {
+            name
+            for _, fields in rows
+            if (name := fields.get(b"s")) is not None and name not in known and name not in missing
+        }
+        if not fresh:
+            return
+        with contextlib.suppress(Exception):  # the next XREAD reports an outage
+            await self._read_catalog()
+        self._undescribed |= fresh - self._described
 
     async def _prime(self) -> None:
         """Fill the local replay buffer with the newest entries of the stream."""
         await self._read_catalog()
         rows = await self._redis.xrevrange(self.stream, "+", "-", count=self.buffer_size)
         if rows:
-            self._ingest(list(reversed(rows)), prime=True)
+            rows = list(reversed(rows))
+            await self._describe_new_symbols(rows)
+            self._ingest(rows, prime=True)
         elif self._read_from == "$":
             self._read_from = "0-0"
         self._primed = True
@@ -593,6 +627,8 @@ class RedisBroker(MemoryBroker):
             self._set_healthy(True)
             for _name, rows in reply or ():
                 if rows:
+                    if not self.produce:
+                        await self._describe_new_symbols(rows)
                     self._ingest(rows)
             # Until the producer's catalog has been seen (it is written with the first
             # events), look again soon; after that every CATALOG_PERIOD.

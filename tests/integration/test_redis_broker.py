@@ -299,6 +299,45 @@ def test_catalog_and_forwarded_parameter_changes(tmp_path: Path) -> None:
     run(main)
 
 
+def test_serving_instance_never_shows_a_ticked_symbol_without_its_model_regression_catalog_race(
+    tmp_path: Path,
+) -> None:
+    """A serving instance whose first catalog read found nothing ingested the producer's
+    first ticks before reading the catalog again, so ``/symbols`` answered ``{"model":
+    null, "params": {}}`` for a symbol it had seen ticking (and a PUT through it was not
+    visible in its own ``/symbols`` until the next periodic read). Now a symbol is never
+    ingested before the catalog that describes it, and a forwarded change shows at once."""
+    from quoteflow.broker.redis import StreamSource
+
+    async def main() -> None:
+        params = {s: {"sigma": 0.2} for s in SYMBOLS}
+
+        def update(symbol: str, change: dict) -> dict:  # type: ignore[type-arg]
+            params[symbol].update(change)
+            return dict(params[symbol])
+
+        with running_redis(tmp_path) as redis:
+            producer = RedisBroker(redis.url, produce=True, consume=False)
+            producer.catalog_provider = lambda: {
+                s: {"model": "gbm", "params": dict(p)} for s, p in params.items()
+            }
+            producer.update_handler = update
+            await started(producer)
+            server = RedisBroker(redis.url, consume=True, block_ms=5000)
+            await started(server)
+            source = StreamSource(server)
+            assert server.catalog is None  # primed before the producer wrote anything
+            producer.publish(batch(0))
+            await until(lambda: "AAA" in server.ticked_symbols())
+            # No await since the symbol appeared: what /symbols would answer right now.
+            described = source.describe()
+            assert {s: d["model"] for s, d in described.items()} == dict.fromkeys(SYMBOLS, "gbm")
+            assert await source.aupdate("BBB", {"sigma": 0.45}) == {"sigma": 0.45}
+            assert source.describe()["BBB"]["params"] == {"sigma": 0.45}
+
+    run(main)
+
+
 def test_defect3_control_task_survives_any_failing_change(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
