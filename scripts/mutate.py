@@ -208,7 +208,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "client-never-pauses",
         "slow consumer",
-        "quoteflow/client.py",
+        "quoteflow/client/stream.py",
         "if self._queue.qsize() > self.max_queue and not self._closed:",
         "if False and not self._closed:",
         CLIENT_PAUSE_TESTS,
@@ -250,14 +250,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         # each connection. Reusing the parser without ending the stream is the real bug.
         "client-reuses-parser-without-finish",
         "parser EOF",
-        "quoteflow/client.py",
+        "quoteflow/client/stream.py",
         "        parser = SSEParser(last_event_id=self.last_event_id, retry=self.retry)\n",
         "        parser = self.__dict__.setdefault(\n"
         '            "_one_parser", SSEParser(last_event_id=self.last_event_id, retry=self.retry)\n'
         "        )\n",
         CLIENT_EOF_TESTS,
         "the client carries one parser across connections without ending the stream",
-        also=(("quoteflow/client.py", "            parser.finish()\n", "            pass\n"),),
+        also=(("quoteflow/client/stream.py", "            parser.finish()\n", "            pass\n"),),
     ),
     Mutation(
         "id-buffer-survives-finish",
