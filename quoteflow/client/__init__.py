@@ -23,9 +23,10 @@ Modules, one concern each:
   ``Last-Event-ID`` state machine, and :func:`stream`;
 - :mod:`~quoteflow.client.sync`: :func:`iter_events`.
 
-A request/response call of another endpoint (``GET /history``) belongs in a module of
-its own beside these (``client/history.py``), built on :mod:`._http`'s ``build_url``,
-``build_request`` and ``http_error``, and re-exported here.
+A request/response call of another endpoint (``history(...)`` for ``GET /history``)
+belongs in a module of its own beside these (``client/history.py``), re-exported here,
+with its one JSON ``GET`` in :mod:`._http` beside :class:`~._http.Connection` and its
+errors from ``http_error``.
 
 The parser and :class:`Event` live in :mod:`quoteflow.wire.parser` (the one place where
 SSE framing is read; it is written by :mod:`quoteflow.wire.sse`). This package depends

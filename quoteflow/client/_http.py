@@ -2,9 +2,8 @@
 
 Everything here speaks HTTP and nothing SSE: :class:`Connection` runs one ``GET`` to its
 end and hands the body bytes of a ``200 text/event-stream`` response to its owner
-(:class:`quoteflow.client.stream.EventStream` parses them). A plain ``GET`` of another
-endpoint (``/history``) would reuse :func:`build_url`, :func:`build_request` and
-:func:`http_error`.
+(:class:`quoteflow.client.stream.EventStream` parses them). A plain JSON ``GET`` of
+another endpoint (``/history``) belongs here too, failing with :func:`http_error`.
 
 The tornado seam
 ----------------
