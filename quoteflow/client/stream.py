@@ -133,6 +133,7 @@ class EventStream:
         As for :func:`stream`.
     """
 
+    @keyword_signature
     def __init__(self, url: str, options: StreamOptions | None = None, **kwargs: Any) -> None:
         self.options = opts = resolve_options("EventStream", options, kwargs)
         self.url = build_url(url, symbols=opts.symbols, events=opts.events)
@@ -375,5 +376,3 @@ def stream(url: str, options: StreamOptions | None = None, **kwargs: Any) -> Eve
     """
     return EventStream(url, resolve_options("stream", options, kwargs))
 
-
-keyword_signature(EventStream.__init__)
