@@ -13,12 +13,13 @@ both are fixed at the narrowest seam it has: ``SimpleAsyncHTTPClient._connection
 the method tornado itself provides for a subclass to choose the class of its HTTP/1
 connections, returns :class:`_StreamConnection`, which overrides two methods of
 tornado's ``_HTTPConnection`` (``_create_connection``, handed the connected socket, and
-``on_connection_close``) and ends a fetch only through that class's own error path
-(``_handle_exception``). Nothing else of tornado's is replaced (an earlier version also
-swapped the client's ``tcp_client`` attribute to find the socket). These names are
-private to tornado, so the tests are the guard: ``tests/integration/test_client_reset.py``
-(reset) and the heartbeat, close and error-body tests of ``test_client.py`` (cut) fail
-if a tornado release changes them.
+``on_connection_close``): a cut closes the socket and a reset is passed on, and either
+way tornado fails the fetch through its own error path (``_handle_exception``). Nothing
+else of tornado's is replaced (an earlier version also swapped the client's
+``tcp_client`` attribute to find the socket). These names are private to tornado, so
+the tests are the guard: ``tests/integration/test_client_reset.py`` (reset),
+``test_client_cut.py`` (a cut while connecting) and the heartbeat, close and error-body
+tests of ``test_client.py`` fail if a tornado release changes them.
 """
 
 from __future__ import annotations

@@ -375,4 +375,3 @@ def stream(url: str, options: StreamOptions | None = None, **kwargs: Any) -> Eve
     ...             print(ev.event, ev.id, ev.data)
     """
     return EventStream(url, resolve_options("stream", options, kwargs))
-
