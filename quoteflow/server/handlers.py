@@ -138,7 +138,8 @@ class QuoteflowHandler(tornado.web.RequestHandler):
 
 
 class JSONHandler(QuoteflowHandler):
-    """Base of the API handlers: JSON responses, CORS, auth, symbol parameters."""
+    """Base of the API handlers: JSON responses, CORS, the header-size check (the request
+    validation they share is in :mod:`quoteflow.server.request`)."""
 
     #: Methods announced to a CORS preflight.
     cors_methods = "GET, OPTIONS"
