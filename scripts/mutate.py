@@ -90,10 +90,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "ws-skips-authorize",
         "auth",
-        "quoteflow/server/ws.py",
-        "        self.open_subscription()\n",
-        "        self.authorize = lambda **_: None  # type: ignore[method-assign]\n"
-        "        self.open_subscription()\n",
+        "quoteflow/server/streams.py",
+        "    claims = authorize(view, state)\n",
+        '    claims = None if view.request.path == "/ws" else authorize(view, state)\n',
         WS_AUTH_TESTS,
         "/ws subscribes without checking the token (the audit's surviving mutation)",
     ),
@@ -118,18 +117,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "symbols-claim-not-enforced",
         "auth",
-        "quoteflow/server/handlers.py",
-        "            claims.check_symbols(symbols)\n",
-        "            pass\n",
+        "quoteflow/server/request.py",
+        "        claims.check_symbols(symbols)\n",
+        "        pass\n",
         AUTH_TESTS,
         "a token may subscribe to symbols outside its claim",
     ),
     Mutation(
         "stream-outlives-exp",
         "auth",
-        "quoteflow/server/handlers.py",
-        "max(claims.seconds_left(), 0.0), sub.close, CloseReason.TOKEN_EXPIRED",
-        "max(claims.seconds_left(), 0.0) + 3600, sub.close, CloseReason.TOKEN_EXPIRED",
+        "quoteflow/server/streams.py",
+        "stream.expire_at(max(claims.seconds_left(), 0.0))",
+        "stream.expire_at(max(claims.seconds_left(), 0.0) + 3600)",
         AUTH_TESTS,
         "a stream keeps running past its token's exp",
     ),
@@ -164,9 +163,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "last-event-id-header-ignored",
         "resume",
-        "quoteflow/server/handlers.py",
-        'last_id = self.request.headers.get("Last-Event-ID") or self.get_argument(',
-        "last_id = self.get_argument(",
+        "quoteflow/server/streams.py",
+        'last_id = request.headers.get("Last-Event-ID") or last_argument(view, "lastEventId")',
+        'last_id = last_argument(view, "lastEventId")',
         RESUME_TESTS,
         "the Last-Event-ID header (what EventSource sends) is ignored",
     ),
@@ -196,12 +195,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "slow-consumer-socket-left-open",
         "slow consumer",
-        "quoteflow/server/handlers.py",
-        '(backlog over bound)", self.request.remote_ip)\n'
+        "quoteflow/server/streams.py",
+        '(backlog over bound)", self.ip)\n'
         "        # The writer may have bytes parked in tornado's buffer for a socket the client\n"
         "        # does not read; closing the stream fails that write and ends the handler.\n"
         "        self.cut()\n",
-        '(backlog over bound)", self.request.remote_ip)\n',
+        '(backlog over bound)", self.ip)\n',
         SLOW_TESTS,
         "the subscription of a slow consumer closes but its socket stays open",
     ),

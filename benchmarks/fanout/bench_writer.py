@@ -2,7 +2,7 @@
 
     python -m benchmarks.fanout.bench_writer            # 10,000 subscribers, 5 publishes
 
-Every subscriber has a :class:`~quoteflow.server.handlers.SocketWriter` whose socket
+Every subscriber has a :class:`~quoteflow.server.writer.SocketWriter` whose socket
 accepts everything instantly, so the time is the Python path alone (broker group loop,
 ``Subscription.push``, writer, chunk framing, counters, latency stamp) without the
 kernel's ``send()``. Multiply by the subscriber count to see what it adds to a burst.
@@ -19,7 +19,7 @@ from typing import Any
 from quoteflow.broker.base import ALL_EVENTS
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.market import Market
-from quoteflow.server.handlers import LatencySamples, SocketWriter, frame_chunk
+from quoteflow.server.writer import FrameCache, LatencySamples, SocketWriter, frame_chunk
 
 
 class _Socket:
@@ -46,10 +46,12 @@ async def _run(n: int, repeats: int) -> None:
     broker = MemoryBroker()
     market = Market.universe(1, seed=1)
     latency = LatencySamples(lambda seconds: None)
+    # One framing cache for all, as an app has (LiveWriters.chunked).
+    chunked = FrameCache(frame_chunk)
     for _ in range(n):
         sub = broker.subscribe(None, ALL_EVENTS, None)
         stream: Any = _Stream()
-        SocketWriter(stream, sub, _Metrics(), latency, frame=frame_chunk).start()
+        SocketWriter(stream, sub, _Metrics(), latency, frame=chunked).start()
     for _ in range(repeats):
         batch = market.step()
         t0 = time.perf_counter()

@@ -31,10 +31,8 @@ from quoteflow.errors import ConfigError
 from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.cors import RefusedOriginLog
 from quoteflow.server.handlers import (
-    ApiError,
     DashboardHandler,
     HealthHandler,
-    LatencySamples,
     LiveHandler,
     MetricsHandler,
     NotFoundHandler,
@@ -43,17 +41,20 @@ from quoteflow.server.handlers import (
     StreamHandler,
     SymbolHandler,
     SymbolsHandler,
-    refusal_logs,
 )
 from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.openapi import OpenAPIHandler
+from quoteflow.server.request import ApiError
+from quoteflow.server.streams import OpenStream, refusal_logs
+from quoteflow.server.writer import LiveWriters
 from quoteflow.server.ws import WebSocketStreamHandler
 from quoteflow.sources import Catalog, Source
 from quoteflow.wire.sse import encode_comment
 
 __all__ = [
     "METRICS_ACCESS",
+    "METRICS_ROUTE",
     "ROUTES",
     "STATIC_PATH",
     "GcGovernor",
@@ -270,14 +271,16 @@ class ServerState:
         self.source = source
         self.broker = broker
         self.settings = settings
-        self.streams: set[StreamHandler] = set()
+        #: The open streams of ``/stream`` and ``/ws`` (see streams.open_subscription).
+        self.streams: set[OpenStream] = set()
         #: Open streams per client address (the per-IP limit).
         self.streams_by_ip: dict[str, int] = {}
         self.metrics = ServerMetrics(broker, source, lambda: len(self.streams))
         #: Summaries of streams refused by a connection limit (see refusal_logs).
         self.refusals = refusal_logs()
-        #: Delivery latencies of live writes, observed after each fan-out.
-        self.latency_samples = LatencySamples(self.metrics.delivery_latency.observe)
+        #: Makes the live streams' socket writers; owns their latency samples and
+        #: framing cache.
+        self.writers = LiveWriters(self.metrics, self.metrics.delivery_latency.observe)
         self.started = time.monotonic()
         self.closing = False
         self.source_error: str | None = None
@@ -381,8 +384,8 @@ class ServerState:
         now = time.monotonic()
         idle = self.settings.heartbeat
         sent = 0
-        for handler in list(self.streams):
-            if handler.heartbeat(now, idle, _HEARTBEAT):
+        for stream in list(self.streams):
+            if stream.heartbeat(now, idle, _HEARTBEAT):
                 sent += 1
         if sent:
             self.metrics.heartbeats.inc(sent)
@@ -406,13 +409,13 @@ class ServerState:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._pump
             self._pump = None
-        for handler in list(self.streams):
-            handler.end()
+        for stream in list(self.streams):
+            stream.end()
         deadline = time.monotonic() + timeout
         while self.streams and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # polling a condition: handlers leave as they finish
-        for handler in list(self.streams):  # stuck writers (client not reading): cut off
-            handler.cut()
+            await asyncio.sleep(0.01)  # polling a condition: streams leave as they finish
+        for stream in list(self.streams):  # stuck writers (client not reading): cut off
+            stream.cut()
         await self.source.aclose()
 
     async def close_broker(self) -> None:
@@ -445,6 +448,9 @@ class Route:
     listed: bool = True
 
 
+#: ``/metrics``: a route of the main app, and the only one of the metrics listener.
+METRICS_ROUTE = Route("/metrics", r"/metrics", MetricsHandler, streams=False)
+
 #: Every route of the main app, in the order the 404 lists them (static files are added
 #: by make_app: their directories are settings).
 ROUTES: tuple[Route, ...] = (
@@ -454,7 +460,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/snapshot", r"/snapshot", SnapshotHandler),
     Route("/symbols", r"/symbols", SymbolsHandler),
     Route("/symbols/{symbol}", r"/symbols/([^/]+)", SymbolHandler, listed=False),
-    Route("/metrics", r"/metrics", MetricsHandler, streams=False),
+    METRICS_ROUTE,
     Route("/healthz", r"/healthz", HealthHandler, streams=False),
     Route("/livez", r"/livez", LiveHandler, streams=False),
     Route("/openapi.json", r"/openapi\.json", OpenAPIHandler),
@@ -530,6 +536,7 @@ def make_metrics_app(state: ServerState) -> tornado.web.Application:
     Only ``/metrics`` (and JSON 404s), rendering the registry of ``state`` (the main
     app's state: same numbers). No token: what protects it is who can reach its port.
     """
-    handlers: list[Any] = [(r"/metrics", MetricsHandler, {"listener": True})]
-    app_settings = _app_settings(state, ["/metrics"])
+    route = METRICS_ROUTE
+    handlers: list[Any] = [(route.pattern, route.handler, {"listener": True})]
+    app_settings = _app_settings(state, [route.path])
     return tornado.web.Application(handlers, **app_settings)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ The broker fans out SSE bytes (encoded once per event, joined once per group and
 batch). :func:`ws_frames` turns such a chunk into WebSocket frames, and since every
 member of a group receives the same chunk object in a row, a one-entry cache makes that
 conversion once per group and batch too. The frames then go to the socket through the
-same :class:`~quoteflow.server.handlers.SocketWriter` as SSE.
+same :class:`~quoteflow.server.writer.SocketWriter` as SSE.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ from typing import Any
 import tornado.websocket
 
 from quoteflow.broker.base import CloseReason, Subscription
-from quoteflow.server.handlers import ApiError, SocketWriter, StreamHandler
+from quoteflow.server.handlers import JSONHandler
+from quoteflow.server.request import ApiError
+from quoteflow.server.streams import OpenStream, open_subscription
+from quoteflow.server.writer import SocketWriter
 from quoteflow.wire.parser import SSEParser
 
 __all__ = ["FRAME_TIMEOUT", "WebSocketStreamHandler", "ws_frame", "ws_frames"]
@@ -124,9 +127,17 @@ def ws_frames(chunk: bytes) -> bytes:
     return frames
 
 
-class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
-    """``GET /ws``: the feed as WebSocket text frames (see the module docstring)."""
+class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, JSONHandler):
+    """``GET /ws``: the feed as WebSocket text frames (see the module docstring).
 
+    Admission is the same as ``/stream``'s
+    (:func:`~quoteflow.server.streams.open_subscription`); from ``JSONHandler`` it takes
+    the JSON errors, CORS and the header-size check of every API endpoint.
+    """
+
+    lists_symbols = True
+    #: The admitted stream (None until admitted, or when refused).
+    stream: OpenStream | None = None
     _writer: SocketWriter | None = None
     _opened = False
     #: When the last liveness ping went out, and whether it is still unanswered
@@ -149,26 +160,22 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
             raise ApiError(
                 400, "/ws is a WebSocket endpoint (Upgrade: websocket); use /stream for SSE"
             )
-        self.open_subscription()
+        stream = self.stream = open_subscription(self, self.state, watch=self._check_client)
         try:
             await super().get(*args, **kwargs)
         finally:
             if not self._opened:  # the handshake was refused (origin, version...)
-                self._cleanup(CloseReason.CLIENT_GONE)
+                stream.close(CloseReason.CLIENT_GONE)
 
     def open(self, *args: str, **kwargs: str) -> None:
         """Connected: start writing the replay, then live data."""
         self._opened = True
         self._pinged_at = time.monotonic()
-        sub = self.sub
         conn = self.ws_connection
-        stream = getattr(conn, "stream", None)
-        if sub is None or stream is None:
+        if self.stream is None or conn is None or conn.stream is None:
             return
-        state = self.state
-        writer = SocketWriter(
-            stream, sub, state.metrics, state.latency_samples, frame=ws_frames, shared=True
-        )
+        sub = self.stream.sub
+        writer = self.state.writers.websocket(conn.stream, sub, ws_frames)
         self._writer = writer
         writer.done.add_done_callback(lambda _: self._finished_writing(sub))
         writer.start()
@@ -185,20 +192,17 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
         """The client answered: every frame it started before has been finished."""
         self._awaiting_pong = False
 
-    def heartbeat(self, now: float, idle: float, chunk: bytes) -> bool:
-        """The idle heartbeat of every stream, plus the liveness ping and its deadline."""
-        if self._opened and self.sub is not None:
-            self._check_client(now)
-        return super().heartbeat(now, idle, chunk)
-
     def _check_client(self, now: float) -> None:
-        sub = self.sub
-        assert sub is not None
+        """The liveness ping and its deadline (on every tick of the app's heartbeat timer)."""
+        stream = self.stream
+        if not self._opened or stream is None:
+            return
+        sub = stream.sub
         timeout = self.state.settings.ws_frame_timeout
         if self._timed_out_at is not None:
             # Closed with 1008 already; a client that does not even read that is cut.
             if now - self._timed_out_at > timeout:
-                self.cut()
+                stream.cut()
             return
         if sub.closed:
             return
@@ -224,13 +228,5 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, StreamHandler):
 
     def on_close(self) -> None:
         """The connection ended (either side): stop the subscription."""
-        self._cleanup(CloseReason.CLIENT_GONE)
-
-    def cut(self) -> None:
-        """Close the connection at once (slow consumer; shutdown of a stuck writer)."""
-        conn = self.ws_connection
-        stream = getattr(conn, "stream", None)
-        if stream is not None:
-            stream.close()
-        elif conn is None:
-            super().cut()
+        if self.stream is not None:
+            self.stream.close(CloseReason.CLIENT_GONE)
