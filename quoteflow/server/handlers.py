@@ -20,7 +20,14 @@ import tornado.log
 import tornado.web
 from tornado.iostream import IOStream, StreamClosedError
 
-from quoteflow.broker.base import ALL_EVENTS, BackendLink, CloseReason, EventIdError, Subscription
+from quoteflow.broker.base import (
+    ALL_EVENTS,
+    BackendLink,
+    CloseReason,
+    EventIdError,
+    Framing,
+    Subscription,
+)
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import AuthError, Claims, extract_token, verify_token
 from quoteflow.server.logs import request_summary, track_connection
@@ -569,6 +576,8 @@ class StreamHandler(JSONHandler):
     """``GET /stream``: the SSE feed (see docs/server.md and DESIGN.md "SSE wire contract")."""
 
     lists_symbols = True
+    #: How the broker frames this endpoint's subscription (``/ws``: WebSocket frames).
+    framing = Framing.SSE
     sub: Subscription | None = None
     _counted = False
     _ip: str | None = None
@@ -674,7 +683,7 @@ class StreamHandler(JSONHandler):
                 "several symbols on one stream",
             )
         try:
-            sub = state.broker.subscribe(symbols, events, last_id or None)
+            sub = state.broker.subscribe(symbols, events, last_id or None, self.framing)
         except EventIdError as exc:
             raise self.symbols_error(str(exc)) from None
         self.sub = sub
