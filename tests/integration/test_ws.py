@@ -17,8 +17,8 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from quoteflow.broker.memory import MemoryBroker
 from quoteflow.broker.base import Framing
+from quoteflow.broker.memory import MemoryBroker
 from quoteflow.server.ws import ws_frame
 from quoteflow.wire.ws import ws_event
 from tests.integration.fakes import FakeSource, request, run, serving, wait_for
