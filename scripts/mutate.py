@@ -173,7 +173,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "redis-replay-duplicate",
         "resume",
-        "quoteflow/broker/redis.py",
+        "quoteflow/broker/redis/consumer.py",
         "self.fanout.replay_after(sub, after)",
         "self.fanout.replay_after(sub, after - 1)",
         REDIS_TESTS,
