@@ -136,7 +136,7 @@ class ReplayFeed(Protocol):
 
     A replay is never materialised whole: :meth:`Subscription.take` pulls the next chunk
     only when the previous one has been written, so a client that does not read holds
-    one chunk, not the whole buffer (:class:`quoteflow.broker.memory.ReplayCursor`).
+    one chunk, not the whole buffer (:class:`quoteflow.broker.replay.ReplayCursor`).
     """
 
     def ready(self) -> bool:
