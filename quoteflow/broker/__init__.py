@@ -2,7 +2,9 @@
 
 :class:`MemoryBroker` (one process) is the default; a Redis Streams broker
 (:mod:`quoteflow.broker.redis`) implements the same :class:`Broker` interface for several
-server instances. :func:`broker_from_url` picks one from a ``--broker`` URL.
+server instances. Both are built around one :class:`LocalFanout` (replay log, groups,
+subscriptions; :mod:`quoteflow.broker.fanout`). :func:`broker_from_url` picks one from a
+``--broker`` URL.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from quoteflow.broker.base import (
     Delivery,
     EventIdError,
     EventLike,
+    Framing,
     Subscription,
     SubscriptionWriter,
 )
 from quoteflow.broker.factory import broker_from_url
+from quoteflow.broker.fanout import LocalFanout
 from quoteflow.broker.memory import MemoryBroker
 
 __all__ = [
@@ -31,6 +35,8 @@ __all__ = [
     "Delivery",
     "EventIdError",
     "EventLike",
+    "Framing",
+    "LocalFanout",
     "MemoryBroker",
     "Subscription",
     "SubscriptionWriter",

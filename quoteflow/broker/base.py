@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +42,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from quoteflow.errors import QuoteflowError
 from quoteflow.sources import Catalog
 from quoteflow.wire.payload import EVENT_TYPES
+from quoteflow.wire.sse import encode_comment
+from quoteflow.wire.ws import PING_FRAME
 
 __all__ = [
     "ALL_EVENTS",
@@ -51,6 +54,7 @@ __all__ = [
     "Delivery",
     "EventIdError",
     "EventLike",
+    "Framing",
     "ReplayFeed",
     "Subscription",
     "SubscriptionWriter",
@@ -73,6 +77,28 @@ class CloseReason:
     #: A clustered broker could not read up to the client's id in time (the client
     #: comes back with the same id; see ``RedisBroker``).
     CATCH_UP_TIMEOUT = "catch_up_timeout"
+
+
+class Framing(enum.Enum):
+    """How a subscription's events are put on the wire; chosen when it is opened.
+
+    The broker fans out per framing: each event is framed once per framing that has a
+    subscriber (SSE always, for the replay log; a WebSocket frame only while a
+    WebSocket subscription exists), and joined once per group and batch.
+    """
+
+    #: ``text/event-stream`` (:mod:`quoteflow.wire.sse`), ``/stream``.
+    SSE = "sse"
+    #: One WebSocket text frame per event (:mod:`quoteflow.wire.ws`), ``/ws``.
+    WEBSOCKET = "websocket"
+
+    @property
+    def heartbeat(self) -> bytes:
+        """What an idle stream of this framing is sent: ``: keepalive``, or a ping frame."""
+        return _HEARTBEATS[self]
+
+
+_HEARTBEATS = {Framing.SSE: encode_comment("keepalive"), Framing.WEBSOCKET: PING_FRAME}
 
 
 class EventIdError(QuoteflowError, ValueError):
@@ -110,7 +136,7 @@ class ReplayFeed(Protocol):
 
     A replay is never materialised whole: :meth:`Subscription.take` pulls the next chunk
     only when the previous one has been written, so a client that does not read holds
-    one chunk, not the whole buffer (:class:`quoteflow.broker.memory.ReplayCursor`).
+    one chunk, not the whole buffer (:class:`quoteflow.broker.replay.ReplayCursor`).
     """
 
     def ready(self) -> bool:
@@ -187,6 +213,8 @@ class Subscription:
         take; beyond it the subscription is closed as a slow consumer.
     on_close : callable, optional
         Called once with the subscription when it closes (the broker unregisters it).
+    framing : Framing
+        How its bytes are framed (the broker pushes them ready for the socket).
 
     Notes
     -----
@@ -211,6 +239,7 @@ class Subscription:
         "_writer",
         "close_reason",
         "events",
+        "framing",
         "last_activity",
         "max_backlog_bytes",
         "symbols",
@@ -222,9 +251,11 @@ class Subscription:
         events: frozenset[str],
         max_backlog_bytes: int,
         on_close: Callable[[Subscription], None] | None = None,
+        framing: Framing = Framing.SSE,
     ) -> None:
         self.symbols = symbols
         self.events = events
+        self.framing = framing
         self.max_backlog_bytes = max_backlog_bytes
         self.close_reason: str | None = None
         #: ``time.monotonic()`` of the last chunk queued (heartbeats are sent when idle).
@@ -247,9 +278,9 @@ class Subscription:
             self._close_callbacks.append(on_close)
 
     @property
-    def key(self) -> tuple[frozenset[str] | None, frozenset[str]]:
-        """The filter key; subscribers with equal keys share one fan-out group."""
-        return (self.symbols, self.events)
+    def key(self) -> tuple[frozenset[str] | None, frozenset[str], Framing]:
+        """The filter and framing; subscribers with equal keys share one fan-out group."""
+        return (self.symbols, self.events, self.framing)
 
     @property
     def closed(self) -> bool:
@@ -349,10 +380,20 @@ class Subscription:
         self._replay = feed
         self._wake()
 
-    def push_heartbeat(self, chunk: bytes) -> None:
-        """Queue a heartbeat comment (counted as backlog: a stalled client fills up)."""
+    def push_heartbeat(self, chunk: bytes | None = None) -> None:
+        """Queue a heartbeat (counted as backlog: a stalled client fills up).
+
+        Parameters
+        ----------
+        chunk : bytes, optional
+            SSE heartbeat bytes (the server's ``: keepalive``). A subscription in another
+            framing always sends its framing's own heartbeat (a WebSocket ping), and so
+            does an SSE one when ``chunk`` is None (:attr:`Framing.heartbeat`).
+        """
         if self.close_reason is not None:
             return
+        if chunk is None or self.framing is not Framing.SSE:
+            chunk = self.framing.heartbeat
         self._backlog += len(chunk)
         if self._backlog > self.max_backlog_bytes:
             self.close(CloseReason.SLOW_CONSUMER)
@@ -597,6 +638,7 @@ class Broker(ABC):
         symbols: frozenset[str] | None,
         events: frozenset[str],
         last_id: str | None,
+        framing: Framing = Framing.SSE,
     ) -> Subscription:
         """Register a subscriber, first replaying what it missed after ``last_id``.
 
@@ -608,6 +650,9 @@ class Broker(ABC):
             Event types wanted.
         last_id : str or None
             The client's ``Last-Event-ID``; None for a fresh subscription.
+        framing : Framing
+            How the subscription's bytes are framed (SSE, or WebSocket frames for
+            ``/ws``): replay, reset and live data all arrive in it, ready for the socket.
 
         Returns
         -------

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from tornado.iostream import IOStream
 
-from quoteflow.broker.base import CloseReason, EventIdError, Subscription
+from quoteflow.broker.base import CloseReason, EventIdError, Framing, Subscription
 from quoteflow.server.logs import track_connection
 from quoteflow.server.overload import IntervalLog
 from quoteflow.server.request import (
@@ -165,6 +165,7 @@ def open_subscription(
     state: ServerState,
     *,
     watch: Callable[[float], None] | None = None,
+    framing: Framing = Framing.SSE,
 ) -> OpenStream:
     """Validate a stream request, apply the limits and subscribe; register the stream.
 
@@ -180,6 +181,8 @@ def open_subscription(
         The app's state.
     watch : callable, optional
         See :class:`OpenStream`.
+    framing : Framing
+        How the broker frames the events (``/ws``: ``Framing.WEBSOCKET``).
 
     Returns
     -------
@@ -221,7 +224,7 @@ def open_subscription(
             quiet_log=True,
         )
     try:
-        sub = state.broker.subscribe(symbols, events, last_id or None)
+        sub = state.broker.subscribe(symbols, events, last_id or None, framing)
     except EventIdError as exc:
         raise symbols_error(state, str(exc)) from None
     stream = OpenStream(state, sub, ip, connection_stream(request), watch)

@@ -320,7 +320,8 @@ class LiveWriters:
         frame = self.chunked if chunked else unframed
         return SocketWriter(stream, sub, self.metrics, self.latency, frame=frame)
 
-    def websocket(self, stream: IOStream, sub: Subscription, frame: Framer) -> SocketWriter:
+    def websocket(self, stream: IOStream, sub: Subscription) -> SocketWriter:
         """The writer of a WebSocket connection, whose pings and close frames tornado
-        writes on the same stream (so the writer yields to tornado's buffer)."""
-        return SocketWriter(stream, sub, self.metrics, self.latency, frame=frame, shared=True)
+        writes on the same stream (so the writer yields to tornado's buffer). The broker
+        delivers WebSocket frames already (``Framing.WEBSOCKET``): written as they are."""
+        return SocketWriter(stream, sub, self.metrics, self.latency, shared=True)

@@ -20,40 +20,35 @@ hold memory with messages it never finishes:
   RFC 6455 §5.4), so this bounds how long any frame may take, and it drops dead peers
   too. The check runs on the server's one heartbeat timer, not a timer per connection.
 
-The broker fans out SSE bytes (encoded once per event, joined once per group and
-batch). :func:`ws_frames` turns such a chunk into WebSocket frames, and since every
-member of a group receives the same chunk object in a row, a one-entry cache makes that
-conversion once per group and batch too. The frames then go to the socket through the
-same :class:`~quoteflow.server.writer.SocketWriter` as SSE.
+The subscription is opened with ``Framing.WEBSOCKET``: the broker builds each event's
+frame from its parts (:mod:`quoteflow.wire.ws`, once per event while a WebSocket
+subscriber exists) and joins them once per group and batch, as it does for SSE, and its
+heartbeat is a ping frame. The frames go to the socket as they are, through the same
+:class:`~quoteflow.server.writer.SocketWriter` as SSE.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 import time
 from typing import Any
 
 import tornado.websocket
 
-from quoteflow.broker.base import CloseReason, Subscription
+from quoteflow.broker.base import CloseReason, Framing, Subscription
 from quoteflow.server.handlers import JSONHandler
 from quoteflow.server.request import ApiError
 from quoteflow.server.streams import OpenStream, open_subscription
 from quoteflow.server.writer import SocketWriter
-from quoteflow.wire.parser import SSEParser
+from quoteflow.wire.ws import ws_frame
 
-__all__ = ["FRAME_TIMEOUT", "WebSocketStreamHandler", "ws_frame", "ws_frames"]
+__all__ = ["FRAME_TIMEOUT", "WebSocketStreamHandler", "ws_frame"]
 
 log = logging.getLogger(__name__)
 
 #: Close reason of a client that did not answer a ping in time (see the module docstring).
 FRAME_TIMEOUT = "ws_frame_timeout"
 
-# RFC 6455 §5.2: FIN bit + opcode. Text frames carry the events; pings the heartbeats.
-_TEXT = 0x81
-_PING = 0x89
 _CLOSE_CODES = {
     CloseReason.SHUTDOWN: (1001, "server shutting down; reconnect with lastEventId"),
     CloseReason.BROKER_CLOSED: (1001, "server shutting down; reconnect with lastEventId"),
@@ -62,69 +57,6 @@ _CLOSE_CODES = {
     # RFC 6455 §7.4.1: 1008, the endpoint received something that violates its policy.
     FRAME_TIMEOUT: (1008, "no pong in time: finish every frame promptly and answer pings"),
 }
-
-
-def ws_frame(payload: bytes, opcode: int = _TEXT) -> bytes:
-    """One unmasked, unfragmented server-to-client frame (RFC 6455 §5.2).
-
-    Parameters
-    ----------
-    payload : bytes
-        The application data (UTF-8 text for a text frame).
-    opcode : int
-        First byte: FIN plus the opcode (0x81 text, 0x89 ping).
-
-    Returns
-    -------
-    bytes
-        Header (2, 4 or 10 bytes: the 7-bit, 16-bit or 64-bit payload length) + payload.
-    """
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", opcode, n)
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", opcode, 126, n)
-    else:
-        head = struct.pack("!BBQ", opcode, 127, n)
-    return head + payload
-
-
-def _message(event: str, data: str, event_id: str | None) -> bytes:
-    # ``data`` is the broker's JSON text: spliced in as is, not parsed and re-encoded.
-    return (
-        '{"id":' + json.dumps(event_id) + ',"event":' + json.dumps(event) + ',"data":' + data + "}"
-    ).encode()
-
-
-_cache: tuple[bytes, bytes] = (b"", b"")
-
-
-def ws_frames(chunk: bytes) -> bytes:
-    """Convert SSE bytes from the broker into WebSocket frames, one text frame per event.
-
-    Parameters
-    ----------
-    chunk : bytes
-        Complete SSE blocks (events, ``: keepalive`` comments).
-
-    Returns
-    -------
-    bytes
-        The frames, concatenated; a chunk holding no event (a heartbeat) becomes one
-        ping frame.
-    """
-    global _cache
-    last, frames = _cache
-    if chunk is last:
-        return frames
-    # Parsed by the one SSE parser of the package, so the two transports cannot drift.
-    events = SSEParser().feed(chunk)
-    if events:
-        frames = b"".join([ws_frame(_message(e.event, e.data, e.id)) for e in events])
-    else:
-        frames = ws_frame(b"", _PING)
-    _cache = (chunk, frames)
-    return frames
 
 
 class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, JSONHandler):
@@ -160,7 +92,9 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, JSONHandler):
             raise ApiError(
                 400, "/ws is a WebSocket endpoint (Upgrade: websocket); use /stream for SSE"
             )
-        stream = self.stream = open_subscription(self, self.state, watch=self._check_client)
+        stream = self.stream = open_subscription(
+            self, self.state, watch=self._check_client, framing=Framing.WEBSOCKET
+        )
         try:
             await super().get(*args, **kwargs)
         finally:
@@ -175,7 +109,7 @@ class WebSocketStreamHandler(tornado.websocket.WebSocketHandler, JSONHandler):
         if self.stream is None or conn is None or conn.stream is None:
             return
         sub = self.stream.sub
-        writer = self.state.writers.websocket(conn.stream, sub, ws_frames)
+        writer = self.state.writers.websocket(conn.stream, sub)
         self._writer = writer
         writer.done.add_done_callback(lambda _: self._finished_writing(sub))
         writer.start()

@@ -5,6 +5,8 @@
   broker's encode-once framer;
 - :mod:`quoteflow.wire.sse`: Server-Sent Events framing (the only place SSE bytes are
   written);
+- :mod:`quoteflow.wire.ws`: WebSocket framing of events (``/ws``: one text frame per
+  event, ping heartbeats), built from an event's parts;
 - :mod:`quoteflow.wire.parser`: :class:`SSEParser` and :class:`Event` (the only place
   SSE bytes are read).
 
@@ -33,12 +35,15 @@ from quoteflow.wire.sse import (
     encode_event,
     encode_fields,
     encode_retry,
+    event_data,
     split_lines,
 )
+from quoteflow.wire.ws import PING_FRAME, WsFramer, ws_event, ws_frame, ws_message
 
 __all__ = [
     "BAR_FIELDS",
     "EVENT_TYPES",
+    "PING_FRAME",
     "SEQ_FIELD",
     "TICK_FIELDS",
     "EncodedBatch",
@@ -46,12 +51,17 @@ __all__ = [
     "EventFramer",
     "PayloadEncoder",
     "SSEParser",
+    "WsFramer",
     "encode_comment",
     "encode_event",
     "encode_fields",
     "encode_payload",
     "encode_retry",
+    "event_data",
     "pre_encoded",
     "split_lines",
     "with_seq",
+    "ws_event",
+    "ws_frame",
+    "ws_message",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "encode_event",
     "encode_fields",
     "encode_retry",
+    "event_data",
     "split_lines",
 ]
 
@@ -129,6 +130,49 @@ def encode_event(data: str, *, id: str | None = None, event: str | None = None) 
         _check_single_line("event id", id, allow_nul=False)
         body = "id: " + id + "\n" + body
     return (body + "\n").encode("utf-8")
+
+
+def event_data(frame: bytes) -> bytes:
+    """The data of an event written by :func:`encode_event` with one-line data.
+
+    The exact inverse of the framing above for the frames a broker stores (every payload
+    is one-line JSON): the bytes between ``data: `` and the final ``\n\n``. It lets a
+    stored frame be sent in another framing (a WebSocket message, :mod:`quoteflow.wire.ws`)
+    without keeping a second copy of the payload. It is not a parser: anything else is
+    refused (:class:`~quoteflow.wire.parser.SSEParser` reads arbitrary streams).
+
+    Parameters
+    ----------
+    frame : bytes
+        ``encode_event(data, id=..., event=...)`` with ``data`` free of CR and LF.
+
+    Returns
+    -------
+    bytes
+        ``data``, UTF-8 encoded.
+
+    Raises
+    ------
+    ValueError
+        ``frame`` is not such a frame (no data line, several lines of data).
+
+    Examples
+    --------
+    >>> event_data(encode_event('{"p": 1}', id="7", event="tick"))
+    b'{"p": 1}'
+    """
+    # The id and event lines cannot hold a line break (encode_event refuses one), so the
+    # first line that starts with "data: " is the data line.
+    if frame.startswith(b"data: "):
+        start = 6
+    else:
+        start = frame.find(b"\ndata: ") + 7
+        if start == 6:
+            raise ValueError(f"not an SSE event frame: {frame[:60]!r}")
+    end = len(frame) - 2
+    if end < start or not frame.endswith(b"\n\n") or frame.find(b"\n", start, end) != -1:
+        raise ValueError(f"not an SSE event frame with one line of data: {frame[:60]!r}")
+    return frame[start:end]
 
 
 def encode_retry(ms: int) -> bytes:

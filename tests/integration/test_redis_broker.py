@@ -526,3 +526,62 @@ def test_resume_across_events_missing_from_the_stream_gets_a_reset_regression_si
             await server.aclose()
 
     run(main)
+
+
+def _ws_messages(data: bytes) -> list[dict]:  # type: ignore[type-arg]
+    """Decode unmasked server text frames (RFC 6455 §5.2) into their JSON messages."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i] == 0x81, data[i : i + 8]
+        n, i = data[i + 1], i + 2
+        if n == 126:
+            n, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        out.append(json.loads(data[i : i + n]))
+        i += n
+    return out
+
+
+def test_websocket_subscriptions_get_frames_with_stream_ids_live_and_on_resume(
+    tmp_path: Path,
+) -> None:
+    """The Redis consumer fans out per framing like the memory broker: WebSocket frames
+    built from the entry's parts (stream id, type, the producer's payload text)."""
+    from quoteflow.broker.base import Framing
+    from quoteflow.wire.ws import ws_event
+
+    async def main() -> None:
+        with running_redis(tmp_path) as redis:
+            producer = await started(RedisBroker(redis.url, produce=True, consume=False))
+            server = await started(RedisBroker(redis.url, consume=True, block_ms=200))
+            ws = server.subscribe(None, frozenset({"tick"}), None, Framing.WEBSOCKET)
+            sse = server.subscribe(None, frozenset({"tick"}), None)
+            for k in range(3):
+                producer.publish(batch(k))
+            got: list[dict] = []  # type: ignore[type-arg]
+            await until(
+                lambda: (
+                    ws.has_pending() and got.extend(_ws_messages(ws.take().data)),
+                    len(got) == 9,
+                )[1]
+            )
+            sse_events = SSEParser().feed(sse.take().data)
+            assert [m["id"] for m in got] == [e.id for e in sse_events]
+            assert [m["data"] for m in got] == [json.loads(e.data) for e in sse_events]
+            first = sse_events[0]
+            assert (
+                ws_event(first.id, "tick", first.data.encode())[2:]
+                == json.dumps(got[0], separators=(",", ":")).encode()
+            )
+            # Resume in WebSocket framing on a second instance.
+            other = await started(RedisBroker(redis.url, consume=True, block_ms=200))
+            resumed = other.subscribe(
+                frozenset({"BBB"}), frozenset({"tick"}), got[0]["id"], Framing.WEBSOCKET
+            )
+            replay = _ws_messages(resumed.take().data)
+            assert [m["id"] for m in replay] == [
+                m["id"] for m in got[1:] if m["data"]["symbol"] == "BBB"
+            ]
+
+    run(main)

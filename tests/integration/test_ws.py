@@ -17,8 +17,10 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
+from quoteflow.broker.base import Framing
 from quoteflow.broker.memory import MemoryBroker
-from quoteflow.server.ws import ws_frame, ws_frames
+from quoteflow.server.ws import ws_frame
+from quoteflow.wire.ws import ws_event
 from tests.integration.fakes import FakeSource, request, run, serving, wait_for
 from tests.redis_server import QuoteflowProcess, quoteflow_processes
 
@@ -171,10 +173,12 @@ def test_a_stalled_websocket_client_is_cut_off_and_others_keep_going() -> None:
     run(body)
 
 
-def test_frames_from_sse_chunks() -> None:
-    chunk = b'id: 7\nevent: tick\ndata: {"symbol":"A","seq":7}\n\n'
-    assert ws_frames(chunk) == ws_frame(b'{"id":"7","event":"tick","data":{"symbol":"A","seq":7}}')
-    assert ws_frames(b": keepalive\n\n") == b"\x89\x00"  # a heartbeat becomes a ping
+def test_frames_from_event_parts() -> None:
+    # (Was test_frames_from_sse_chunks: /ws no longer parses the broker's SSE bytes; the
+    # same frames are now built from the event's parts.)
+    frame = ws_event("7", "tick", b'{"symbol":"A","seq":7}')
+    assert frame == ws_frame(b'{"id":"7","event":"tick","data":{"symbol":"A","seq":7}}')
+    assert Framing.WEBSOCKET.heartbeat == b"\x89\x00"  # a heartbeat is a ping
     assert ws_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"  # 16-bit length form
     assert ws_frame(b"x" * 70000)[:2] == b"\x81\x7f"  # 64-bit length form
 

@@ -85,3 +85,34 @@ def test_pre_encoded_reads_only_an_encoded_batch() -> None:
     pairs = [({"a": 1}, '{"a":1}')]
     assert pre_encoded(EncodedBatch(["e"], pairs)) == pairs
     assert pre_encoded(["e"]) == ()
+
+
+def test_event_data_is_the_exact_inverse_of_one_line_framing() -> None:
+    from quoteflow.wire.sse import encode_event, event_data
+
+    for data, eid, kind in (
+        ('{"a":1}', "7", "tick"),
+        ('{"s":"data: x"}', "1-0", "bar"),
+        ("", None, None),
+        ('{"é":"ü"}', "9", "tick"),
+    ):
+        assert event_data(encode_event(data, id=eid, event=kind)) == data.encode()
+    for bad in (encode_event("a\nb", id="1"), b": keepalive\n", b"id: 1\n\n", b"data: x\n"):
+        with pytest.raises(ValueError, match="not an SSE event frame"):
+            event_data(bad)
+
+
+def test_ws_frames_from_parts_exact_bytes() -> None:
+    from quoteflow.wire.ws import PING_FRAME, WsFramer, ws_event, ws_frame, ws_message
+
+    data = b'{"symbol":"A","seq":7}'
+    message = b'{"id":"7","event":"tick","data":{"symbol":"A","seq":7}}'
+    assert ws_message("7", "tick", data) == message
+    assert ws_event("7", "tick", data) == b"\x81" + bytes([len(message)]) + message
+    assert WsFramer().frame("7", "tick", data) == ws_event("7", "tick", data)
+    assert ws_message(None, "reset", b"{}") == b'{"id":null,"event":"reset","data":{}}'
+    assert ws_message("1", 'q"é', b"{}") == b'{"id":"1","event":"q\\"\\u00e9","data":{}}'
+    assert PING_FRAME == b"\x89\x00"
+    assert ws_frame(b"x" * 125)[:2] == b"\x81\x7d"  # 7-bit length form, largest
+    assert ws_frame(b"x" * 126)[:4] == b"\x81\x7e\x00\x7e"  # 16-bit length form
+    assert ws_frame(b"x" * 65536)[:10] == b"\x81\x7f" + (65536).to_bytes(8, "big")
