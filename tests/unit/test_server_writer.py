@@ -201,7 +201,7 @@ def test_a_shared_stream_keeps_tornados_own_bytes_first() -> None:
         pair = Pair(sndbuf=4096)
         broker = MemoryBroker()
         sub = broker.subscribe(None, ALL_EVENTS, None)
-        writer = LiveWriters(Counters(), lambda s: None).websocket(pair.stream, sub, unframed)
+        writer = LiveWriters(Counters(), lambda s: None).websocket(pair.stream, sub)
         writer.start()
         own = b"T" * 200_000  # more than the socket takes at once: tornado keeps the rest
         tornado_write = pair.stream.write(own)
