@@ -7,7 +7,7 @@ Three sources feed the broker through the same small interface (docs/internals.m
 - :class:`Replay`, real daily history (shipped tickers or a user's CSV/DataFrame) played
   back as ticks and daily bars at a chosen speed;
 - :class:`Relay`, an upstream SSE feed (another quoteflow server or any SSE URL) whose
-  ``tick``/``bar`` events are re-published locally. This is also how a real vendor feed
+  ``tick``/``bar``/``trade``/``session`` events are re-published locally. This is also how a real vendor feed
   would be plugged in.
 
 Every source yields *batches*: one list of :class:`MarketEvent` per tick round, all
@@ -37,6 +37,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from quoteflow.errors import ConfigError, DataError
+from quoteflow.wire.payload import EVENT_TYPES
 
 __all__ = [
     "Catalog",
@@ -382,7 +383,8 @@ class Replay(Source):
 
     ``ts``, ``start`` and ``end`` are wall-clock times (when the row was replayed), like a
     live feed's, so latency metrics stay meaningful; the historical day is in the extra
-    field ``"date"`` (``YYYY-MM-DD``) of ticks and bars.
+    field ``"date"`` (``YYYY-MM-DD``) of ticks and bars, and their ``"sim_ts"`` is that
+    day at midnight UTC (``2005-02-28T00:00:00.000Z``).
 
     Parameters
     ----------
@@ -528,6 +530,8 @@ class Replay(Source):
         self._row += 1
         ts = iso_ms(self._clock() if now is None else now)
         day = self._dates[r]
+        # Simulated time of a replayed row: its historical day (midnight UTC).
+        sim_ts = f"{day}T00:00:00.000Z"
         row = self._price[r]
         have = np.flatnonzero(~np.isnan(row))
         price, bid, ask = quote_sides(row[have], self.spread_bps)
@@ -552,6 +556,7 @@ class Replay(Source):
                         "ask": float(ask[k]),
                         "size": size,
                         "ts": ts,
+                        "sim_ts": sim_ts,
                         "date": day,
                     },
                 )
@@ -569,6 +574,7 @@ class Replay(Source):
                         "volume": size,
                         "start": ts,
                         "end": ts,
+                        "sim_ts": sim_ts,
                         "date": day,
                     },
                 )
@@ -617,12 +623,13 @@ class Replay(Source):
 class Relay(Source):
     """Re-publish an upstream SSE feed (a quoteflow server or any SSE URL) as local events.
 
-    Upstream events of type ``tick`` and ``bar`` whose data is a JSON object with a string
+    Upstream events of the market types (``tick``, ``bar``, ``trade``, ``session``:
+    :data:`quoteflow.wire.EVENT_TYPES`) whose data is a JSON object with a string
     ``"symbol"`` are re-published unchanged except that the upstream ``"seq"`` is dropped:
     the local broker numbers events itself, so local ids are independent of the upstream's.
     Everything else (other event types such as ``reset`` or ``message``, non-JSON data,
     JSON without a symbol) is *skipped and counted* in :attr:`skipped` by reason, never
-    passed through: subscribers of a quoteflow stream only ever see ticks and bars.
+    passed through: subscribers of a quoteflow stream only ever see market events.
 
     The connection is :func:`quoteflow.client.stream`: it reconnects with backoff, resumes
     with ``Last-Event-ID`` and detects silent connections, so a relay survives upstream
@@ -666,7 +673,7 @@ class Relay(Source):
 
     def convert(self, event: str, data: str) -> MarketEvent | None:
         """Turn one upstream SSE event into a :class:`MarketEvent`, or ``None`` to skip it."""
-        if event not in ("tick", "bar"):
+        if event not in EVENT_TYPES:
             self._skip(event or "message")
             return None
         try:
@@ -682,8 +689,11 @@ class Relay(Source):
             self._skip("unwanted-symbol")
             return None
         payload.pop("seq", None)
-        price = payload.get("price" if event == "tick" else "close")
-        self._last[symbol] = float(price) if isinstance(price, int | float) else None
+        price = payload.get("close" if event == "bar" else "price")
+        if isinstance(price, int | float):
+            self._last[symbol] = float(price)
+        else:  # a session event: the symbol is known, its price unchanged
+            self._last.setdefault(symbol, None)
         self.relayed += 1
         return MarketEvent(event, symbol, payload)
 

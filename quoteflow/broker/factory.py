@@ -22,6 +22,7 @@ def broker_from_url(
     *,
     produce: bool = True,
     consume: bool = True,
+    given_ids: bool = False,
     **options: Any,
 ) -> Broker:
     """The broker for ``url``: ``None``, ``""`` or ``"memory"`` -> in-process, else Redis.
@@ -35,6 +36,10 @@ def broker_from_url(
     produce, consume : bool
         Redis only: whether this process publishes to the stream, and whether it reads
         it to serve clients. A memory broker always does both.
+    given_ids : bool
+        The source brings its own ids (``quoteflow serve --replay F --replay-ids
+        original``); only the memory broker publishes them
+        (:attr:`~quoteflow.wire.payload.EncodedBatch.ids`).
     **options
         Bounds passed to the broker (``buffer_size``, ``buffer_age``,
         ``max_backlog_bytes``, ``replay_memory_bytes``; Redis also ``maxlen``,
@@ -43,7 +48,8 @@ def broker_from_url(
     Raises
     ------
     ConfigError
-        An unknown scheme, ``produce=False`` with the memory broker, or the Redis
+        An unknown scheme, ``produce=False`` with the memory broker, ``given_ids``
+        with Redis, or the Redis
         client library is not installed; each message says what to do.
     """
     if url in (None, "", "memory"):
@@ -56,6 +62,12 @@ def broker_from_url(
         memory_options = {k: v for k, v in options.items() if k in _MEMORY_OPTIONS}
         return MemoryBroker(**memory_options)
     assert url is not None
+    if given_ids:
+        raise ConfigError(
+            f"--replay-ids original needs --broker memory, not {url}: Redis assigns stream "
+            "ids itself (one id space shared by every instance); replay with fresh ids "
+            "(the default)"
+        )
     if not url.startswith(REDIS_SCHEMES):
         raise ConfigError(f"--broker {url!r}: use 'memory' or a redis://host:port/db URL")
     try:

@@ -3,8 +3,11 @@
 :class:`MemoryBroker` assigns ids, adds ``seq`` and frames each event for SSE exactly
 once (:class:`~quoteflow.wire.payload.EventFramer`), then hands the batch to its
 :class:`~quoteflow.broker.fanout.LocalFanout` (replay log, grouped fan-out, slow-consumer
-cut-off, replay). What is specific to this broker is what an id means: ids are
-contiguous, so a ``Last-Event-ID`` is either replayable, evicted, or never issued.
+cut-off, replay). What is specific to this broker is what an id means: ids increase
+(contiguous, except a replay publishing its recording's own ids, which may have gaps:
+:meth:`MemoryBroker._publish_given`), so a ``Last-Event-ID`` is either replayable,
+evicted, or never issued; the replay position is looked up by key in the log
+(:meth:`~quoteflow.broker.fanout.LocalFanout.replay_after`), never computed from it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from quoteflow.broker.base import (
 from quoteflow.broker.fanout import LocalFanout
 from quoteflow.broker.replay import DEFAULT_REPLAY_MEMORY, REPLAY_CHUNK, ReplayBudget, ReplayCursor
 from quoteflow.broker.settings import BufferSettings
-from quoteflow.wire.payload import EventFramer, pre_encoded
+from quoteflow.wire.payload import EncodedBatch, EventFramer, given_ids, pre_encoded
 
 __all__ = ["DEFAULT_REPLAY_MEMORY", "REPLAY_CHUNK", "MemoryBroker", "ReplayBudget", "ReplayCursor"]
 
@@ -164,6 +167,10 @@ class MemoryBroker(Broker):
         """
         if not batch or self.fanout.closed:
             return
+        ids = given_ids(batch)
+        if ids is not None:
+            self._publish_given(batch, ids)
+            return
         now = self._clock()
         encoded = pre_encoded(batch)
         n_encoded = len(encoded)
@@ -208,6 +215,34 @@ class MemoryBroker(Broker):
         for kind, n in counts.items():
             published[kind] = published.get(kind, 0) + n
         self.fanout.append(keys, kinds, syms, frames_out, now)
+
+    def _publish_given(self, batch: Sequence[EventLike], ids: list[int]) -> None:
+        """Publish ``batch`` with the ids it brings (a replay with its original ids).
+
+        Each run of consecutive ids is published as usual with the id counter set to the
+        run's first id, so the replay log, the fan-out and ``seq`` are those of any other
+        batch. An id not above the newest one issued would break "ids strictly increase"
+        for every client: that event is dropped and counted (``stats.dropped``).
+        """
+        encoded = list(pre_encoded(batch))
+        n = min(len(batch), len(ids))
+        start = 0
+        while start < n:
+            if ids[start] < self._next_id:
+                self.stats.dropped += 1
+                log.warning(
+                    "dropping replayed event with id %d: not above the newest id %d",
+                    ids[start],
+                    self._next_id - 1,
+                )
+                start += 1
+                continue
+            stop = start + 1
+            while stop < n and ids[stop] == ids[stop - 1] + 1:
+                stop += 1
+            self._next_id = ids[start]
+            self.publish(EncodedBatch(list(batch[start:stop]), encoded[start:stop]))
+            start = stop
 
     # -- subscribe ---------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The ``quoteflow`` command: one module per subcommand.
 
-Each command module (``fit``, ``simulate``, ``serve``, ``generate``, ``token``, ``bench``)
+Each command module (``fit``, ``simulate``, ``serve``, ``generate``, ``record``, ``token``,
+``bench``)
 has ``add_parser(subparsers)``, which registers its options and
 ``set_defaults(func=run)``, and ``run(args)``, which takes the parsed namespace and
 returns the exit code. To add a command, write such a module and append it to
@@ -30,7 +31,15 @@ __all__ = ["COMMANDS", "EXIT_USAGE", "MEANREV_TICKER", "build_parser", "main"]
 EXIT_USAGE = 2
 
 #: Command modules (``quoteflow.cli.<name>``) in the order --help lists them. Add yours here.
-COMMANDS: tuple[str, ...] = ("fit", "simulate", "serve", "generate", "token", "bench")
+COMMANDS: tuple[str, ...] = (
+    "fit",
+    "simulate",
+    "serve",
+    "generate",
+    "record",
+    "token",
+    "bench",
+)
 
 
 class _Parser(argparse.ArgumentParser):

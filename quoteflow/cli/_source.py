@@ -24,7 +24,20 @@ MARKET_FLAGS = (
     "tick_interval",
     "speed",
     "bar_interval",
+    "calendar",
+    "start",
+    "trade_rate",
+    "replay_ids",
+    "replay_paused",
 )
+
+
+def speed_value(text: str) -> float | str:
+    """``--speed``: a positive number, or ``max`` (replays only)."""
+    if text.strip().lower() == "max":
+        return "max"
+    value: float = positive(float, "speed")(text)
+    return value
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
@@ -40,8 +53,10 @@ def add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     )
     src.add_argument(
         "--replay",
-        metavar="TICKER|CSV",
-        help="replay real history: a shipped ticker (AAPL, GOOG, IBM, MSFT), 'all', or a CSV",
+        metavar="TICKER|CSV|F.parquet",
+        help="replay a recording of `quoteflow record` (F.parquet, a glob, or several "
+        "comma-separated), or real daily history: a shipped ticker (AAPL, GOOG, IBM, "
+        "MSFT), 'all', or a CSV; steer it with POST /replay (docs/recording.md)",
     )
     src.add_argument(
         "--relay", metavar="URL", help="re-publish an upstream SSE feed (e.g. http://h:8080/stream)"
@@ -56,11 +71,25 @@ def add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
     )
     what.add_argument(
         "--speed",
-        type=positive(float, "speed"),
+        type=speed_value,
         default=None,
-        metavar="YEARS_PER_S",
+        metavar="X",
         help="simulated years per wall second (default 1/252: a trading day per second); "
-        "replay: historical years per second (252 rows/s per 1.0)",
+        "daily-history replay: historical years per second (252 rows/s per 1.0); "
+        "recording replay: a multiple of the recorded pace, 0.1 to 1000 (default 1); "
+        "'max' (replays): as fast as clients take it",
+    )
+    what.add_argument(
+        "--replay-ids",
+        choices=("fresh", "original"),
+        default=None,
+        help="with --replay: number events afresh (default) or keep the recorded ids "
+        "(memory broker only; decimal, increasing ids)",
+    )
+    what.add_argument(
+        "--replay-paused",
+        action="store_true",
+        help='with --replay: start paused; POST /replay {"action": "resume"} starts it',
     )
     what.add_argument(
         "--bar-interval",
@@ -68,6 +97,28 @@ def add_source_arguments(parser: argparse.ArgumentParser, title: str) -> None:
         default=None,
         metavar="SECONDS",
         help="wall seconds per OHLCV bar (market default 5)",
+    )
+    what.add_argument(
+        "--calendar",
+        default=None,
+        metavar="NAME",
+        help="trade in the simulated sessions of an exchange calendar (XNYS, XLON, ...): "
+        "no ticks while closed, an overnight gap, session events (docs/market.md)",
+    )
+    what.add_argument(
+        "--start",
+        default=None,
+        metavar="DATE",
+        help="start of simulated time (2024-11-25 or an ISO date-time; default: today with "
+        "--calendar, else sim_ts is the wall clock)",
+    )
+    what.add_argument(
+        "--trade-rate",
+        type=positive(float, "trade rate"),
+        default=None,
+        metavar="PER_S",
+        help="emit trade events, this many per symbol per second (Poisson); bars are then "
+        "built from trades (size law: the config's [trades] table, docs/market.md)",
     )
 
 
@@ -97,7 +148,7 @@ def build_source(args: argparse.Namespace) -> Source:
         Options that do not apply to the chosen source, or a bad config/replay file.
     """
     from quoteflow.market import Market
-    from quoteflow.sources import Relay, Replay
+    from quoteflow.sources import Relay
 
     market_opts = {
         k: v
@@ -106,32 +157,61 @@ def build_source(args: argparse.Namespace) -> Source:
             ("tick_interval", args.tick_interval),
             ("speed", args.speed),
             ("bar_interval", args.bar_interval),
+            ("calendar", args.calendar),
+            ("start", args.start),
+            ("trade_rate", args.trade_rate),
         )
         if v is not None
     }
+    if (args.replay_ids is not None or args.replay_paused) and not args.replay:
+        flag = "--replay-ids" if args.replay_ids is not None else "--replay-paused"
+        raise ConfigError(f"{flag} only applies to --replay")
+    if args.speed == "max" and not args.replay:
+        raise ConfigError("--speed max only applies to --replay; give a number of years per second")
     if args.relay:
         if market_opts:
             flags = ", ".join("--" + k.replace("_", "-") for k in market_opts)
             raise ConfigError(f"{flags} do not apply to --relay (the upstream sets the pace)")
         return Relay(args.relay)
     if args.replay:
-        extra = sorted(set(market_opts) - {"tick_interval", "speed"})
-        if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-            raise ConfigError(
-                f"{flags} do not apply to --replay (history is fixed, one bar per row)"
-            )
-        if args.speed is not None and args.tick_interval is not None:
-            raise ConfigError("give --speed or --tick-interval for --replay, not both")
-        kwargs: dict[str, Any] = {}
-        if args.speed is not None:
-            kwargs["rows_per_second"] = args.speed * 252.0  # one row is one trading day
-        elif args.tick_interval is not None:
-            kwargs["rows_per_second"] = 1.0 / args.tick_interval
-        target = None if args.replay.lower() == "all" else args.replay
-        return Replay(target, **kwargs)
+        return _replay_source(args, market_opts)
+    if "trade_rate" in market_opts:
+        market_opts["trades"] = {"rate": market_opts.pop("trade_rate")}
     if args.config:
         return Market.from_toml(args.config, **market_opts)
     if args.universe:
         return Market.universe(args.universe, **market_opts)
     return Market.default(**market_opts)
+
+
+def _replay_source(args: argparse.Namespace, market_opts: dict[str, Any]) -> Source:
+    """``--replay``: a recording or the daily history, both a ``SessionReplay``."""
+    from quoteflow.playback import SessionReplay, parse_speed
+    from quoteflow.recording import is_recording
+
+    common: dict[str, Any] = {"ids": args.replay_ids or "fresh", "paused": args.replay_paused}
+    if is_recording(args.replay):
+        extra = sorted(set(market_opts) - {"speed"})
+        if extra:
+            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+            raise ConfigError(
+                f"{flags} do not apply to a recording (its times are recorded); "
+                "use --speed X (0.1 to 1000, or max)"
+            )
+        speed = 1.0 if args.speed is None else parse_speed(args.speed, "--speed")
+        return SessionReplay.from_recording(args.replay, speed=speed, **common)
+    extra = sorted(set(market_opts) - {"tick_interval", "speed"})
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise ConfigError(f"{flags} do not apply to --replay (history is fixed, one bar per row)")
+    if args.speed is not None and args.tick_interval is not None:
+        raise ConfigError("give --speed or --tick-interval for --replay, not both")
+    kwargs: dict[str, Any] = {}
+    if args.speed == "max":
+        kwargs["speed"] = None
+    elif args.speed is not None:
+        kwargs["rows_per_second"] = args.speed * 252.0  # one row is one trading day
+    elif args.tick_interval is not None:
+        kwargs["rows_per_second"] = 1.0 / args.tick_interval
+    target = None if args.replay.lower() == "all" else args.replay
+    return SessionReplay.from_history(target, **common, **kwargs)

@@ -120,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--broker {url!r}: quoteflow generate needs a redis://host:port/db URL")
     source = build_source(args)
     broker = broker_from_url(
-        url, produce=True, consume=False, maxlen=args.maxlen, outbox_size=args.outbox
+        url,
+        produce=True,
+        consume=False,
+        given_ids=getattr(args, "replay_ids", None) == "original",
+        maxlen=args.maxlen,
+        outbox_size=args.outbox,
     )
 
     async def main() -> int:

@@ -308,6 +308,7 @@ def _broker(args: argparse.Namespace) -> Broker:
         args.broker,
         produce=not generate if memory else generate,
         consume=True,
+        given_ids=getattr(args, "replay_ids", None) == "original",
         buffer_size=args.buffer_size,
         buffer_age=args.buffer_age,
         max_backlog_bytes=args.max_backlog,

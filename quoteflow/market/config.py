@@ -22,7 +22,7 @@ from quoteflow.models.registry import model_class
 if TYPE_CHECKING:
     from quoteflow.market.engine import Market
 
-__all__ = ["check_step", "market_from_config", "number", "short_list"]
+__all__ = ["check_keys", "check_step", "market_from_config", "number", "short_list"]
 
 
 def short_list(names: Sequence[str], limit: int = 20) -> str:
@@ -59,13 +59,20 @@ _TOP_KEYS = (
     "bar_interval",
     "spread_bps",
     "lot_size",
+    "calendar",
+    "start",
+    "closed_fraction",
+    "trades",
     "symbols",
     "correlation",
 )
+#: Settings a caller (the command line) may override: every top-level setting but the
+#: symbols and their correlation.
+_OVERRIDES = (*_TOP_KEYS[:10], "clock")
 _SYMBOL_KEYS = ("model", "params", "fit", "column", "fit_options", "s0", "spread_bps")
 
 
-def _check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+def check_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     for key in table:
         if key not in allowed:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
@@ -104,7 +111,7 @@ def _symbolmarket_from_config(
 ) -> tuple[PriceModel, float | None, float | None]:
     where = f"symbols.{name}"
     table = _table(spec, where)
-    _check_keys(table, _SYMBOL_KEYS, where)
+    check_keys(table, _SYMBOL_KEYS, where)
     if "model" not in table:
         raise ConfigError(f"{where}: missing key 'model' (one of {', '.join(MODELS)})")
     model_cls = model_class(table["model"], where)
@@ -157,11 +164,10 @@ def market_from_config(
     overrides: Mapping[str, Any],
 ) -> Market:
     config = _table(config, "config")
-    _check_keys(config, _TOP_KEYS, "")
-    known_overrides = (*_TOP_KEYS[:6], "clock")
+    check_keys(config, _TOP_KEYS, "")
     for key in overrides:
-        if key not in known_overrides:
-            raise ConfigError(f"override {key!r}: unknown; allowed: {', '.join(known_overrides)}")
+        if key not in _OVERRIDES:
+            raise ConfigError(f"override {key!r}: unknown; allowed: {', '.join(_OVERRIDES)}")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     kwargs: dict[str, Any] = {}
     if "seed" in config:
@@ -179,6 +185,12 @@ def market_from_config(
         if isinstance(lot, bool) or not isinstance(lot, int) or lot < 1:
             raise ConfigError(f"lot_size: must be an integer >= 1, got {lot!r}")
         kwargs["lot_size"] = lot
+    # Checked where they are used (sessions, trades): the same rules for Python and TOML.
+    for key in ("calendar", "start", "trades"):
+        if key in config:
+            kwargs[key] = config[key]
+    if "closed_fraction" in config:
+        kwargs["closed_fraction"] = number(config["closed_fraction"], "closed_fraction", ge=0.0)
     if "symbols" not in config:
         raise ConfigError("symbols: missing; add at least one [symbols.NAME] table")
     symbols = _table(config["symbols"], "symbols")
@@ -200,9 +212,13 @@ def market_from_config(
     correlation = None
     if "correlation" in config:
         corr = _table(config["correlation"], "correlation")
-        _check_keys(corr, ("symbols", "matrix"), "correlation")
+        check_keys(corr, ("symbols", "matrix"), "correlation")
         if "matrix" not in corr:
             raise ConfigError("correlation.matrix: missing (a list of rows, one per symbol)")
         correlation = corr
-    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(given.get("trades"), Mapping) and isinstance(kwargs.get("trades"), Mapping):
+        # --trade-rate changes the rate of the file's [trades] table, not its size law.
+        given["trades"] = {**kwargs["trades"], **given["trades"]}
+    kwargs.update(given)
     return cls(models, s0=s0, correlation=correlation, **kwargs)

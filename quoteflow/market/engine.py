@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from quoteflow.errors import ConfigError
-from quoteflow.market.bars import BarAccumulator, TickArrays
+from quoteflow.market.bars import BarAccumulator, BarArrays, TickArrays, TradeBarAccumulator
 from quoteflow.market.config import check_step, market_from_config, number, short_list
 from quoteflow.market.correlation import (
     IndexArray,
@@ -31,6 +31,8 @@ from quoteflow.market.correlation import (
     resolve_correlation,
 )
 from quoteflow.market.defaults import default_calibration
+from quoteflow.market.sessions import SIM_SECONDS_PER_YEAR, SimClock, iso_from_ns
+from quoteflow.market.trades import TradeArrays, TradeSettings, draw_trades
 from quoteflow.models import GBM, MeanReversion, PriceModel, Stepper, build_model
 from quoteflow.models.limits import MAX_PRICE, MIN_PRICE
 from quoteflow.sources import (
@@ -41,7 +43,7 @@ from quoteflow.sources import (
     paced,
     quote_sides,
 )
-from quoteflow.wire.payload import EncodedBatch, PayloadEncoder
+from quoteflow.wire.payload import TRADE_SIDES, EncodedBatch, PayloadEncoder, encode_payload
 
 __all__ = ["DEFAULT_SPEED", "GUARD_LOG_INTERVAL", "Market"]
 
@@ -137,6 +139,20 @@ class Market(Source):
     clock
         Function returning POSIX seconds for timestamps (default ``time.time``);
         inject a fake one for deterministic tests.
+    calendar
+        An exchange calendar (``exchange_calendars`` name, e.g. ``"XNYS"``): the market
+        then trades in simulated sessions only, with an overnight gap, early closes and
+        ``session`` events (docs/market.md, "Trading sessions"). ``None``: always open.
+    start
+        Start of simulated time (``"2024-11-25"``, an ISO date-time, a ``date``); default
+        with a calendar: today; without one, ``sim_ts`` is the wall clock.
+    closed_fraction
+        Model time per second of closed market, as a fraction of a session second
+        (``>= 0``, default 0.1): the horizon of the overnight gap.
+    trades
+        ``None`` (default: no trades) or the trade settings (:class:`TradeSettings` or a
+        mapping of its fields, the ``[trades]`` table): the market then emits ``trade``
+        events and builds its bars from them.
 
     Raises
     ------
@@ -164,6 +180,10 @@ class Market(Source):
         spread_bps: float | Mapping[str, float] = 10.0,
         lot_size: int = 100,
         clock: Callable[[], float] = time.time,
+        calendar: str | None = None,
+        start: Any = None,
+        closed_fraction: float = 0.1,
+        trades: TradeSettings | Mapping[str, Any] | None = None,
     ) -> None:
         names = _checked_names(symbols)
         self.tick_interval = number(tick_interval, "market: tick_interval", gt=0.0)
@@ -203,6 +223,17 @@ class Market(Source):
         # Separate streams: the lot sizes never change the price path of a given seed.
         self._rng = np.random.default_rng(shock_seq)
         self._size_rng = np.random.default_rng(size_seq)
+        # A third stream for trades (spawned after the others: their draws are unchanged).
+        self._trade_rng = np.random.default_rng(seq.spawn(1)[0])
+        #: The trade settings in force, or None when the market does not trade.
+        self.trade_settings = None if trades is None else TradeSettings.from_config(trades)
+        #: The simulated clock (sessions of ``calendar``, or free-running from ``start``).
+        self.sim_clock = SimClock(
+            self.dt * SIM_SECONDS_PER_YEAR,
+            calendar=calendar,
+            start=start,
+            closed_fraction=number(closed_fraction, "market: closed_fraction", ge=0.0),
+        )
 
         self._build_steppers()
 
@@ -216,6 +247,7 @@ class Market(Source):
         self._guard_logged_at = -math.inf
         self.lag_seconds = 0.0
         self._bars = BarAccumulator(n, self._bar_ticks)
+        self._trade_bars = TradeBarAccumulator(n, self._bar_ticks)
         self._encoder = PayloadEncoder(self._names)
 
     # -------------------------------------------------------------------- construction
@@ -522,8 +554,40 @@ class Market(Source):
                 for name, model, price in zip(self._names, self._models, prices, strict=True)
             }
 
+    def _move(self, z: SymbolFloats, tau: float | None) -> None:
+        """Advance every price with shocks ``z``: one step of ``dt``, or a gap of ``tau`` years."""
+        p = self._prices
+        # An overflow is not an error here: _guard() restarts what left the range.
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            g = self._gbm_idx
+            if tau is None and self._all_gbm:
+                p *= np.exp(self._drift + self._vol * z)
+                return
+            if tau is None:
+                drift, vol = self._drift[g], self._vol[g]
+            else:
+                coefficients = []
+                for i in g.tolist():
+                    model = self._models[i]
+                    assert isinstance(model, GBM)
+                    coefficients.append(model.exact_coefficients(tau))
+                drift, vol = np.asarray(coefficients, dtype=np.float64).reshape(-1, 2).T
+            if g.size:
+                p[g] *= np.exp(drift + vol * z[g])
+            for group in self._groups:
+                shocks = np.zeros(group.stepper.prices.size)
+                shocks[group.cols] = z[group.syms]
+                moved = (
+                    group.stepper.step(shocks) if tau is None else group.stepper.gap(shocks, tau)
+                )
+                p[group.syms] = moved[group.cols]
+
     def step_arrays(self, now: float | None = None) -> TickArrays:
         """Advance every symbol one tick and return the quotes (and closed bars) as arrays.
+
+        With a calendar, the tick is the next one in simulated session time: the first
+        tick of a session moves the prices across the closed period (the gap), the last
+        one closes the bars.
 
         Parameters
         ----------
@@ -541,33 +605,43 @@ class Market(Source):
         ts = iso_ms(t)
         n = len(self._names)
         with self._lock:
+            at = self.sim_clock.tick(ts_ns)
+            sim_ts = ts if self.sim_clock.is_wall else iso_from_ns(at.sim_ns)
             z = self._rng.standard_normal(n)
             if self._corr is not None:
                 idx, factor = self._corr
                 z[idx] = factor @ z[idx]
-            p = self._prices
-            # An overflow is not an error here: _guard() restarts what left the range.
-            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
-                if self._all_gbm:
-                    p *= np.exp(self._drift + self._vol * z)
-                else:
-                    g = self._gbm_idx
-                    if g.size:
-                        p[g] *= np.exp(self._drift[g] + self._vol[g] * z[g])
-                    for group in self._groups:
-                        shocks = np.zeros(group.stepper.prices.size)
-                        shocks[group.cols] = z[group.syms]
-                        p[group.syms] = group.stepper.step(shocks)[group.cols]
+            self._move(z, at.gap_years)
             self._guard(t)
             size = self._size_rng.integers(1, 11, n) * self.lot_size
-            price, bid, ask = quote_sides(p, self._spread)
+            price, bid, ask = quote_sides(self._prices, self._spread)
             self._last_price = price
             self.ticks += 1
-            bars = self._bars.add(price, size, ts)
-        return TickArrays(ts=ts, price=price, bid=bid, ask=ask, size=size, bars=bars, ts_ns=ts_ns)
+            trades: TradeArrays | None = None
+            if self.trade_settings is None:
+                bars = self._bars.add(price, size, ts, sim_ts, at.closes)
+            else:
+                trades = draw_trades(
+                    self.trade_settings, self._trade_rng, self.tick_interval, bid, ask
+                )
+                bars = self._trade_bars.add(trades, ts, sim_ts, at.closes)
+        return TickArrays(
+            ts=ts,
+            price=price,
+            bid=bid,
+            ask=ask,
+            size=size,
+            bars=bars,
+            ts_ns=ts_ns,
+            sim_ts=sim_ts,
+            opens=at.opens,
+            closes=at.closes,
+            closed_sim_ts="" if at.close_ns is None else iso_from_ns(at.close_ns),
+            trades=trades,
+        )
 
     def step(self, now: float | None = None) -> list[MarketEvent]:
-        """Advance one tick synchronously; return its quotes, then the bars it closed.
+        """Advance one tick synchronously; return its events.
 
         The list is a :class:`~quoteflow.wire.payload.EncodedBatch`: it also carries the
         payloads' JSON (:class:`~quoteflow.wire.payload.PayloadEncoder`), which the broker
@@ -581,62 +655,134 @@ class Market(Source):
         Returns
         -------
         list of MarketEvent
-            One ``tick`` per symbol (market order), followed by one ``bar`` per symbol
-            when this tick closes a bar.
+            In this order: a ``session`` ``open`` per symbol if the tick opens a session;
+            one ``tick`` per symbol (market order); the tick's ``trade`` events if the
+            market trades; one ``bar`` per symbol (per symbol that traded, for bars from
+            trades) when this tick closes a bar; a ``session`` ``closed`` per symbol if
+            the tick is the last of its session.
         """
         a = self.step_arrays(now)
-        ts = a.ts
         with _gc_paused():
-            return self._events(a, ts)
+            return self._events(a)
 
-    def _events(self, a: TickArrays, ts: str) -> EncodedBatch[MarketEvent]:
+    def _session_events(
+        self, state: str, ts: str, sim_ts: str
+    ) -> list[tuple[MarketEvent, tuple[dict[str, Any], str]]]:
+        out = []
+        for s in self._names:
+            data = {"symbol": s, "state": state, "ts": ts, "sim_ts": sim_ts}
+            out.append((MarketEvent("session", s, data), (data, encode_payload(data))))
+        return out
+
+    def _events(self, a: TickArrays) -> EncodedBatch[MarketEvent]:
         names = self._names
+        ts, sim_ts, ts_ns = a.ts, a.sim_ts, a.ts_ns
+        events: list[MarketEvent] = []
+        # Pairs (payload, JSON) aligned with the start of the batch: pairing stops at the
+        # first event not pre-encoded (a non-finite price, left to the broker's encoder).
+        encoded: list[tuple[dict[str, Any], str]] = []
+        if a.opens:
+            for event, pair in self._session_events("open", ts, sim_ts):
+                events.append(event)
+                encoded.append(pair)
         price, bid, ask, size = a.price.tolist(), a.bid.tolist(), a.ask.tolist(), a.size.tolist()
-        ts_ns = a.ts_ns
         payloads = [
-            {"symbol": s, "price": p, "bid": b, "ask": k, "size": q, "ts": ts, "ts_ns": ts_ns}
+            {
+                "symbol": s,
+                "price": p,
+                "bid": b,
+                "ask": k,
+                "size": q,
+                "ts": ts,
+                "ts_ns": ts_ns,
+                "sim_ts": sim_ts,
+            }
             for s, p, b, k, q in zip(names, price, bid, ask, size, strict=True)
         ]
-        events = [MarketEvent("tick", s, d) for s, d in zip(names, payloads, strict=True)]
+        events.extend(MarketEvent("tick", s, d) for s, d in zip(names, payloads, strict=True))
         # A model that blew up (inf/NaN price) is not JSON: leave that tick to the broker's
         # generic encoder, which drops the bad events and logs them.
-        encodable = bool(
+        aligned = bool(
             np.isfinite(a.price).all() and np.isfinite(a.bid).all() and np.isfinite(a.ask).all()
         )
-        encoded: list[tuple[dict[str, Any], str]] = []
-        if encodable:
-            texts = self._encoder.ticks(price, bid, ask, size, ts, ts_ns)
-            encoded = list(zip(payloads, texts, strict=True))
+        if aligned:
+            texts = self._encoder.ticks(price, bid, ask, size, ts, ts_ns, sim_ts)
+            encoded.extend(zip(payloads, texts, strict=True))
+        if a.trades is not None:
+            aligned = self._trade_events(a.trades, ts, sim_ts, events, encoded, aligned)
         if a.bars is not None:
-            bar = a.bars
-            start, end = bar.start, bar.end
-            bo, bh, bl, bc, bv = (
-                bar.open.tolist(),
-                bar.high.tolist(),
-                bar.low.tolist(),
-                bar.close.tolist(),
-                bar.volume.tolist(),
-            )
-            bar_payloads = [
-                {
-                    "symbol": s,
-                    "open": o,
-                    "high": h,
-                    "low": lo,
-                    "close": c,
-                    "volume": v,
-                    "start": start,
-                    "end": end,
-                }
-                for s, o, h, lo, c, v in zip(names, bo, bh, bl, bc, bv, strict=True)
-            ]
-            events.extend(
-                MarketEvent("bar", s, d) for s, d in zip(names, bar_payloads, strict=True)
-            )
-            if encodable and all(np.isfinite(x).all() for x in (bar.open, bar.high, bar.low)):
-                texts = self._encoder.bars(bo, bh, bl, bc, bv, start, end)
-                encoded.extend(zip(bar_payloads, texts, strict=True))
+            aligned = self._bar_events(a.bars, events, encoded, aligned)
+        if a.closes:
+            for event, pair in self._session_events("closed", ts, a.closed_sim_ts or sim_ts):
+                events.append(event)
+                if aligned:
+                    encoded.append(pair)
         return EncodedBatch(events, encoded)
+
+    def _trade_events(
+        self,
+        trades: TradeArrays,
+        ts: str,
+        sim_ts: str,
+        events: list[MarketEvent],
+        encoded: list[tuple[dict[str, Any], str]],
+        aligned: bool,
+    ) -> bool:
+        names = self._names
+        syms = trades.symbols.tolist()
+        price, size = trades.price.tolist(), trades.size.tolist()
+        buy, sell = TRADE_SIDES
+        side = [buy if b else sell for b in trades.buy.tolist()]
+        payloads = [
+            {"symbol": names[i], "price": p, "size": q, "side": d, "ts": ts, "sim_ts": sim_ts}
+            for i, p, q, d in zip(syms, price, size, side, strict=True)
+        ]
+        events.extend(MarketEvent("trade", d["symbol"], d) for d in payloads)
+        if aligned and np.isfinite(trades.price).all():
+            texts = self._encoder.trades(syms, price, size, side, ts, sim_ts)
+            encoded.extend(zip(payloads, texts, strict=True))
+            return True
+        return False
+
+    def _bar_events(
+        self,
+        bar: BarArrays,
+        events: list[MarketEvent],
+        encoded: list[tuple[dict[str, Any], str]],
+        aligned: bool,
+    ) -> bool:
+        names = self._names
+        which = None if bar.symbols is None else bar.symbols.tolist()
+        syms = names if which is None else [names[i] for i in which]
+        start, end, sim_ts = bar.start, bar.end, bar.sim_ts
+        bo, bh, bl, bc, bv = (
+            bar.open.tolist(),
+            bar.high.tolist(),
+            bar.low.tolist(),
+            bar.close.tolist(),
+            bar.volume.tolist(),
+        )
+        bar_payloads = [
+            {
+                "symbol": s,
+                "open": o,
+                "high": h,
+                "low": lo,
+                "close": c,
+                "volume": v,
+                "start": start,
+                "end": end,
+                "sim_ts": sim_ts,
+            }
+            for s, o, h, lo, c, v in zip(syms, bo, bh, bl, bc, bv, strict=True)
+        ]
+        events.extend(MarketEvent("bar", s, d) for s, d in zip(syms, bar_payloads, strict=True))
+        finite = all(np.isfinite(x).all() for x in (bar.open, bar.high, bar.low, bar.close))
+        if aligned and finite:
+            texts = self._encoder.bars(bo, bh, bl, bc, bv, start, end, sim_ts, which)
+            encoded.extend(zip(bar_payloads, texts, strict=True))
+            return True
+        return False
 
     async def batches(self) -> AsyncGenerator[list[MarketEvent], None]:
         """Yield :meth:`step` every ``tick_interval`` seconds, forever.
@@ -743,8 +889,10 @@ class Market(Source):
             directory.
         **overrides
             Top-level settings that win over the file (``seed``, ``tick_interval``,
-            ``speed``, ``bar_interval``, ``spread_bps``, ``lot_size``, ``clock``); ``None``
-            values are ignored, so command-line options can be passed straight through.
+            ``speed``, ``bar_interval``, ``spread_bps``, ``lot_size``, ``calendar``,
+            ``start``, ``closed_fraction``, ``trades``, ``clock``); ``None`` values are
+            ignored, so command-line options can be passed straight through. A ``trades``
+            mapping is merged into the file's ``[trades]`` table.
 
         Raises
         ------

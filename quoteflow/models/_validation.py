@@ -13,13 +13,21 @@ import numpy as np
 from quoteflow.models.base import FloatArray, PriceModel
 from quoteflow.models.limits import finite_param
 
-__all__ = ["check_dt", "check_shocks", "check_sim_args", "initial_prices"]
+__all__ = ["check_dt", "check_gap", "check_shocks", "check_sim_args", "initial_prices"]
 
 
 def check_dt(dt: Any) -> float:
     x = finite_param("dt", "dt", dt)
     if x <= 0.0:
         raise ValueError(f"dt must be a positive time step in years (e.g. 1/252), got {x!r}")
+    return x
+
+
+def check_gap(tau: Any) -> float:
+    """The model time of a closed-period gap (``Stepper.gap``): finite years ``>= 0``."""
+    x = finite_param("tau", "tau", tau)
+    if x < 0.0:
+        raise ValueError(f"tau must be a gap length in years >= 0, got {x!r}")
     return x
 
 

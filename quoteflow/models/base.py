@@ -155,6 +155,30 @@ class Stepper(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not support changing parameters")
 
+    def gap(self, z: FloatArray, tau: float) -> FloatArray:
+        """Advance every path over a closed period worth ``tau`` years of model time, in one step.
+
+        The market calls this for the first tick of a trading session (the overnight or
+        weekend gap, docs/market.md "Trading sessions"): one draw per path from the model's
+        own distribution over the horizon ``tau``, with the standard-normal shocks ``z``
+        (correlated by the market like every other step). ``tau`` is not limited by
+        ``check_step``: a gap is one move, and the market's price guard catches a price
+        that leaves the streamable range.
+
+        Parameters
+        ----------
+        z
+            Standard-normal shocks, shape ``(n,)``.
+        tau
+            Model time of the gap in years, ``>= 0``.
+
+        Returns
+        -------
+        ndarray
+            The new prices, shape ``(n,)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not model a closed-period gap")
+
 
 _M = TypeVar("_M", bound="PriceModel")
 

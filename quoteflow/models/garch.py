@@ -41,6 +41,7 @@ from quoteflow.models._garch_recursion import (
 from quoteflow.models._stepper import PathStepper
 from quoteflow.models._validation import (
     check_dt,
+    check_gap,
     check_shocks,
     check_sim_args,
     initial_prices,
@@ -963,4 +964,41 @@ class GARCHStepper(PathStepper[GARCH]):
         r = mu_h + np.sqrt(v) * eps
         self.prices = self.prices * np.exp(r / model.scale)
         self.variance = omega_h + (alpha_h * eps * eps + beta_h) * v
+        return self.prices
+
+    def gap_variance(self, tau: float) -> FloatArray:
+        """Conditional variance of the gap return over ``tau`` years, per path (scaled units).
+
+        The gap spans ``h = tau / dt`` steps. Its variance is the sum of the expected
+        per-step variances over those steps given the current one ``v``:
+        ``h vbar + (v - vbar) (1 - phi**h) / (1 - phi)``, with ``phi = alpha_h + beta_h``
+        and ``vbar`` the unconditional per-step variance (the variance forecast of Engle &
+        Bollerslev 1986, summed; Baillie & Bollerslev 1992, eq. 9), extended to a
+        fractional ``h``.
+        """
+        _, _, omega_h, alpha_h, beta_h = self._state
+        h = check_gap(tau) / self.dt
+        phi = alpha_h + beta_h
+        vbar = omega_h / (1.0 - phi)
+        decay = (1.0 - phi**h) / (1.0 - phi)
+        out: FloatArray = h * vbar + (self.variance - vbar) * decay
+        return out
+
+    def gap(self, z: FloatArray, tau: float) -> FloatArray:
+        """One move over ``tau`` years: ``r = mu tau / dt_fit + sqrt(V) eps``.
+
+        ``V`` is :meth:`gap_variance`, ``eps`` the model's innovation (Gaussian copula of
+        ``z``). The variance state then continues from its forecast at the end of the
+        gap, ``vbar + phi**h (v - vbar)``: the gap's own shock does not feed the
+        recursion (one news impact for a whole night would be ``h`` steps' worth at once).
+        """
+        model, _, omega_h, alpha_h, beta_h = self._state
+        shocks = check_shocks(z, self.prices.size)
+        eps = model.innovations_from_normal(shocks)
+        var = self.gap_variance(tau)
+        r = model.mu * tau / model.dt_fit + np.sqrt(var) * eps
+        self.prices = self.prices * np.exp(r / model.scale)
+        phi = alpha_h + beta_h
+        vbar = omega_h / (1.0 - phi)
+        self.variance = vbar + phi ** (tau / self.dt) * (self.variance - vbar)
         return self.prices

@@ -20,6 +20,7 @@ import numpy as np
 from quoteflow.models._stepper import PathStepper
 from quoteflow.models._validation import (
     check_dt,
+    check_gap,
     check_shocks,
     check_sim_args,
     initial_prices,
@@ -119,8 +120,17 @@ class GBM(PriceModel):
         does). Validates ``dt`` with :meth:`check_step` first.
         """
         self.check_step(dt)
-        vol = self.sigma * math.sqrt(dt)
-        return self.mu * dt - 0.5 * vol * vol, vol
+        return self.exact_coefficients(dt)
+
+    def exact_coefficients(self, tau: float) -> tuple[float, float]:
+        """``(drift, vol)`` of the exact log move over ``tau >= 0`` years, unchecked.
+
+        ``log S_tau - log S_0 ~ N(drift, vol**2)`` with ``drift = (mu - sigma**2 / 2) tau``
+        and ``vol = sigma sqrt(tau)`` (Glasserman 2003, eq. 3.15): what a step and a
+        closed-period gap (:meth:`GBMStepper.gap`) both draw from.
+        """
+        vol = self.sigma * math.sqrt(tau)
+        return self.mu * tau - 0.5 * vol * vol, vol
 
     @classmethod
     def fit(cls, prices: Any, dt: float = 1 / 252) -> FitResult:
@@ -270,6 +280,13 @@ class GBMStepper(PathStepper[GBM]):
     def step(self, z: FloatArray) -> FloatArray:
         """Advance every path one step with standard-normal shocks ``z``; return new prices."""
         _, drift, vol = self._state
+        shocks = check_shocks(z, self.prices.size)
+        self.prices = self.prices * np.exp(drift + vol * shocks)
+        return self.prices
+
+    def gap(self, z: FloatArray, tau: float) -> FloatArray:
+        """The exact GBM move over ``tau`` years: log-return variance ``sigma**2 tau``."""
+        drift, vol = self.model.exact_coefficients(check_gap(tau))
         shocks = check_shocks(z, self.prices.size)
         self.prices = self.prices * np.exp(drift + vol * shocks)
         return self.prices

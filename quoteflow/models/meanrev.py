@@ -26,6 +26,7 @@ from quoteflow.errors import DataError
 from quoteflow.models._stepper import PathStepper
 from quoteflow.models._validation import (
     check_dt,
+    check_gap,
     check_shocks,
     check_sim_args,
     initial_prices,
@@ -369,6 +370,20 @@ class MeanReversionStepper(PathStepper[MeanReversion]):
         shocks = check_shocks(z, self.prices.size)
         # The state is read from .prices each step (not cached in log space) so a caller that
         # resets .prices is honoured; the exp/log round trip costs ~1 ulp per step.
+        y = np.log(self.prices) - log_theta
+        self.prices = np.exp(log_theta + phi * y + sd * shocks)
+        return self.prices
+
+    def gap(self, z: FloatArray, tau: float) -> FloatArray:
+        """The exact AR(1) move of the log price over ``tau`` years.
+
+        ``x' = log theta + exp(-kappa tau) (x - log theta) + sd z`` with
+        ``sd**2 = sigma**2 (1 - exp(-2 kappa tau)) / (2 kappa)`` (Glasserman 2003,
+        eq. 3.46): the log-return variance of the gap, given the current price.
+        """
+        model, _, _, log_theta = self._state
+        phi, sd = _ou_discretisation(model.kappa, model.sigma, check_gap(tau))
+        shocks = check_shocks(z, self.prices.size)
         y = np.log(self.prices) - log_theta
         self.prices = np.exp(log_theta + phi * y + sd * shocks)
         return self.prices

@@ -45,6 +45,7 @@ from quoteflow.server.handlers import (
 from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.openapi import OpenAPIHandler
+from quoteflow.server.replay import ReplayHandler
 from quoteflow.server.request import ApiError
 from quoteflow.server.streams import OpenStream, refusal_logs
 from quoteflow.server.writer import LiveWriters
@@ -460,6 +461,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/snapshot", r"/snapshot", SnapshotHandler),
     Route("/symbols", r"/symbols", SymbolsHandler),
     Route("/symbols/{symbol}", r"/symbols/([^/]+)", SymbolHandler, listed=False),
+    Route("/replay", r"/replay", ReplayHandler),
     METRICS_ROUTE,
     Route("/healthz", r"/healthz", HealthHandler, streams=False),
     Route("/livez", r"/livez", LiveHandler, streams=False),

@@ -1,6 +1,6 @@
 """The wire format, in one home: event payloads, SSE framing, and the SSE parser.
 
-- :mod:`quoteflow.wire.payload`: the JSON payload schema of ``tick`` and ``bar``, the fast
+- :mod:`quoteflow.wire.payload`: the JSON payload schema of ``tick``, ``bar``, ``trade`` and ``session``, the fast
   per-symbol encoder the market uses, ``seq`` (added once, by the broker) and the
   broker's encode-once framer;
 - :mod:`quoteflow.wire.sse`: Server-Sent Events framing (the only place SSE bytes are
@@ -22,7 +22,11 @@ from quoteflow.wire.payload import (
     BAR_FIELDS,
     EVENT_TYPES,
     SEQ_FIELD,
+    SESSION_FIELDS,
+    SESSION_STATES,
     TICK_FIELDS,
+    TRADE_FIELDS,
+    TRADE_SIDES,
     EncodedBatch,
     EventFramer,
     PayloadEncoder,
@@ -45,7 +49,11 @@ __all__ = [
     "EVENT_TYPES",
     "PING_FRAME",
     "SEQ_FIELD",
+    "SESSION_FIELDS",
+    "SESSION_STATES",
     "TICK_FIELDS",
+    "TRADE_FIELDS",
+    "TRADE_SIDES",
     "EncodedBatch",
     "Event",
     "EventFramer",

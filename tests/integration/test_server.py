@@ -222,7 +222,7 @@ def test_heartbeat_on_an_idle_filtered_stream_only() -> None:
 
 
 def _strip_times(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in p.items() if k not in ("ts", "ts_ns", "start", "end")}
+    return {k: v for k, v in p.items() if k not in ("ts", "ts_ns", "start", "end", "sim_ts")}
 
 
 def test_same_seed_same_payloads_on_two_servers() -> None:

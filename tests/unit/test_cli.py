@@ -435,3 +435,45 @@ def test_defect4_serve_config_door_is_one_line(
         "simulated at a step of dt = 0.000992063 years",
         "allowed at this dt: 0 < omega <= ",
     )
+
+
+def test_serve_calendar_start_and_trade_rate_build_the_market() -> None:
+    from quoteflow.cli._source import build_source
+    from quoteflow.market import Market
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--universe",
+            "2",
+            "--calendar",
+            "XNYS",
+            "--start",
+            "2024-11-29",
+            "--trade-rate",
+            "4",
+            "--seed",
+            "1",
+        ]
+    )
+    market = build_source(args)
+    assert isinstance(market, Market)
+    assert market.sim_clock.calendar == "XNYS"
+    assert market.trade_settings is not None and market.trade_settings.rate == 4.0
+    first = market.step(now=0.0)
+    assert first[0].event == "session" and first[0].data["sim_ts"] == "2024-11-29T14:30:00.000Z"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--replay", "AAPL", "--calendar", "XNYS"], "--calendar do not apply to --replay"),
+        (["--universe", "2", "--calendar", "NOPE"], "calendar: unknown exchange calendar 'NOPE'"),
+        (["--universe", "2", "--start", "soon"], "start: not a date or date-time: 'soon'"),
+        (["--universe", "2", "--trade-rate", "0"], "trade rate"),
+    ],
+)
+def test_serve_session_options_errors_are_one_line(
+    argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _one_line_error(*run(["serve", "--port", "0", *argv], capsys), fragment)

@@ -40,7 +40,7 @@ def payloads(events: list[MarketEvent], drop_ts: bool = False) -> list[tuple[str
     for e in events:
         data = dict(e.data)
         if drop_ts:
-            for k in ("ts", "ts_ns", "start", "end"):
+            for k in ("ts", "ts_ns", "start", "end", "sim_ts"):
                 data.pop(k, None)
         out.append((e.event, data))
     return out
@@ -150,7 +150,8 @@ def test_quote_fields_and_spread() -> None:
     events = m.step(now=1_795_000_000.1234)
     assert [e.event for e in events] == ["tick", "tick"]
     a, p = events[0].data, events[1].data
-    assert list(a) == ["symbol", "price", "bid", "ask", "size", "ts", "ts_ns"]
+    assert list(a) == ["symbol", "price", "bid", "ask", "size", "ts", "ts_ns", "sim_ts"]
+    assert a["sim_ts"] == a["ts"]  # no calendar, no start: simulated time is the wall clock
     assert a["ts"] == "2026-11-18T11:06:40.123Z"  # 1_795_000_000 s after the epoch
     assert abs(a["ts_ns"] - 1_795_000_000_123_400_000) < 1_000  # float seconds -> ns
     assert a["price"] == round(a["price"], 2)
@@ -231,7 +232,10 @@ def test_bars_aggregate_ticks_exactly() -> None:
             assert bar["low"] == min(t["price"] for t in mine)
             assert bar["volume"] == sum(t["size"] for t in mine)
             assert bar["start"] == mine[0]["ts"] and bar["end"] == mine[-1]["ts"]
-            assert list(bar) == ["symbol", "open", "high", "low", "close", "volume", "start", "end"]
+            assert list(bar) == [
+                *("symbol", "open", "high", "low", "close", "volume", "start", "end", "sim_ts")
+            ]
+            assert bar["sim_ts"] == mine[-1]["sim_ts"]
     assert bars_seen == 3
 
 
@@ -754,7 +758,6 @@ def test_batches_skip_missed_deadlines_instead_of_bursting() -> None:
     # ~10 deadlines passed during the block; a count, not a time (the exact schedule is
     # checked on a virtual clock above).
     assert m.ticks_skipped >= 5 and m.ticks == 3
-
 
 
 # ------------------------------------------- issue 10, defects 3 and 4: limits and the guard

@@ -203,6 +203,8 @@ def test_brokers_and_sources_do_not_import_tornado_or_the_layers_above() -> None
         "quoteflow.broker",
         "quoteflow.market",
         "quoteflow.sources",
+        "quoteflow.playback",
+        "quoteflow.recording",
         "quoteflow.data",
     )
     bad = [

@@ -101,7 +101,7 @@ def test_the_last_event_id_header_wins_over_the_query() -> None:
     ("uri", "status", "words"),
     [
         ("/stream?symbols=NOPE", 400, "unknown symbol"),
-        ("/stream?events=trade", 400, "bad events value"),
+        ("/stream?events=quote", 400, "bad events value"),  # not a market event type
         ("/stream?lastEventId=abc", 400, "known_symbols"),
     ],
 )

@@ -105,6 +105,7 @@ def test_replay_emits_shipped_aapl_rows_in_order() -> None:
         assert (tick.event, bar.event) == ("tick", "bar")
         row = hist.iloc[n]
         assert tick.data["date"] == hist.index[n].strftime("%Y-%m-%d") > last_date
+        assert tick.data["sim_ts"] == tick.data["date"] + "T00:00:00.000Z"
         last_date = tick.data["date"]
         adj = float(row["adj_close"])  # below $1 in 2003: 4 significant digits, not cents
         assert tick.data["price"] == (round(adj, 2) if adj >= 1 else float(f"{adj:.4g}"))
@@ -328,3 +329,15 @@ def test_relay_republishes_an_upstream_sse_feed() -> None:
     }
     assert "seq" not in batches[1][0].data
     assert "symbols=AAPL%2CMSFT" in seen_queries[0] or "symbols=AAPL,MSFT" in seen_queries[0]
+
+
+def test_relay_passes_trades_and_session_events_through() -> None:
+    r = Relay("http://example.invalid/stream")
+    session = {"symbol": "A", "state": "open", "ts": "t", "sim_ts": "s"}
+    assert r.convert("session", json.dumps({**session, "seq": 1})) == MarketEvent(
+        "session", "A", session
+    )
+    assert r.symbols == ["A"] and r.describe()["A"]["price"] is None
+    trade = {"symbol": "A", "price": 2.5, "size": 7, "side": "buy", "ts": "t", "sim_ts": "s"}
+    assert r.convert("trade", json.dumps(trade)) == MarketEvent("trade", "A", trade)
+    assert r.describe()["A"]["price"] == 2.5 and r.relayed == 2 and not r.skipped

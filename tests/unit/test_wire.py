@@ -12,6 +12,8 @@ from quoteflow.wire import (
     BAR_FIELDS,
     SEQ_FIELD,
     TICK_FIELDS,
+    TRADE_FIELDS,
+    TRADE_SIDES,
     EncodedBatch,
     EventFramer,
     PayloadEncoder,
@@ -37,21 +39,40 @@ def test_fast_encoder_writes_what_the_json_module_writes() -> None:
         bid = [p * 0.999 for p in price]
         ask = [p * 1.001 for p in price]
         size = [rng.randrange(1, 10_000) for _ in names]
-        texts = enc.ticks(price, bid, ask, size, "2026-11-27T02:03:04.567Z", 1764208984567123456)
+        stamp, sim = "2026-11-27T02:03:04.567Z", "2024-11-29T17:59:00.000Z"
+        texts = enc.ticks(price, bid, ask, size, stamp, 1764208984567123456, sim)
         for i, text in enumerate(texts):
             values = (names[i], price[i], bid[i], ask[i], size[i])
-            want = dict(
-                zip(
-                    TICK_FIELDS,
-                    (*values, "2026-11-27T02:03:04.567Z", 1764208984567123456),
-                    strict=True,
-                )
-            )
+            want = dict(zip(TICK_FIELDS, (*values, stamp, 1764208984567123456, sim), strict=True))
             assert text == _compact(want)
-        bars = enc.bars(price, ask, bid, price, size, "a", "b")
+        bars = enc.bars(price, ask, bid, price, size, "a", "b", sim)
         for i, text in enumerate(bars):
-            values = (names[i], price[i], ask[i], bid[i], price[i], size[i], "a", "b")
+            values = (names[i], price[i], ask[i], bid[i], price[i], size[i], "a", "b", sim)
             assert text == _compact(dict(zip(BAR_FIELDS, values, strict=True)))
+        # A subset of the symbols (bars from trades) and trades, any number per symbol.
+        which = sorted(rng.sample(range(len(names)), 2))
+        sub = enc.bars(
+            [price[i] for i in which],
+            [ask[i] for i in which],
+            [bid[i] for i in which],
+            [price[i] for i in which],
+            [size[i] for i in which],
+            "a",
+            "b",
+            sim,
+            which,
+        )
+        for j, i in enumerate(which):
+            values = (names[i], price[i], ask[i], bid[i], price[i], size[i], "a", "b", sim)
+            assert sub[j] == _compact(dict(zip(BAR_FIELDS, values, strict=True)))
+        syms = sorted(rng.choices(range(len(names)), k=5))
+        sides = [rng.choice(TRADE_SIDES) for _ in syms]
+        trades = enc.trades(
+            syms, [price[i] for i in syms], [size[i] for i in syms], sides, stamp, sim
+        )
+        for j, i in enumerate(syms):
+            values = (names[i], price[i], size[i], sides[j], stamp, sim)
+            assert trades[j] == _compact(dict(zip(TRADE_FIELDS, values, strict=True)))
 
 
 def test_with_seq_adds_an_int_seq_to_any_object() -> None:
