@@ -79,7 +79,9 @@ def test_json_log_has_one_record_per_stream_open_and_close_with_its_reason(
             )
             await kept.read_until(lambda s: len(s.events) >= 1)
             opened = await _await_record(log, {"event": "stream_open", "last_event_id": resume})
-            assert opened["symbols"] == ["SYM0003"] and opened["events"] == ["bar", "tick"]
+            # no events= parameter: every event type, sorted (quoteflow.wire.payload.EVENT_TYPES)
+            assert opened["symbols"] == ["SYM0003"]
+            assert opened["events"] == ["bar", "session", "tick", "trade"]
 
             stalled = await RawStream.open(port, "/stream", rcvbuf=4096)  # never reads
             slow = await _await_record(log, {"event": "stream_close", "reason": "slow_consumer"})
