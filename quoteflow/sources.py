@@ -165,24 +165,35 @@ class Source(Catalog):
 async def paced(
     source: Source,
     step: Callable[[], list[MarketEvent]],
-    interval: float,
+    interval: float | Callable[[], float],
     done: Callable[[], bool] = lambda: False,
 ) -> AsyncGenerator[list[MarketEvent], None]:
     """Yield ``step()`` every ``interval`` seconds until ``done()``: the one pacing loop.
 
-    Deadline schedule: batch ``k`` is due at ``start + k * interval`` on the event loop's
-    monotonic clock, so sleeping late never accumulates drift. At most one batch is
+    Deadline schedule: batch ``k`` is due at ``start + k * interval`` on the event
+    loop's monotonic clock, so sleeping late never accumulates drift. At most one batch is
     produced per wake-up. A batch that is late is produced at once and its lateness
     recorded in ``source.lag_seconds``; if the loop has fallen more than one whole
     interval behind, the missed deadlines are skipped (counted in
     ``source.ticks_skipped``) instead of being produced in a burst. Empty batches are not
     yielded.
+
+    ``interval`` may be a function, asked before every batch (a scenario's burst changes
+    the pace): a new value applies from the previous batch's deadline on.
     """
+    pace: Callable[[], float] = interval if callable(interval) else (lambda: interval)
     loop = asyncio.get_running_loop()
     start = loop.time()
+    current = pace()
     k = 0
     while not done():
-        due = start + k * interval
+        now_interval = pace()
+        if now_interval != current:
+            # Re-base the schedule on the previous deadline: the schedule stays drift-free.
+            start += max(k - 1, 0) * current
+            k = min(k, 1)
+            current = now_interval
+        due = start + k * current
         delay = due - loop.time()
         # sleep(0) when late still yields once, so clients get served between batches.
         await asyncio.sleep(max(delay, 0.0))
@@ -191,9 +202,9 @@ async def paced(
         if batch:
             yield batch
         k += 1
-        behind = loop.time() - (start + k * interval)
-        if behind > interval:
-            missed = int(behind // interval)
+        behind = loop.time() - (start + k * current)
+        if behind > current:
+            missed = int(behind // current)
             k += missed
             source.ticks_skipped += missed
 

@@ -293,6 +293,11 @@ class Subscription:
         return self._backlog
 
     @property
+    def writer(self) -> SubscriptionWriter | None:
+        """The writer set by :meth:`set_writer`, if any."""
+        return self._writer
+
+    @property
     def replaying(self) -> bool:
         """True while part of a replay is still to be taken (live data waits behind it)."""
         return self._replay is not None
@@ -621,6 +626,20 @@ class Broker(ABC):
         """The catalog of a broker that does not produce (see :attr:`produces`): the
         symbols and models of the process that does. None for a producing broker."""
         return None
+
+    def restart_ids(self, gap: int) -> None:
+        """Act out a restart for a scripted scenario: forget the replay buffer and go on
+        ``gap`` ids higher, so that every resume gets ``event: reset``.
+
+        Raises
+        ------
+        NotImplementedError
+            This broker's ids are not its own to move (Redis stream ids).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot restart its ids (scenario 'restart' needs "
+            "the memory broker)"
+        )
 
     @abstractmethod
     def publish(self, batch: Sequence[EventLike]) -> None:

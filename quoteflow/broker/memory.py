@@ -152,6 +152,17 @@ class MemoryBroker(Broker):
         """Number of distinct subscription filters and framings (fan-out groups)."""
         return self.fanout.group_count
 
+    def restart_ids(self, gap: int) -> None:
+        """Forget the replay buffer and continue ``gap`` ids higher (scenario ``restart``).
+
+        What a restarted server with a persisted id counter looks like: a resume from any
+        earlier id finds nothing to replay and gets ``event: reset`` ("evicted").
+        """
+        if gap < 1:
+            raise ValueError(f"gap must be >= 1, got {gap}")
+        self._log.clear()
+        self._next_id = min(self._next_id + gap, _MAX_ID)
+
     # -- publish -----------------------------------------------------------------------
 
     def publish(self, batch: Sequence[EventLike]) -> None:

@@ -26,7 +26,8 @@ from quoteflow.server.overload import connection_cap, fd_reserve, raise_open_fil
 from quoteflow.server.runner import BODY_TIMEOUT, HEADER_TIMEOUT, QuoteServer, run_server
 
 if TYPE_CHECKING:
-    from quoteflow.sources import Catalog
+    from quoteflow.scenario import Scenario
+    from quoteflow.sources import Catalog, Source
 
 __all__ = ["add_parser", "add_serve_arguments", "run"]
 
@@ -237,6 +238,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="send X-Quoteflow-Instance: NAME on every response (off by default: it "
         "names the host and pid to anyone, without auth)",
     )
+    parser.add_argument(
+        "--scenario",
+        default=None,
+        metavar="SCENARIO.toml",
+        help="run a scripted scenario against the simulated market from the first tick "
+        "(price jumps, halts, listings, bursts, transport faults; docs/scenarios.md). "
+        "Without it, POST /scenario can still start one",
+    )
     lim = parser.add_argument_group("stream behaviour and limits")
     for flag, kind, default, metavar, text in _LIMITS:
         lim.add_argument(
@@ -333,6 +342,27 @@ def _cap_connections(settings: ServerSettings) -> ServerSettings:
     return dataclasses.replace(settings, max_connections=cap)
 
 
+def _scenario(path: str | None) -> Scenario | None:
+    from quoteflow.scenario import Scenario
+
+    return Scenario.from_toml(path) if path else None
+
+
+def _with_scenarios(source: Source, scenario: Scenario | None) -> Source:
+    """A simulated market runs scenarios (``--scenario``, ``POST /scenario``)."""
+    from quoteflow.market import Market
+    from quoteflow.scenario import ScenarioSource
+
+    if not isinstance(source, Market):
+        if scenario is not None:
+            raise ConfigError(
+                "--scenario needs a simulated market (--config, --universe or the "
+                "default), not --replay or --relay"
+            )
+        return source
+    return ScenarioSource(source, scenario)
+
+
 def run(args: argparse.Namespace) -> int:
     """``quoteflow serve``: build the source, serve until SIGTERM/SIGINT, exit 0.
 
@@ -356,15 +386,19 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     settings = _settings(args)  # first: a bad secret fails before any work
     settings = _cap_connections(settings)
+    # The scenario file is checked before any work (the default market calibrates).
+    scenario = _scenario(getattr(args, "scenario", None))
     broker = _broker(args)
     source: Catalog
     remote = broker.remote_catalog()
     if remote is not None:
         # Serving only: symbols and parameters come from the producer through Redis.
         _check_serve_only(args)
+        if scenario is not None:
+            raise ConfigError("--scenario needs the producing instance's market (add --generate)")
         source = remote
     else:
-        source = build_source(args)
+        source = _with_scenarios(build_source(args), scenario)
 
     def ready(server: QuoteServer) -> None:
         n = len(source.symbols)

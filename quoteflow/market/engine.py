@@ -45,7 +45,7 @@ from quoteflow.sources import (
 )
 from quoteflow.wire.payload import TRADE_SIDES, EncodedBatch, PayloadEncoder, encode_payload
 
-__all__ = ["DEFAULT_SPEED", "GUARD_LOG_INTERVAL", "Market"]
+__all__ = ["DEFAULT_SPEED", "GUARD_LOG_INTERVAL", "Market", "session_event"]
 
 log = logging.getLogger("quoteflow.market")
 
@@ -54,6 +54,18 @@ GUARD_LOG_INTERVAL = 10.0
 
 #: Default speed: one trading day (1/252 year) of simulated time per wall-clock second.
 DEFAULT_SPEED = 1.0 / 252.0
+
+
+def session_event(
+    symbol: str, state: str, ts: str, sim_ts: str
+) -> tuple[MarketEvent, tuple[dict[str, Any], str]]:
+    """A ``session`` event (:data:`~quoteflow.wire.payload.SESSION_FIELDS`) and its JSON.
+
+    The one builder of session payloads: the calendar's opens and closes here, a
+    scenario's halts, resumes, listings and delistings (:mod:`quoteflow.scenario`).
+    """
+    data = {"symbol": symbol, "state": state, "ts": ts, "sim_ts": sim_ts}
+    return MarketEvent("session", symbol, data), (data, encode_payload(data))
 
 
 @dataclass(slots=True)
@@ -249,6 +261,8 @@ class Market(Source):
         self._bars = BarAccumulator(n, self._bar_ticks)
         self._trade_bars = TradeBarAccumulator(n, self._bar_ticks)
         self._encoder = PayloadEncoder(self._names)
+        # Per-symbol multiplier of the shocks (a scenario's volatility step); None: all 1.
+        self._shock_scale: SymbolFloats | None = None
 
     # -------------------------------------------------------------------- construction
 
@@ -457,6 +471,58 @@ class Market(Source):
             )
         return i
 
+    # ------------------------------------------------------------------ scenario hooks
+    # Small primitives the scripted scenarios (quoteflow.scenario) drive; each applies
+    # from the next tick on.
+
+    def scale_price(self, symbol: str, factor: float) -> float:
+        """Multiply ``symbol``'s price by ``factor`` (a jump); return the new price.
+
+        The new price is clipped into ``[MIN_PRICE, MAX_PRICE]``. A symbol stepped by a
+        model stepper restarts its path there (``Stepper.reseed``: fresh model state).
+        """
+        i = self._symbol_index(symbol)
+        factor = number(factor, f"{symbol}: price factor", gt=0.0)
+        with self._lock:
+            price = float(np.clip(self._prices[i] * factor, MIN_PRICE, MAX_PRICE))
+            self._prices[i] = price
+            group = self._group_of.get(i)
+            if group is not None:
+                group.stepper.reseed(group.cols[group.syms == i], price)
+            return price
+
+    def scale_shocks(self, symbol: str, factor: float) -> None:
+        """Multiply ``symbol``'s standard-normal shocks by ``factor`` (1 restores them).
+
+        Scaling the shocks scales the volatility of one step by ``factor`` for GBM and
+        mean reversion; a GARCH variance also feeds on the larger residuals.
+        """
+        i = self._symbol_index(symbol)
+        factor = number(factor, f"{symbol}: shock factor", gt=0.0)
+        with self._lock:
+            scale = self._shock_scale
+            if scale is None:
+                scale = np.ones(len(self._names))
+            scale[i] = factor
+            self._shock_scale = None if bool((scale == 1.0).all()) else scale
+
+    def spread_bps(self, symbol: str) -> float:
+        """The full bid-ask spread of ``symbol`` in basis points."""
+        i = self._symbol_index(symbol)
+        spread = self._spread
+        return float(spread if isinstance(spread, float) else spread[i])
+
+    def set_spread_bps(self, symbol: str, bps: float) -> None:
+        """Set the full bid-ask spread of ``symbol`` in basis points (>= 0)."""
+        i = self._symbol_index(symbol)
+        bps = number(bps, f"{symbol}: spread_bps", ge=0.0)
+        with self._lock:
+            spread = self._spread
+            if isinstance(spread, float):
+                spread = np.full(len(self._names), spread)
+            spread[i] = bps
+            self._spread = spread
+
     # ------------------------------------------------------------------------ public API
 
     @property
@@ -611,6 +677,8 @@ class Market(Source):
             if self._corr is not None:
                 idx, factor = self._corr
                 z[idx] = factor @ z[idx]
+            if self._shock_scale is not None:
+                z *= self._shock_scale
             self._move(z, at.gap_years)
             self._guard(t)
             size = self._size_rng.integers(1, 11, n) * self.lot_size
@@ -668,11 +736,7 @@ class Market(Source):
     def _session_events(
         self, state: str, ts: str, sim_ts: str
     ) -> list[tuple[MarketEvent, tuple[dict[str, Any], str]]]:
-        out = []
-        for s in self._names:
-            data = {"symbol": s, "state": state, "ts": ts, "sim_ts": sim_ts}
-            out.append((MarketEvent("session", s, data), (data, encode_payload(data))))
-        return out
+        return [session_event(s, state, ts, sim_ts) for s in self._names]
 
     def _events(self, a: TickArrays) -> EncodedBatch[MarketEvent]:
         names = self._names

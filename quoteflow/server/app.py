@@ -30,6 +30,7 @@ from quoteflow.broker.factory import broker_from_url
 from quoteflow.errors import ConfigError
 from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.cors import RefusedOriginLog
+from quoteflow.server.faults import ScenarioHandler, ScenarioHost, StreamFaults
 from quoteflow.server.handlers import (
     DashboardHandler,
     HealthHandler,
@@ -293,6 +294,8 @@ class ServerState:
         self.gc_governor: GcGovernor | None = None
         #: Refused cross-origin requests, logged once per origin per minute.
         self.refused_origins = RefusedOriginLog()
+        #: A scenario's transport faults (drop, stall, retry, refuse, restart).
+        self.faults = StreamFaults(self)
 
     # -- symbols -----------------------------------------------------------------------
 
@@ -347,6 +350,8 @@ class ServerState:
         # A producer on Redis publishes the catalog for the serving instances (which
         # have no source) and applies the parameter changes they forward.
         self.broker.attach_source(self.source)
+        if isinstance(self.source, ScenarioHost):
+            self.source.attach_transport(self.faults)
         # Brokers with I/O (Redis) connect here; the memory broker has nothing to start.
         await self.broker.start()
         # A consuming-only instance (Redis, no --generate) serves what another process
@@ -402,6 +407,7 @@ class ServerState:
             Seconds to wait for streams to finish writing what they had pending.
         """
         self.closing = True
+        self.faults.release()
         if self._heartbeat is not None:
             self._heartbeat.stop()
             self._heartbeat = None
@@ -465,6 +471,7 @@ ROUTES: tuple[Route, ...] = (
     METRICS_ROUTE,
     Route("/healthz", r"/healthz", HealthHandler, streams=False),
     Route("/livez", r"/livez", LiveHandler, streams=False),
+    Route("/scenario", r"/scenario", ScenarioHandler),
     Route("/openapi.json", r"/openapi\.json", OpenAPIHandler),
 )
 

@@ -241,7 +241,7 @@ class StreamHandler(JSONHandler):
         try:
             # WHATWG HTML §9.2.6: "retry" sets the reconnection time; sent first so the
             # client knows it before anything can go wrong. Flushing also sends headers.
-            first = encode_retry(state.settings.retry_ms)
+            first = encode_retry(state.faults.retry_ms(state.settings.retry_ms))
             self.write(first)
             await self.flush()
         except StreamClosedError:

@@ -193,10 +193,11 @@ def open_subscription(
     ------
     ApiError
         400 bad parameters, 401/403 auth, 429 per-address limit, 503 limit or
-        shutting down.
+        shutting down (or a scenario's ``refuse`` step, which may also answer 204).
     """
     if state.closing:
         raise ApiError(503, "server is shutting down; reconnect to another instance")
+    state.faults.admit(view)  # a scenario's "refuse" step (server/faults.py)
     claims = authorize(view, state)
     symbols = allowed_symbols(state, claims, parse_symbols(view, state))
     events = parse_events(view, state)

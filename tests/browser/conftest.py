@@ -125,6 +125,18 @@ def quote_server() -> Iterator[QuoteServer]:
     _stop_server(server)
 
 
+@pytest.fixture(scope="session")
+def scenario_server() -> Iterator[QuoteServer]:
+    """A small fast market (2 GBM symbols, 20 ticks/s) to run scenarios against."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = _start_server(
+        ["--seed", "3", "--universe", "2", "--tick-interval", "0.05"],
+        ARTIFACTS / "browser-scenario-server.log",
+    )
+    yield server
+    _stop_server(server)
+
+
 BUSY_SYMBOLS = 120
 
 

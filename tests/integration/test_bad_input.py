@@ -243,6 +243,8 @@ def test_defect8_static_nul_byte_is_a_json_400_without_traceback(
         assert status == 400, results
         assert isinstance(err, dict) and "control characters" in err["error"], results
     _no_traceback(caplog, "ValueError", "embedded null byte")
+
+
 # ------------------------------------------------ issue 10, defects 3 and 4 (PUT /symbols)
 
 

@@ -115,7 +115,28 @@ HOSTILE: list[tuple[str, str, str, bytes | None]] = [
     ("GET /static/{path}", "GET", "/static/", None),
     ("GET /static/{path}", "GET", "/static/%ff", None),
     ("GET /static/{path}", "GET", "/static/index.html%00.js", None),
+    (
+        "POST /scenario",
+        "POST",
+        "/scenario",
+        b'{"steps": [{"action": "jump", "symbol": "GOOG", "pct": ' + b"9" * 400 + b"}]}",
+    ),
+    ("POST /scenario", "POST", "/scenario", b'{"steps": ' + _DEEP + b"}"),
+    ("POST /scenario", "POST", "/scenario", b'{"steps": [{"action": "drop", "at": NaN}]}'),
+    ("POST /scenario", "POST", "/scenario", b"\xff\xfe"),
+    ("POST /scenario", "POST", "/scenario", b'{"steps": [{"action": "halt", "symbol": "NOPE"}]}'),
+    (
+        "POST /scenario",
+        "POST",
+        "/scenario",
+        b'{"steps": [{"action": "list", "symbol": "X", '
+        b'"model": "garch", "params": {"omega": 1e308, "alpha": 0.5, "beta": 0.49}}]}',
+    ),
 ]
+
+#: Operations that harm streams by design (a scenario drops, stalls and refuses them):
+#: fuzzed after the witness has finished reading.
+HARMFUL = ("POST /scenario",)
 
 
 # ------------------------------------------------------------------------- the runs
@@ -196,9 +217,13 @@ class Fuzz:
 
         run_case()
 
-    def hostile(self, operations: dict[str, Any]) -> None:
-        """Send :data:`HOSTILE` as raw requests (paths and bodies byte for byte)."""
+    def hostile(self, operations: dict[str, Any], only: tuple[str, ...] = ()) -> None:
+        """Send :data:`HOSTILE` as raw requests (paths and bodies byte for byte): those of
+        the operations ``only``, else all but the :data:`HARMFUL` ones."""
         for label, method, path, body in HOSTILE:
+            wanted = label in only if only else label not in HARMFUL
+            if not wanted:
+                continue
             operation = operations[label]
             # The case only carries the operation for the response checks; what is sent is
             # the raw request below.
@@ -256,15 +281,23 @@ def test_fuzz_every_operation_no_5xx_no_traceback_witness_unharmed(
         config = schemathesis.config.SchemathesisConfig.from_dict({"max-stream-events": 3})
         schema = schemathesis.openapi.from_dict(served.json(), config=config)
         operations = {op.label: op for op in (r.ok() for r in schema.get_all_operations())}
-        assert len(operations) == 28, sorted(operations)  # 25 + GET, POST, OPTIONS /replay
+        # 25 + GET, POST, OPTIONS /replay + GET, POST, DELETE, OPTIONS /scenario
+        assert len(operations) == 32, sorted(operations)
         # Parameter changes last: a change the model cannot simulate (defect 4, until
         # h10b lands) may break a symbol, which must not blame the operations after it.
-        order = sorted(operations, key=lambda label: label.startswith("PUT "))
+        # Scenarios drop, stall and refuse streams by design: fuzzed after the witness.
+        order = sorted(
+            (label for label in operations if label not in HARMFUL),
+            key=lambda label: label.startswith("PUT "),
+        )
         started = time.monotonic()
         with Witness(proc.port, headers=headers) as witness:
             for label in order:
                 fuzz.generated(operations[label])
             fuzz.hostile(operations)
+        for label in HARMFUL:
+            fuzz.generated(operations[label])
+        fuzz.hostile(operations, only=HARMFUL)
         elapsed = time.monotonic() - started
         print(
             f"\nfuzz ({'auth on' if auth else 'auth off'}): {fuzz.sent} requests over "
