@@ -103,6 +103,9 @@ class Catalog(ABC):
     #: or made them non-finite (the market's price guard); exported as
     #: ``quoteflow_prices_reseeded``. Sources without models leave it at 0.
     prices_reseeded: int = 0
+    #: Seconds per OHLCV bar of the source's ``bar`` events (the base of ``/history``);
+    #: None when it does not say (a relay, a serving-only cluster member).
+    bar_interval: float | None = None
 
     @property
     @abstractmethod

@@ -20,6 +20,7 @@ from quoteflow.cli._source import (
 )
 from quoteflow.cli._types import SubParsers, port, positive
 from quoteflow.errors import ConfigError
+from quoteflow.history import HistorySettings
 from quoteflow.server.app import METRICS_ACCESS, ServerSettings
 from quoteflow.server.logs import configure_logging
 from quoteflow.server.overload import connection_cap, fd_reserve, raise_open_file_limit
@@ -182,6 +183,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --broker redis://: how long a resume whose id this instance has not "
         "read yet waits for it before the stream ends for the client to retry "
         f"(default {CATCH_UP_TIMEOUT:g})",
+    )
+    net.add_argument(
+        "--history-bars",
+        type=int,
+        default=HistorySettings.max_bars,
+        metavar="N",
+        help="base bars kept per symbol for GET /history (default "
+        f"{HistorySettings.max_bars}; with --broker redis:// they are kept in Redis, "
+        "shared by every instance; 0: none)",
+    )
+    net.add_argument(
+        "--history-ticks",
+        type=int,
+        default=HistorySettings.max_ticks,
+        metavar="N",
+        help=f"ticks kept per symbol for GET /history?events=tick (default "
+        f"{HistorySettings.max_ticks}; 0: none)",
     )
     net.add_argument(
         "--auth-secret",
@@ -425,4 +443,21 @@ def run(args: argparse.Namespace) -> int:
         replay_memory=args.replay_memory,
         idle_connection_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        history=_history(args),
+    )
+
+
+def _history(args: argparse.Namespace) -> HistorySettings:
+    """``--history-*``; with a Redis broker, bars are archived there for every instance."""
+    for flag, value in (
+        ("--history-bars", args.history_bars),
+        ("--history-ticks", args.history_ticks),
+    ):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 (0 keeps none), got {value}")
+    redis = args.broker not in (None, "", "memory")
+    return HistorySettings(
+        max_bars=args.history_bars,
+        max_ticks=args.history_ticks,
+        archive_url=args.broker if redis else None,
     )

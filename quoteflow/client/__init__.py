@@ -21,7 +21,8 @@ Modules, one concern each:
   heartbeat watch, the tornado seam);
 - :mod:`~quoteflow.client.stream`: :class:`EventStream`, the reconnect / backoff /
   ``Last-Event-ID`` state machine, and :func:`stream`;
-- :mod:`~quoteflow.client.sync`: :func:`iter_events`.
+- :mod:`~quoteflow.client.sync`: :func:`iter_events`;
+- :mod:`~quoteflow.client.history`: :func:`history`, :func:`ahistory`, :class:`History`.
 
 A request/response call of another endpoint (``history(...)`` for ``GET /history``)
 belongs in a module of its own beside these (``client/history.py``), re-exported here,
@@ -36,6 +37,7 @@ on nothing in quoteflow but the wire format and the error types.
 from __future__ import annotations
 
 from quoteflow.client._http import build_request, build_url
+from quoteflow.client.history import History, ahistory, history
 from quoteflow.client.options import StreamOptions
 from quoteflow.client.stream import EventStream, StreamState, backoff_delay, stream
 from quoteflow.client.sync import iter_events
@@ -44,12 +46,15 @@ from quoteflow.wire.parser import Event, SSEParser
 __all__ = [
     "Event",
     "EventStream",
+    "History",
     "SSEParser",
     "StreamOptions",
     "StreamState",
+    "ahistory",
     "backoff_delay",
     "build_request",
     "build_url",
+    "history",
     "iter_events",
     "stream",
 ]

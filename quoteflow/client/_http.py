@@ -27,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tornado.http1connection import HTTP1Connection
-from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream
 from tornado.simple_httpclient import SimpleAsyncHTTPClient, _HTTPConnection
@@ -44,8 +46,10 @@ from quoteflow.errors import StreamError
 __all__ = [
     "Connection",
     "Ending",
+    "aget_json",
     "build_request",
     "build_url",
+    "get_json",
     "http_error",
     "redact",
 ]
@@ -216,6 +220,58 @@ def http_error(url: str, status: int, reason: str, body: bytes) -> StreamError:
     if hint:
         msg += f" ({hint})"
     return StreamError(msg)
+
+
+# A JSON answer (``/history``) is bounded too: 10,000 bars are ~1.5 MB.
+_MAX_JSON_BODY: Final = 64 << 20
+
+
+def _json_headers(token: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def get_json(url: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
+    """One blocking JSON ``GET`` (no event loop needed); errors as :func:`http_error`."""
+    request = urllib.request.Request(url, headers=_json_headers(token))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(_MAX_JSON_BODY)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raise http_error(url, exc.code, exc.reason or "", exc.read(_MAX_ERROR_BODY)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StreamError(f"GET {redact(url)} failed: {exc}") from None
+    return _decode_json(url, body)
+
+
+async def aget_json(url: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
+    """:func:`get_json` for a running event loop (tornado's client, not a thread)."""
+    request = HTTPRequest(
+        url,
+        headers=_json_headers(token),
+        request_timeout=timeout,
+        connect_timeout=timeout,
+    )  # tornado's client bounds the body at its default max_body_size (100 MB)
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as exc:
+        body = exc.response.body if exc.response is not None else b""
+        raise http_error(
+            url, exc.code, exc.message or "", (body or b"")[:_MAX_ERROR_BODY]
+        ) from None
+    except OSError as exc:
+        raise StreamError(f"GET {redact(url)} failed: {exc}") from None
+    return _decode_json(url, response.body)
+
+
+def _decode_json(url: str, body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise StreamError(f"GET {redact(url)} answered 200 but not JSON: {body[:200]!r}") from None
 
 
 # ---------------------------------------------------------------------------------------

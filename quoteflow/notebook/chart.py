@@ -74,6 +74,14 @@ def _epoch_ms(ts: Any) -> float:
     return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp() * 1000.0
 
 
+def _id_order(event_id: str) -> tuple[int, ...]:
+    """Order of event ids of either broker (``"12"``, ``"1764212345678-3"``)."""
+    try:
+        return tuple(int(p) for p in event_id.split("-"))
+    except ValueError:
+        return (0,)
+
+
 def _stream_url(url: Any) -> str:
     """The ``/stream`` endpoint for a server base URL, a ``/stream`` URL or a server handle."""
     base = str(getattr(url, "url", url))
@@ -184,6 +192,11 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         Seconds of time shown, trailing the latest event (``None``: the whole window).
         Give a tick chart and a bar chart of the same feed the same span and their time
         axes show the same stretch of time.
+    backfill
+        Candle charts (``kind="candles"``, ``"both"``) open with history: the completed
+        bars of ``GET /history`` for each listed symbol (and for a symbol when it is
+        first picked), then continue live from their ``last_event_id`` with no gap and
+        no bar twice (docs/notebook.md, "Back-fill").
     autostart
         Connect immediately (default). Otherwise call :meth:`start`.
     key
@@ -228,6 +241,7 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         unit: str = "USD",
         volume: bool = True,
         span: float | None = None,
+        backfill: bool = True,
         **client_options: Any,
     ) -> None:
         if kind not in _COLUMNS:
@@ -271,6 +285,11 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         self._forming: dict[str, dict[str, float]] = {}
         self._forming_dirty: set[str] = set()
         self._bar_ms: dict[str, float] = {}
+        self._backfill = bool(backfill) and kind != "line"
+        #: Symbols whose history was fetched (or is being fetched), and bars it gave.
+        self._backfilled: set[str] = set()
+        self.bars_backfilled = 0
+        self._last_bar_start: dict[str, float] = {}
         self._tick_ms: dict[str, float] = {}
         self._last_x: dict[str, float] = {}
         self._last_tick_x: dict[str, float] = {}
@@ -609,6 +628,10 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
 
         options["on_status"] = on_status
         try:
+            if self._backfill and not options.get("last_event_id"):
+                resume = await self._backfill_symbols(self.symbols or [], options.get("token"))
+                if resume is not None:
+                    options["last_event_id"] = resume
             self._client = stream(self.url, **options)
             async for ev in self._client:
                 if not self._running:
@@ -626,6 +649,64 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._running = False
             self._update_status(force=True)
+
+    async def _backfill_symbols(self, symbols: Sequence[str], token: Any) -> str | None:
+        """Draw the completed bars of ``/history`` for ``symbols``; the id to stream from.
+
+        One stream serves every symbol, so it resumes after the oldest of the
+        ids in ``last_event_id``: the bars replayed for the other symbols are ones they
+        already have, and :meth:`_row` skips them.
+        """
+        from quoteflow.client import ahistory
+
+        ids: list[str] = []
+        for symbol in symbols:
+            if symbol in self._backfilled:
+                continue
+            self._backfilled.add(symbol)
+            try:
+                h = await ahistory(self.url, symbol, limit=self.window, token=token)
+            except Exception as exc:  # no history (an older server): live only
+                self.last_error = f"history: {exc}"
+                return None
+            received, latency = self.events_received, self.last_latency_ms
+            for bar in h.bars:
+                self._on_event("bar", json.dumps({"symbol": h.symbol, **bar.to_dict()}))
+            self.bars_backfilled += len(h.bars)
+            self.events_received, self.last_latency_ms = received, latency
+            if h.last_event_id is not None:
+                ids.append(h.last_event_id)
+        # A symbol without bars yet has nothing before the oldest id to miss.
+        return min(ids, key=_id_order) if ids else None
+
+    async def _backfill_picked(self, symbol: str) -> None:
+        """Put the history of a symbol picked for the first time before its live bars."""
+        from quoteflow.client import ahistory
+
+        try:
+            h = await ahistory(
+                self.url, symbol, limit=self.window, token=self._client_options.get("token")
+            )
+        except Exception as exc:
+            self.last_error = f"history: {exc}"
+            return
+        rows = self._history.get(symbol)
+        if rows is None:
+            return
+        first = rows[0][0] if rows else math.inf
+        older = []
+        for bar in h.bars:
+            row = self._bar_row(symbol, bar.to_dict())
+            if row[0] < first:
+                older.append(row)
+        room = self.window - len(rows)
+        if not older or room <= 0:
+            return
+        older = older[-room:]
+        self.bars_backfilled += len(older)
+        rows.extendleft(reversed(older))
+        if self.symbol == symbol:
+            self.source.data = self._columns(rows)
 
     def _drop_client(self, reconnect: bool = False) -> None:
         """Close the SSE client, keeping its reconnect count (plus one for a move)."""
@@ -708,11 +789,19 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         if event == "tick":
             self._extend_forming(symbol, d)
             return None
-        start, end = _epoch_ms(d["start"]), _epoch_ms(d["end"])
-        self._bar_ms[symbol] = end - start
+        start = _epoch_ms(d["start"])
+        if start <= self._last_bar_start.get(symbol, -math.inf):
+            return None  # already drawn (back-filled, then replayed by the stream)
+        self._last_bar_start[symbol] = start
         self._forming.pop(symbol, None)
         self._forming_dirty.add(symbol)
-        self._last_x[symbol] = end
+        self._last_x[symbol] = _epoch_ms(d["end"])
+        return self._bar_row(symbol, d)
+
+    def _bar_row(self, symbol: str, d: dict[str, Any]) -> tuple[Any, ...]:
+        """A row of candle columns from a bar payload."""
+        start, end = _epoch_ms(d["start"]), _epoch_ms(d["end"])
+        self._bar_ms[symbol] = end - start
         o, c = float(d["open"]), float(d["close"])
         return (
             (start + end) / 2.0,
@@ -823,6 +912,9 @@ class LiveChart(widgets.VBox):  # type: ignore[misc]
         symbol = change["new"]
         if symbol is None or self.view == "overlay":
             return
+        if self._backfill and symbol not in self._backfilled and self._loop is not None:
+            self._backfilled.add(symbol)
+            self._tasks.append(self._loop.create_task(self._backfill_picked(symbol)))
         # Replace, not stream: the new symbol's history is drawn in one go.
         self.source.data = self._columns(self._history.get(symbol, ()))
         if symbol in self._pending:

@@ -28,6 +28,7 @@ from tornado.ioloop import PeriodicCallback
 from quoteflow.broker.base import Broker
 from quoteflow.broker.factory import broker_from_url
 from quoteflow.errors import ConfigError
+from quoteflow.history import HistorySettings, HistoryStore
 from quoteflow.server.auth import check_secret, symbol_key
 from quoteflow.server.cors import RefusedOriginLog
 from quoteflow.server.faults import ScenarioHandler, ScenarioHost, StreamFaults
@@ -43,6 +44,7 @@ from quoteflow.server.handlers import (
     SymbolHandler,
     SymbolsHandler,
 )
+from quoteflow.server.history import HistoryHandler
 from quoteflow.server.logs import log_request
 from quoteflow.server.metrics import ServerMetrics
 from quoteflow.server.openapi import OpenAPIHandler
@@ -269,10 +271,18 @@ class ServerState:
         Limits and timings.
     """
 
-    def __init__(self, source: Catalog, broker: Broker, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        source: Catalog,
+        broker: Broker,
+        settings: ServerSettings,
+        history: HistorySettings | None = None,
+    ) -> None:
         self.source = source
         self.broker = broker
         self.settings = settings
+        #: Bars and ticks for ``GET /history``, read from the broker like a client.
+        self.history = HistoryStore(source.bar_interval, history)
         #: The open streams of ``/stream`` and ``/ws`` (see streams.open_subscription).
         self.streams: set[OpenStream] = set()
         #: Open streams per client address (the per-IP limit).
@@ -354,6 +364,8 @@ class ServerState:
             self.source.attach_transport(self.faults)
         # Brokers with I/O (Redis) connect here; the memory broker has nothing to start.
         await self.broker.start()
+        self.history.attach(self.broker)
+        await self.history.start()
         # A consuming-only instance (Redis, no --generate) serves what another process
         # produces: it runs no pump.
         if self.broker.produces:
@@ -423,6 +435,7 @@ class ServerState:
             await asyncio.sleep(0.01)  # polling a condition: streams leave as they finish
         for stream in list(self.streams):  # stuck writers (client not reading): cut off
             stream.cut()
+        await self.history.aclose()
         await self.source.aclose()
 
     async def close_broker(self) -> None:
@@ -465,6 +478,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/stream", r"/stream", StreamHandler),
     Route("/ws", r"/ws", WebSocketStreamHandler),
     Route("/snapshot", r"/snapshot", SnapshotHandler),
+    Route("/history", r"/history", HistoryHandler),
     Route("/symbols", r"/symbols", SymbolsHandler),
     Route("/symbols/{symbol}", r"/symbols/([^/]+)", SymbolHandler, listed=False),
     Route("/replay", r"/replay", ReplayHandler),
@@ -482,6 +496,7 @@ def make_app(
     *,
     settings: ServerSettings | None = None,
     streams: bool = True,
+    history: HistorySettings | None = None,
     **tornado_settings: object,
 ) -> tornado.web.Application:
     """Build the Tornado application serving ``source`` through ``broker``.
@@ -498,6 +513,8 @@ def make_app(
     streams : bool
         False for a producer-only process (``quoteflow generate --port``): only
         ``/healthz``, ``/livez`` and ``/metrics``.
+    history : HistorySettings, optional
+        Bounds of the ``/history`` store.
     **tornado_settings
         Extra ``tornado.web.Application`` settings.
 
@@ -508,7 +525,10 @@ def make_app(
         ``await state.start()`` once serving (``QuoteServer`` does).
     """
     settings = settings or ServerSettings()
-    state = ServerState(source, broker or broker_from_url(None), settings)
+    if not streams:
+        # A producer-only process serves no /history (and may not consume at all).
+        history = HistorySettings(max_bars=0, max_ticks=0)
+    state = ServerState(source, broker or broker_from_url(None), settings, history)
     routes = [r for r in ROUTES if streams or not r.streams]
     handlers: list[Any] = [(r.pattern, r.handler) for r in routes]
     if streams:

@@ -34,6 +34,7 @@ import tornado.web
 from quoteflow.broker.base import Broker
 from quoteflow.broker.factory import broker_from_url
 from quoteflow.broker.settings import BufferSettings
+from quoteflow.history import HistorySettings
 from quoteflow.server.app import (
     GcGovernor,
     ServerSettings,
@@ -136,6 +137,8 @@ class QuoteServer:
     heartbeat, retry_ms, max_connections, max_symbols, auth_secret : optional
         Shortcuts for the :class:`ServerSettings` fields of the same names (they
         override ``settings``).
+    history : HistorySettings, optional
+        Bounds (and, with Redis, the shared archive) of ``GET /history``.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class QuoteServer:
         max_connections: int | None = None,
         max_symbols: int | None = None,
         auth_secret: str | None = None,
+        history: HistorySettings | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -183,7 +187,9 @@ class QuoteServer:
         self.settings = settings
         self.idle_connection_timeout = idle_connection_timeout
         self.body_timeout = body_timeout
-        self.app: tornado.web.Application = make_app(source, self.broker, settings=self.settings)
+        self.app: tornado.web.Application = make_app(
+            source, self.broker, settings=self.settings, history=history
+        )
         self.state: ServerState = self.app.settings["quoteflow"]
         self.port: int | None = None
         #: Port of the metrics listener (``metrics_access="listener"``), after start.

@@ -8,6 +8,8 @@ the bytes that cross :class:`~tests.browser.conftest.StreamCutter`.
 from __future__ import annotations
 
 import http.client
+import itertools
+import json
 import os
 import re
 import shutil
@@ -329,6 +331,55 @@ def test_candle_view_is_back_filled_from_bars_seen_before_switching(
         page.locator('#quotes tbody tr[data-symbol="IBM"]').click()
         page.wait_for_function("() => window.quoteflowDashboard.candles.IBM.drawn > 0")
         assert debug(page, "candles")["IBM"]["drawn"] >= before["IBM"]["final"]
+        dashboard.record.assert_clean()
+    finally:
+        _stop_server(server)
+
+
+HISTORY_SCREENSHOT = ROOT / "docs" / "dashboard-history.png"
+
+
+def test_candles_are_back_filled_from_history_on_load(
+    dashboard: Dashboard, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """The candle view opens with the server's completed bars (``GET /history``), drawn
+    before the stream's first bar arrives, then continues live from ``last_event_id``."""
+    from tests.browser.conftest import _start_server, _stop_server
+
+    server = _start_server(
+        ["--seed", "4", "--tick-interval", "0.1", "--bar-interval", "1"], tmp_path / "serve.log"
+    )
+    try:
+        # Twenty completed bars on the server before the page exists.
+        deadline = time.monotonic() + 60  # hang guard
+        while True:
+            conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+            conn.request("GET", "/history?symbol=AAPL")
+            bars = json.loads(conn.getresponse().read())["bars"]
+            conn.close()
+            if len(bars) >= 20:
+                break
+            assert time.monotonic() < deadline, "the server never had 20 bars"
+            time.sleep(0.2)
+        page = dashboard.page
+        page.goto(server.url + "?chart=candles")
+        page.wait_for_function("() => window.quoteflowDashboard.drawnAtFirstBar !== null")
+        drawn_first = debug(page, "drawnAtFirstBar")
+        # Four charts of >= 20 history bars each were on screen before any stream bar.
+        assert drawn_first >= 4 * 20, drawn_first
+        assert debug(page, "historyBars") >= 4 * 20
+        # Live continues: more bars, no candle twice (keyed by start), none missing.
+        before = debug(page, "candles")["AAPL"]["final"]
+        page.wait_for_function(
+            "(n) => window.quoteflowDashboard.candles.AAPL.final >= n + 2", arg=before
+        )
+        starts = page.evaluate("() => window.quoteflowDashboard.candleStarts('AAPL')")
+        assert starts == sorted(set(starts))
+        steps = {round((b - a) / 1000) for a, b in itertools.pairwise(starts)}
+        assert steps == {1}, steps  # one bar per second: no hole at the seam
+        page.screenshot(path=str(artifacts_dir / "dashboard-history.png"), animations="disabled")
+        if not HISTORY_SCREENSHOT.exists() or os.environ.get("QUOTEFLOW_UPDATE_DOCS") == "1":
+            page.screenshot(path=str(HISTORY_SCREENSHOT), scale="css", animations="disabled")
         dashboard.record.assert_clean()
     finally:
         _stop_server(server)

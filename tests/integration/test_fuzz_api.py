@@ -282,7 +282,8 @@ def test_fuzz_every_operation_no_5xx_no_traceback_witness_unharmed(
         schema = schemathesis.openapi.from_dict(served.json(), config=config)
         operations = {op.label: op for op in (r.ok() for r in schema.get_all_operations())}
         # 25 + GET, POST, OPTIONS /replay + GET, POST, DELETE, OPTIONS /scenario
-        assert len(operations) == 32, sorted(operations)
+        # + GET, OPTIONS /history
+        assert len(operations) == 34, sorted(operations)
         # Parameter changes last: a change the model cannot simulate (defect 4, until
         # h10b lands) may break a symbol, which must not blame the operations after it.
         # Scenarios drop, stall and refuse streams by design: fuzzed after the witness.

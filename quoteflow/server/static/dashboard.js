@@ -264,8 +264,19 @@
   function onBar(e) {
     const b = parse(e);
     if (!b || typeof b.symbol !== "string") return;
+    if (stats.bars === 0) {
+      // For tests: candles already on the charts when the stream's first bar arrives
+      // (the back-fill from /history draws them before the stream is opened).
+      backfilled.drawnAtFirstBar = [...charted].reduce((n, name) => {
+        const c = symbols.get(name);
+        return n + (c ? c.drawnCandles : 0);
+      }, 0);
+    }
     stats.bars += 1;
-    const s = ensureSymbol(b.symbol);
+    addBar(ensureSymbol(b.symbol), b);
+  }
+
+  function addBar(s, b) {
     const start = parseTime(b.start);
     const end = parseTime(b.end);
     // Bar width: the step between consecutive bar starts when known (a bar's own
@@ -401,9 +412,56 @@
     requestFrame();
   }, 1000);
 
+  // ---- history: candles back-filled from GET /history --------------------------------
+  // The charted symbols' completed bars are fetched before the stream opens, which then
+  // resumes after the oldest of their last_event_ids: no bar missing between history
+  // and live, and a bar replayed for a symbol that already has it replaces itself
+  // (addBar keys candles by start). Symbols charted later (or on switching to the
+  // candle view) are back-filled when they are.
+  const backfilled = { requested: new Set(), bars: 0, drawnAtFirstBar: null };
+
+  function fetchHistory(name) {
+    const q = new URLSearchParams({ symbol: name, limit: String(MAX_CANDLES) });
+    return fetch("history?" + q.toString(), { headers: { Accept: "application/json" } })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((h) => {
+        if (!h || !Array.isArray(h.bars)) return null;
+        const s = ensureSymbol(typeof h.symbol === "string" ? h.symbol : name);
+        for (const b of h.bars) addBar(s, b);
+        backfilled.bars += h.bars.length;
+        markSymbol(s);
+        return h.last_event_id == null ? null : String(h.last_event_id);
+      })
+      .catch(() => null);
+  }
+
+  function backfill(names) {
+    const todo = names.filter((n) => !backfilled.requested.has(n));
+    todo.forEach((n) => backfilled.requested.add(n));
+    return Promise.all(todo.map(fetchHistory));
+  }
+
+  function idOrder(a, b) {
+    // Ids of either broker: "12" or "1764212345678-3".
+    const x = a.split("-").map(Number);
+    const y = b.split("-").map(Number);
+    for (let i = 0; i < Math.max(x.length, y.length); i += 1) {
+      const d = (x[i] || 0) - (y[i] || 0);
+      if (d) return d;
+    }
+    return 0;
+  }
+
+  function oldestId(ids) {
+    // A symbol without bars yet has nothing before the oldest id to miss; no id at all:
+    // stream from now.
+    const known = ids.filter((id) => id !== null);
+    return known.length ? known.sort(idOrder)[0] : "";
+  }
+
   // ---- initial metadata (models, snapshot) -----------------------------------------
   function loadMetadata() {
-    fetch("symbols", { headers: { Accept: "application/json" } })
+    const symbolsLoaded = fetch("symbols", { headers: { Accept: "application/json" } })
       .then((r) => (r.ok ? r.json() : null))
       .then((info) => {
         if (!info || typeof info !== "object") return;
@@ -440,6 +498,7 @@
         }
       })
       .catch(() => {});
+    return symbolsLoaded;
   }
 
   // ---- DOM: table ----------------------------------------------------------------
@@ -540,7 +599,10 @@
   function toggleChart(name) {
     userPickedCharts = true;
     if (charted.has(name)) charted.delete(name);
-    else charted.add(name);
+    else {
+      charted.add(name);
+      backfill([name]);
+    }
     layoutDirty = true;
     const s = symbols.get(name);
     if (s) dirtyRows.add(s);
@@ -919,6 +981,7 @@
     } catch (_) {
       // storage may be unavailable (private mode, sandboxed iframe): not needed
     }
+    if (chartMode === "candles") backfill([...charted]);
     layoutDirty = true;
     requestFrame();
   }
@@ -964,13 +1027,26 @@
         ])
       ),
     streamUrl: () => (conn.source ? conn.source.url : ""),
+    historyBars: () => backfilled.bars,
+    candleStarts: () => (name) =>
+      (symbols.get(name) ? symbols.get(name).candles : []).filter((c) => c.final).map((c) => c.start),
+    drawnAtFirstBar: () => backfilled.drawnAtFirstBar,
   };
   for (const [name, get] of Object.entries(getters)) {
     Object.defineProperty(view, name, { get, enumerable: true });
   }
   Object.defineProperty(window, "quoteflowDashboard", { value: Object.freeze(view), enumerable: true });
 
-  loadMetadata();
-  connect("");
+  // History first, drawn, then the stream from where it ends. Without /symbols or
+  // /history (an older server) the page simply starts live.
+  const twoFrames = () =>
+    new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+  loadMetadata()
+    .then(() => backfill([...charted]))
+    .then((ids) => {
+      requestFrame();
+      return twoFrames().then(() => connect(oldestId(ids)));
+    })
+    .catch(() => connect(""));
   requestFrame();
 })();
