@@ -35,7 +35,7 @@ import json
 import logging
 import statistics
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +126,8 @@ class HistoryStore:
         self._symbols: dict[str, _SymbolHistory] = {}
         self._parser = SSEParser()
         self._sub: Subscription | None = None
+        #: The broker's id arithmetic (:meth:`Broker.id_before`), once attached.
+        self._id_before: Callable[[str], str] | None = None
         #: Events read from the subscription (ticks and bars).
         self.events_seen = 0
         s = self.settings
@@ -152,6 +154,7 @@ class HistoryStore:
         """Subscribe to every symbol of ``broker`` (fresh, no resume id) and start reading."""
         if self._sub is not None:
             return
+        self._id_before = broker.id_before
         s = self.settings
         if not (s.max_bars or s.max_ticks):
             return
@@ -302,8 +305,8 @@ class HistoryStore:
             base = self._inferred_ms = float(round(statistics.median(_gaps(starts)), -1))
         return self._select(pairs, truncated, base, interval, start_ms, end_ms, limit)
 
-    @staticmethod
     def _select(
+        self,
         pairs: Sequence[tuple[Bar, str | None]],
         truncated: bool,
         base: float | None,
@@ -324,9 +327,31 @@ class HistoryStore:
         lo = 0 if start_ms is None else bisect.bisect_left(done, start_ms, key=_start_of)
         hi = len(done) if end_ms is None else bisect.bisect_left(done, end_ms, key=_start_of)
         chosen = done[max(lo, hi - limit) : hi]
-        if not chosen:
-            return [], None
-        return [bar for bar, _ in chosen], chosen[-1][1]
+        if chosen:
+            return [bar for bar, _ in chosen], chosen[-1][1]
+        if end_ms is None:
+            return [], self._resume_before_open_bucket(pairs, done)
+        return [], None
+
+    def _resume_before_open_bucket(
+        self, pairs: Sequence[tuple[Bar, str | None]], done: Sequence[tuple[Bar, str | None]]
+    ) -> str | None:
+        """Where to stream from when no complete bar is in the answer: just before the
+        first base bar of the bucket still open (so the client builds it whole), else
+        after the last complete bar, else None (no bars yet: stream live)."""
+        last_done = done[-1][1] if done else None
+        if last_done is None:
+            first_open = pairs[0][1] if pairs else None
+        else:
+            ids = [event_id for _, event_id in pairs]
+            after = ids.index(last_done) + 1 if last_done in ids else len(ids)
+            first_open = ids[after] if after < len(ids) else None
+        if first_open is not None and self._id_before is not None:
+            try:
+                return self._id_before(first_open)
+            except ValueError:  # an id not of the broker's form (EventIdError)
+                return last_done
+        return last_done
 
     def ticks(
         self,

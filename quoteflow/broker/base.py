@@ -704,6 +704,20 @@ class Broker(ABC):
             ``s`` is not an id of this broker's form.
         """
 
+    def id_before(self, s: str) -> str:
+        """The id just before ``s``: resuming from it replays ``s`` first.
+
+        ``GET /history`` answers this for a bar bucket that is not complete yet, so the
+        client's stream starts with that bucket's first base bar. The default is for
+        decimal ids (the memory broker's).
+
+        Raises
+        ------
+        EventIdError
+            ``s`` is not an id of this broker's form.
+        """
+        return str(max(int(self.parse_id(s)) - 1, 0))
+
     @property
     @abstractmethod
     def last_id(self) -> str | None:

@@ -184,6 +184,43 @@ def test_history_then_stream_is_seamless_on_the_memory_broker() -> None:
     asyncio.run(body())
 
 
+def test_history_with_only_an_open_bucket_resumes_at_that_buckets_first_bar() -> None:
+    """A fresh server asked for 1 h bars has none complete: the answer's ``last_event_id``
+    is the id just before the open bucket's first base bar, so the stream starts with it
+    and the client builds that hour whole (was: ``null``, and the live hour began at
+    whatever bar came next, silently partial)."""
+
+    async def body() -> None:
+        market = Market.default(seed=5, tick_interval=TICK_INTERVAL, bar_interval=BAR_INTERVAL)
+        async with serving(market) as server:
+            port = server.port
+            assert port is not None
+            ref = await RawStream.open(port, "/stream?lastEventId=0&events=bar")
+            reader = asyncio.create_task(_read_forever(ref))
+            try:
+                symbol = market.symbols[0]
+                await wait_for(
+                    lambda: len(_base_bars(ref.events, symbol)) >= 4, 30, "four base bars"
+                )
+                h = await ahistory(f"http://127.0.0.1:{port}/", symbol, "1h")
+                assert h.bars == [] and h.last_event_id is not None
+                async with stream(
+                    server.stream_url, symbols=symbol, events="bar", last_event_id=h.last_event_id
+                ) as live:
+                    async with asyncio.timeout(30):  # hang guard
+                        first = await anext(aiter(live))
+                base = _base_bars(ref.events, symbol)
+                hour = [b for b in base if b[0].start[:13] == base[-1][0].start[:13]]
+                # The first live event is the open hour's first base bar, nothing before.
+                assert first.id == hour[0][1]
+                assert Bar.from_payload(json.loads(first.data)) == hour[0][0]
+            finally:
+                reader.cancel()
+                ref.abort()
+
+    asyncio.run(body())
+
+
 def test_history_answers_bad_parameters_with_clear_400s() -> None:
     async def body() -> None:
         market = Market.default(seed=3, tick_interval=TICK_INTERVAL, bar_interval=BAR_INTERVAL)

@@ -511,3 +511,21 @@ def test_replay_overtaken_by_eviction_keeps_what_it_owes_or_is_cut_as_slow() -> 
     for k in range(20, 400):
         b.publish(batch(k))
     assert slow.closed and slow.close_reason == CloseReason.SLOW_CONSUMER
+
+
+def test_id_before_is_the_predecessor_in_each_brokers_id_space() -> None:
+    """``/history`` resumes an open bar bucket from the id just before its first bar."""
+    from quoteflow.broker.redis import RedisBroker
+
+    memory = MemoryBroker()
+    assert memory.id_before("12") == "11"
+    assert memory.id_before("1") == "0"
+    redis_broker = RedisBroker("redis://127.0.0.1:1/0")  # never connected
+    assert redis_broker.id_before("1764212345678-3") == "1764212345678-2"
+    before = redis_broker.id_before("1764212345678-0")  # the previous millisecond's last
+    assert redis_broker.parse_id(before) == redis_broker.parse_id("1764212345678-0") - 1
+    assert before.startswith("1764212345677-")
+    with pytest.raises(EventIdError):
+        memory.id_before("abc")
+    with pytest.raises(EventIdError):
+        redis_broker.id_before("12")

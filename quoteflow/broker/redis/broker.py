@@ -258,6 +258,9 @@ class RedisBroker(Broker):
     def parse_id(self, s: str) -> int:
         return parse_stream_id(s)
 
+    def id_before(self, s: str) -> str:
+        return format_id(max(parse_stream_id(s) - 1, 0))
+
     def subscribe(
         self,
         symbols: frozenset[str] | None,
