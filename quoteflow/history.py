@@ -61,6 +61,10 @@ class HistorySettings:
         Base bars kept per symbol (at 5 s bars, 2000 is 2 h 47 min); 0 keeps none.
     max_ticks : int
         Ticks kept per symbol; 0 keeps none (the store then does not read ticks at all).
+    max_symbol_bytes : int
+        The most payload text kept per symbol, for its ticks and for its bars each
+        (512 KiB: ~2000 ticks of the market's ~230 bytes, so the counts bind first);
+        a feed of large payloads (a relay) keeps fewer rather than growing memory.
     archive_url : str or None
         Redis URL where completed base bars are kept for every instance (set by
         ``quoteflow serve --broker redis://...``); None: in this process only.
@@ -70,6 +74,7 @@ class HistorySettings:
 
     max_bars: int = 2000
     max_ticks: int = 1000
+    max_symbol_bytes: int = 512 * 1024
     archive_url: str | None = None
     archive_key: str = "quoteflow:history"
 
@@ -78,6 +83,8 @@ class HistorySettings:
             raise ValueError(f"history max_bars must be >= 0, got {self.max_bars}")
         if self.max_ticks < 0:
             raise ValueError(f"history max_ticks must be >= 0, got {self.max_ticks}")
+        if self.max_symbol_bytes < 1:
+            raise ValueError(f"history max_symbol_bytes must be >= 1, got {self.max_symbol_bytes}")
 
 
 class _SymbolHistory:
@@ -86,9 +93,22 @@ class _SymbolHistory:
     tracked by the garbage collector (see ``broker.memory.ReplayLog``), and a tick costs
     no JSON decoding on the hot path."""
 
-    __slots__ = ("bar_ids", "bar_starts", "bars", "tick_ids", "ticks", "truncated")
+    __slots__ = (
+        "bar_bytes",
+        "bar_ids",
+        "bar_starts",
+        "bars",
+        "max_bytes",
+        "tick_bytes",
+        "tick_ids",
+        "ticks",
+        "truncated",
+    )
 
-    def __init__(self, max_bars: int, max_ticks: int) -> None:
+    def __init__(self, max_bars: int, max_ticks: int, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.tick_bytes = 0
+        self.bar_bytes = 0
         self.bars: deque[str] = deque(maxlen=max_bars)
         self.bar_ids: deque[str | None] = deque(maxlen=max_bars)
         self.bar_starts: deque[int] = deque(maxlen=max_bars)
@@ -96,6 +116,34 @@ class _SymbolHistory:
         self.tick_ids: deque[str | None] = deque(maxlen=max_ticks)
         #: True once a bar was evicted: the oldest rolled-up bucket may be incomplete.
         self.truncated = False
+
+    def add_tick(self, text: str, event_id: str | None) -> None:
+        """Keep one tick: the newest ``max_ticks`` of them within ``max_bytes``."""
+        ticks = self.ticks
+        if len(ticks) == ticks.maxlen:
+            self.tick_bytes -= len(ticks[0])
+        ticks.append(text)
+        self.tick_ids.append(event_id)
+        self.tick_bytes += len(text)
+        while self.tick_bytes > self.max_bytes and len(ticks) > 1:
+            self.tick_bytes -= len(ticks.popleft())
+            self.tick_ids.popleft()
+
+    def add_bar(self, text: str, event_id: str | None, start: int) -> None:
+        """Keep one base bar: the newest ``max_bars`` of them within ``max_bytes``."""
+        bars = self.bars
+        if len(bars) == bars.maxlen:
+            self.truncated = True
+            self.bar_bytes -= len(bars[0])
+        bars.append(text)
+        self.bar_ids.append(event_id)
+        self.bar_starts.append(start)
+        self.bar_bytes += len(text)
+        while self.bar_bytes > self.max_bytes and len(bars) > 1:
+            self.truncated = True
+            self.bar_bytes -= len(bars.popleft())
+            self.bar_ids.popleft()
+            self.bar_starts.popleft()
 
     def bar_pairs(self) -> list[tuple[Bar, str | None]]:
         out = []
@@ -193,9 +241,7 @@ class HistoryStore:
             try:
                 if kind == "tick":
                     if keep_ticks:
-                        h = self._history(_symbol_of(ev.data))
-                        h.ticks.append(ev.data)
-                        h.tick_ids.append(ev.id)
+                        self._history(_symbol_of(ev.data)).add_tick(ev.data, ev.id)
                 elif kind == "bar":
                     payload = json.loads(ev.data)
                     symbol = payload["symbol"]
@@ -212,9 +258,8 @@ class HistoryStore:
     def _history(self, symbol: str) -> _SymbolHistory:
         h = self._symbols.get(symbol)
         if h is None:
-            h = self._symbols[symbol] = _SymbolHistory(
-                self.settings.max_bars, self.settings.max_ticks
-            )
+            s = self.settings
+            h = self._symbols[symbol] = _SymbolHistory(s.max_bars, s.max_ticks, s.max_symbol_bytes)
         return h
 
     def _add_bar(self, symbol: str, bar: Bar, text: str, event_id: str | None) -> None:
@@ -227,11 +272,7 @@ class HistoryStore:
                 return  # not after the newest: a source restart rewound its clock
             if self.base_ms is None:
                 self._spacings.append(start - h.bar_starts[-1])
-        if len(h.bars) == h.bars.maxlen:
-            h.truncated = True
-        h.bars.append(text)
-        h.bar_ids.append(event_id)
-        h.bar_starts.append(start)
+        h.add_bar(text, event_id, start)
         if self.archive is not None:
             self.archive.add(symbol, bar, start, event_id)
 
