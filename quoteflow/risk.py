@@ -49,6 +49,7 @@ __all__ = [
     "ES_TEST",
     "BacktestResult",
     "CoverageTest",
+    "ForecastLaws",
     "acerbi_szekely_z2",
     "backtest",
     "christoffersen",
@@ -246,8 +247,12 @@ def _scalar(x: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class _Laws:
-    """The forecast laws of the days: ``r_t = mean_t + sd_t eps_t``, ``eps_t ~ laws[law_of[t]]``."""
+class ForecastLaws:
+    """The forecast distributions of the days: ``r_t = mean_t + sd_t eps_t``.
+
+    ``eps_t`` follows ``laws[law_of[t]]``, an ``(innovation, shape)`` pair (one per refit:
+    the shape parameters change when the model is re-estimated).
+    """
 
     mean: FloatArray
     sd: FloatArray
@@ -277,7 +282,7 @@ def acerbi_szekely_z2(
     var: FloatArray,
     es: FloatArray,
     alpha: float,
-    laws: _Laws,
+    laws: ForecastLaws,
     *,
     n_sim: int = 2000,
     seed: int | np.random.Generator | None = 0,
@@ -419,7 +424,7 @@ class BacktestResult:
     hits: pd.DataFrame
     refits: pd.DataFrame
     es_pvalue_sims: int
-    _laws: _Laws = field(repr=False)
+    laws: ForecastLaws = field(repr=False)
     seed: int | None = 0
     notes: tuple[str, ...] = ()
 
@@ -446,7 +451,7 @@ class BacktestResult:
             self.var[alpha].to_numpy(),
             self.es[alpha].to_numpy(),
             alpha,
-            self._laws,
+            self.laws,
             n_sim=self.es_pvalue_sims,
             seed=self.seed,
         )
@@ -748,7 +753,7 @@ def backtest(
         hits=pd.DataFrame({a: r < -var[a] for a in levels}, index=index),
         refits=refits,
         es_pvalue_sims=sims,
-        _laws=_Laws(mean=mean, sd=sd, law_of=law_of, laws=tuple(laws)),
+        laws=ForecastLaws(mean=mean, sd=sd, law_of=law_of, laws=tuple(laws)),
         seed=seed,
         notes=notes,
     )
