@@ -13,18 +13,23 @@ from typing import Any
 from quoteflow.cli._types import MODEL_NAMES, SubParsers, positive_int
 from quoteflow.cli.fit import add_fit_options, fit_kwargs
 
-__all__ = ["add_parser", "parse_alphas", "parse_window", "run"]
+__all__ = ["add_parser", "parse_alphas", "parse_days", "parse_window", "run"]
 
 
 def parse_window(text: str) -> int | str:
     """``--window``: a number of returns (``>= 30``) or ``expanding``."""
     if text.strip().lower() == "expanding":
         return "expanding"
+    return parse_days(text)
+
+
+def parse_days(text: str) -> int:
+    """``--min-window``: a number of returns, ``>= 30`` (what a fit needs)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid window {text!r}: give a number of days or 'expanding'"
+            f"invalid window {text!r}: give a number of days (or 'expanding' for --window)"
         ) from None
     if value < 30:
         raise argparse.ArgumentTypeError(f"invalid window {text!r}: must be >= 30 days")
@@ -74,7 +79,7 @@ def add_parser(subparsers: SubParsers) -> None:
     )
     p.add_argument(
         "--min-window",
-        type=parse_window,
+        type=parse_days,
         default=1000,
         metavar="DAYS",
         help="first window of --window expanding (default 1000)",
@@ -127,8 +132,6 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Run the backtest and print its table."""
-    if args.min_window == "expanding":
-        raise ValueError("--min-window must be a number of days")
     from quoteflow import data, risk
 
     prices = data.resolve_prices(args.prices, args.column)
