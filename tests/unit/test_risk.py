@@ -392,3 +392,17 @@ def test_z2_rejects_at_the_nominal_rate_under_the_true_model() -> None:
         )
         rejections += p <= 0.05
     assert LOW <= rejections <= HIGH, rejections
+
+
+def test_risk_imports_only_models_and_errors_and_draws_lazily() -> None:
+    """DESIGN.md layout: risk sits on models; bokeh is imported inside plot() only."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(risk.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+    ours = {m for m in names if m.startswith("quoteflow")}
+    assert all(m == "quoteflow.errors" or m.startswith("quoteflow.models") for m in ours), ours
+    assert not {m for m in names if m.split(".")[0] in ("bokeh", "tornado", "matplotlib")}
