@@ -298,6 +298,23 @@ def acerbi_szekely_z2(
     tail is drawn: a day is a hit iff its uniform ``u < alpha`` (``VaR`` is the forecast
     quantile), and then ``r = F_t^-1(u)``.
 
+    Parameters
+    ----------
+    returns, var, es
+        Realised log returns and their VaR and ES forecasts (positive losses), shape ``(n,)``.
+    alpha
+        The level of ``var`` and ``es``.
+    laws
+        The forecast distributions the VaR and ES came from.
+    n_sim
+        Simulated paths; with ``n_sim = 20 k - 1`` the test at 5 % has size exactly 5 %.
+    seed
+        Seed (or Generator) of the simulations.
+
+    Returns
+    -------
+    (Z2, p-value)
+
     References
     ----------
     Acerbi, C. & Székely, B. (2014), "Backtesting expected shortfall", *Risk*, December
@@ -410,6 +427,12 @@ class BacktestResult:
     refits
         One row per estimation: first forecast day, window length, parameters, whether
         the optimiser converged.
+    laws
+        The forecast distributions (:class:`ForecastLaws`), what the Z2 p-value simulates.
+    es_pvalue_sims, seed
+        Simulations and seed of the Z2 p-value.
+    notes
+        Anything the reader should know (refits that did not converge).
     """
 
     model: str
