@@ -713,6 +713,7 @@ def backtest(
     laws: list[tuple[Innovation, tuple[float, ...]]] = []
     refit_rows: list[dict[str, Any]] = []
     previous: FitResult | None = None
+    seen: set[str] = set()
     for i, k in enumerate(starts):
         lo = 0 if expanding else k - first
         kwargs = dict(fit_kwargs)
@@ -739,9 +740,16 @@ def backtest(
                 "first_day": labels[k],
                 "window": k - lo,
                 **fit.params,
-                "converged": fit.converged and not caught,
+                "converged": bool(fit.converged),
             }
         )
+        # A non-convergence warning is summarised once below; any other warning of a
+        # refit is passed on, once per message (3,000 refits must not print 3,000 lines).
+        for w in caught:
+            text = str(w.message)
+            if (fit.converged or not issubclass(w.category, RuntimeWarning)) and text not in seen:
+                seen.add(text)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         previous = fit
         if progress is not None:
             progress(i + 1, len(starts))

@@ -15,6 +15,7 @@ from quoteflow import data, risk
 from quoteflow.errors import ConfigError, DataError, ParameterError
 from quoteflow.models import GARCH, GBM
 from quoteflow.models._garch_recursion import variance_reference
+from quoteflow.models.base import PriceModel
 from quoteflow.models.innovations import INNOVATIONS, StudentT
 
 # ------------------------------------------------------------------ the published formulas
@@ -285,6 +286,23 @@ def test_z2_flags_underestimated_tails() -> None:
 def test_backtest_rejects_bad_input(aapl: pd.Series, kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         risk.backtest(aapl, **kwargs)
+
+
+def test_backtest_names_the_supported_models(aapl: pd.Series) -> None:
+    class Unsupported(PriceModel):
+        name = "unsupported"
+
+    with pytest.raises(
+        ConfigError, match="no one-step forecast for model Unsupported; supported: garch"
+    ):
+        risk.backtest(aapl, Unsupported)
+
+
+def test_backtest_reports_refits_that_did_not_converge(aapl: pd.Series) -> None:
+    with pytest.warns(RuntimeWarning, match="refits did not converge"):
+        res = risk.backtest(aapl.iloc[:1100], "garch", window=1000, refit_every=50, max_iter=2)
+    assert not res.refits["converged"].any()
+    assert res.notes and "did not converge" in res.summary()
 
 
 def test_backtest_too_short_series() -> None:
