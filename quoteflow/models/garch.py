@@ -719,10 +719,11 @@ def _warm_start(spec: _Spec, start: Mapping[str, float], v: float) -> FloatArray
         # An estimate on a bound (alpha = 0) would start SLSQP on an active constraint.
         pad = 1e-6 * (high - low) if math.isfinite(high - low) else 0.0
         x[i] = min(max(x[i], low + pad), high - pad)
-    ia = spec.alpha_index
+    # By name, not position: an asymmetry term may sit between alpha and beta.
+    ia, ib = names.index("alpha"), names.index("beta")
     room = _MAX_PERSISTENCE - 1e-4
-    if x[ia] + x[ia + 1] > room:
-        x[ia + 1] = max(room - x[ia], 0.0)
+    if x[ia] + x[ib] > room:
+        x[ib] = max(room - x[ia], 0.0)
     return x
 
 
