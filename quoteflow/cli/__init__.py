@@ -1,7 +1,7 @@
 """The ``quoteflow`` command: one module per subcommand.
 
 Each command module (``fit``, ``simulate``, ``serve``, ``generate``, ``record``, ``token``,
-``bench``)
+``bench``, ``backtest``)
 has ``add_parser(subparsers)``, which registers its options and
 ``set_defaults(func=run)``, and ``run(args)``, which takes the parsed namespace and
 returns the exit code. To add a command, write such a module and append it to
@@ -39,6 +39,7 @@ COMMANDS: tuple[str, ...] = (
     "record",
     "token",
     "bench",
+    "backtest",
 )
 
 

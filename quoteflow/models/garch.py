@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -418,6 +418,7 @@ class GARCH(PriceModel):
         scale: float = 100.0,
         *,
         max_iter: int = 200,
+        start: FitResult | Mapping[str, float] | None = None,
     ) -> GARCHFitResult:
         """Quasi-maximum-likelihood fit of GARCH(1,1) on the scaled log returns of ``prices``.
 
@@ -454,6 +455,14 @@ class GARCH(PriceModel):
             Return scaling; 100 (percent returns) keeps the optimiser well conditioned.
         max_iter
             Maximum SLSQP iterations.
+        start
+            Starting values instead of arch's grid search: a previous :class:`FitResult`
+            (its ``params``) or a mapping of parameter names to values. A warm start from
+            a neighbouring window (rolling backtests, :func:`quoteflow.risk.backtest`)
+            needs a few iterations instead of the grid and a cold climb. Names that are
+            not estimated here are ignored, missing ones come from the grid search; values
+            are moved inside the estimation box. The likelihood and backcast do not depend
+            on it, only the path of the optimiser.
 
         Returns
         -------
@@ -492,7 +501,14 @@ class GARCH(PriceModel):
         p = validate_prices(prices)
         returns = scale * np.diff(np.log(p))
         return _fit_returns(
-            cls, returns, dt=dt, dist=dist, mean=mean, scale=scale, max_iter=max_iter
+            cls,
+            returns,
+            dt=dt,
+            dist=dist,
+            mean=mean,
+            scale=scale,
+            max_iter=max_iter,
+            start=_start_mapping(start),
         )
 
 
@@ -673,7 +689,47 @@ def _hessian(grad: Callable[[FloatArray], FloatArray], x: FloatArray) -> FloatAr
     return 0.5 * (hess + hess.T)
 
 
-def _maximise(spec: _Spec, v: float, max_iter: int) -> tuple[FloatArray, Any]:
+def _start_mapping(start: Any) -> dict[str, float] | None:
+    """``start`` of :meth:`GARCH.fit` as a ``{name: value}`` dict (None: grid search)."""
+    if start is None:
+        return None
+    params = start.params if isinstance(start, FitResult) else start
+    if not isinstance(params, Mapping):
+        raise ParameterError(
+            "start",
+            f"garch: start must be a FitResult or a mapping of parameter names to values, "
+            f"got {type(start).__name__}",
+        )
+    out = {}
+    for name, value in params.items():
+        out[str(name)] = finite_param("garch", f"start[{name!r}]", value)
+    return out
+
+
+def _warm_start(spec: _Spec, start: Mapping[str, float], v: float) -> FloatArray:
+    """``start`` as a parameter vector strictly inside the box and the persistence bound."""
+    names = spec.names
+    x = _starting_values(spec) if any(n not in start for n in names) else np.empty(len(names))
+    for i, name in enumerate(names):
+        if name in start:
+            x[i] = start[name]
+    for i, (lo, hi) in enumerate(_bounds(spec, v)):
+        low = -math.inf if lo is None else lo
+        high = math.inf if hi is None else hi
+        # An estimate on a bound (alpha = 0) would start SLSQP on an active constraint.
+        pad = 1e-6 * (high - low) if math.isfinite(high - low) else 0.0
+        x[i] = min(max(x[i], low + pad), high - pad)
+    # By name, not position: an asymmetry term may sit between alpha and beta.
+    ia, ib = names.index("alpha"), names.index("beta")
+    room = _MAX_PERSISTENCE - 1e-4
+    if x[ia] + x[ib] > room:
+        x[ib] = max(room - x[ia], 0.0)
+    return x
+
+
+def _maximise(
+    spec: _Spec, v: float, max_iter: int, start: Mapping[str, float] | None = None
+) -> tuple[FloatArray, Any]:
     """SLSQP from the grid start under ``alpha + beta <= 1 - 1e-6``; ``(x, result)``.
 
     ``v`` is the mean squared residual at the starting mean (it scales the ``omega`` box).
@@ -689,9 +745,10 @@ def _maximise(spec: _Spec, v: float, max_iter: int) -> tuple[FloatArray, Any]:
         "fun": lambda x: _MAX_PERSISTENCE - x[ia] - x[ia + 1],
         "jac": lambda x: jac,
     }
+    x0 = _starting_values(spec) if start is None else _warm_start(spec, start, v)
     opt = optimize.minimize(
         _objective(spec),
-        _starting_values(spec),
+        x0,
         jac=True,
         method="SLSQP",
         bounds=bounds,
@@ -731,6 +788,7 @@ def _fit_returns(
     mean: str,
     scale: float,
     max_iter: int,
+    start: Mapping[str, float] | None = None,
 ) -> GARCHFitResult:
     """Estimate on scaled returns: parts -> start -> SLSQP -> sandwich -> result."""
     n = returns.shape[0]
@@ -742,7 +800,7 @@ def _fit_returns(
     if spec.backcast <= 0.0 or float(np.mean(start_resid**2)) <= 0.0:
         raise ValueError("garch: the returns have zero variance; nothing to fit")
     names = spec.names
-    x, opt = _maximise(spec, float(np.mean(start_resid**2)), max_iter)
+    x, opt = _maximise(spec, float(np.mean(start_resid**2)), max_iter, start)
     ia = spec.alpha_index
     converged = bool(opt.success)
     notes: list[str] = []
