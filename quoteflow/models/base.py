@@ -211,6 +211,23 @@ class PriceModel(ABC):
     name: ClassVar[str]
     #: Parameter names in the order of ``FitResult.params``.
     param_names: ClassVar[tuple[str, ...]]
+    #: Public parameter names that are not valid Python identifiers, mapped to the field
+    #: holding them (GARCH's skew-t ``lambda`` is the field ``lam``). ``params()``,
+    #: :meth:`with_params` and the registry speak the public names.
+    param_aliases: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def field_name(cls, public: str) -> str:
+        """The dataclass field that holds the parameter called ``public``."""
+        return cls.param_aliases.get(public, public)
+
+    @classmethod
+    def public_name(cls, field_name: str) -> str:
+        """The parameter name of the dataclass field ``field_name`` (inverse of :meth:`field_name`)."""
+        for public, name in cls.param_aliases.items():
+            if name == field_name:
+                return public
+        return field_name
 
     @classmethod
     @abstractmethod
@@ -256,17 +273,21 @@ class PriceModel(ABC):
 
     def params(self) -> dict[str, float]:
         """Parameters as a plain dict (JSON-safe floats; strings for categorical ones)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {
+            self.public_name(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
 
     def with_params(self, **changes: Any) -> PriceModel:
         """A copy with some parameters changed (validated like a new model)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        known = [self.public_name(f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        unknown = set(changes) - set(known)
         if unknown:
             raise ValueError(
-                f"unknown parameter(s) {sorted(unknown)} for {self.name}; "
-                f"known: {[f.name for f in dataclasses.fields(self)]}"  # type: ignore[arg-type]
+                f"unknown parameter(s) {sorted(unknown)} for {self.name}; known: {known}"
             )
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        fields = {self.field_name(k): v for k, v in changes.items()}
+        return dataclasses.replace(self, **fields)  # type: ignore[type-var]
 
 
 def _fmt(x: float) -> str:
