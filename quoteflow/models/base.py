@@ -22,12 +22,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from quoteflow.errors import DataError
+from quoteflow.models.tails import MIN_TAIL_OBSERVATIONS, TailDiagnostics, tail_diagnostics
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -322,6 +324,10 @@ class FitResult:
         innovations the model implies, ``(r_t - E[r_t]) / sd(r_t)`` given the past, which
         are iid with mean 0 and variance 1 when the model is right (check them for
         autocorrelation, fat tails, ARCH effects).
+    tails
+        (property) :class:`~quoteflow.models.tails.TailDiagnostics` of ``std_resid``:
+        excess kurtosis, Jarque-Bera and the Hill tail index with ``k = floor(sqrt(n))``;
+        ``None`` with fewer than 16 finite residuals.
     """
 
     model: PriceModel
@@ -334,6 +340,17 @@ class FitResult:
     notes: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     std_resid: FloatArray = field(default_factory=lambda: np.empty(0), compare=False, repr=False)
+
+    @cached_property
+    def tails(self) -> TailDiagnostics | None:
+        """Tail diagnostics of the standardised residuals (None where they do not apply)."""
+        z = np.asarray(self.std_resid, dtype=np.float64)
+        if np.count_nonzero(np.isfinite(z)) < MIN_TAIL_OBSERVATIONS:
+            return None
+        try:
+            return tail_diagnostics(z)
+        except DataError:  # constant residuals
+            return None
 
     @property
     def n_params(self) -> int:
@@ -381,6 +398,10 @@ class FitResult:
                 f"{k:<12}{_fmt(v):>14} {_fmt(se):>13} {_fmt(t):>13}  [{_fmt(lo)}, {_fmt(hi)}]"
             )
         lines.append("=" * 64)
+        if self.tails is not None:
+            lines.append("standardised residuals")
+            lines.extend(self.tails.lines())
+            lines.append("=" * 64)
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -393,6 +414,14 @@ class FitResult:
             for k, v in self.params.items()
         )
         notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in self.notes)
+        t = self.tails
+        if t is not None:
+            notes = (
+                f"<p>Standardised residuals: excess kurtosis {_fmt(t.excess_kurtosis)}, "
+                f"Jarque-Bera {_fmt(t.jarque_bera)} (p {_fmt(t.jarque_bera_pvalue)}), "
+                f"Hill tail index {_fmt(t.hill_tail_index)} ± {_fmt(t.hill_se)} "
+                f"(k = floor(sqrt(n)) = {t.hill_k})</p>"
+            ) + notes
         return (
             f"<div class='quoteflow-fit'><strong>{html.escape(type(self.model).__name__)} fit</strong> "
             f"({self.nobs} obs, log-lik {self.loglik:.4f}, AIC {self.aic:.4f}, BIC {self.bic:.4f}, "
@@ -422,6 +451,7 @@ class FitResult:
             "converged": self.converged,
             "dt": self.dt,
             "notes": list(self.notes),
+            "tail_diagnostics": None if self.tails is None else self.tails.to_dict(),
         }
         for k, v in self.extra.items():
             try:
