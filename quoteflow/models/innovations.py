@@ -97,6 +97,28 @@ class Innovation(ABC):
         """
 
 
+def _t_lower_quantile(nu: float, p: FloatArray) -> FloatArray:
+    """Student-t(nu) quantile ``T^{-1}(p)`` for ``p <= 1/2``, finite down to ``p ~ 1e-300``.
+
+    ``scipy.special.stdtrit`` overflows (returns +-inf) far in the tail of a small ``nu``
+    (e.g. ``nu = 5`` at ``p = 1e-300``, where the quantile is ~ -1e60). There the Pareto
+    tail ``T(-y) = K y**-nu (1 + O(y**-2))`` with
+    ``K = G((nu+1)/2) nu**((nu-1)/2) / (sqrt(pi) G(nu/2))`` is exact to rounding
+    (``y > 1e30``), and inverting it gives ``y = (K / p)**(1/nu)``.
+    """
+    q = np.asarray(special.stdtrit(nu, p), dtype=np.float64)
+    bad = ~np.isfinite(q) | (q > 0.0)
+    if np.any(bad):
+        log_k = (
+            special.gammaln((nu + 1.0) / 2.0)
+            + 0.5 * (nu - 1.0) * math.log(nu)
+            - 0.5 * math.log(math.pi)
+            - special.gammaln(nu / 2.0)
+        )
+        q = np.where(bad, -np.exp((log_k - np.log(np.where(bad, p, 0.5))) / nu), q)
+    return q
+
+
 class Normal(Innovation):
     """Standard normal innovations (no shape parameter)."""
 
@@ -198,7 +220,7 @@ class StudentT(Innovation):
         (nu,) = shape
         z = np.asarray(z, dtype=np.float64)
         p = special.ndtr(-np.minimum(np.abs(z), _MAX_ABS_Z))
-        x: FloatArray = -np.sign(z) * special.stdtrit(nu, p)
+        x: FloatArray = -np.sign(z) * _t_lower_quantile(nu, p)
         return x * math.sqrt((nu - 2.0) / nu)
 
 
@@ -327,8 +349,8 @@ class SkewT(Innovation):
         below = lower < 0.5 * (1.0 - lam)
         y = np.where(
             below,
-            special.stdtrit(eta, np.where(below, lower, 0.5) / (1.0 - lam)),
-            -special.stdtrit(eta, np.where(below, 0.5, upper) / (1.0 + lam)),
+            _t_lower_quantile(eta, np.where(below, lower, 0.5) / (1.0 - lam)),
+            -_t_lower_quantile(eta, np.where(below, 0.5, upper) / (1.0 + lam)),
         )
         d = np.where(below, 1.0 - lam, 1.0 + lam)
         out: FloatArray = (y * d * math.sqrt((eta - 2.0) / eta) - a) / b
