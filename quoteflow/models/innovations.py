@@ -103,7 +103,7 @@ def _t_lower_quantile(nu: float, p: FloatArray) -> FloatArray:
     ``scipy.special.stdtrit`` overflows (returns +-inf) far in the tail of a small ``nu``
     (e.g. ``nu = 5`` at ``p = 1e-300``, where the quantile is ~ -1e60). There the Pareto
     tail ``T(-y) = K y**-nu (1 + O(y**-2))`` with
-    ``K = G((nu+1)/2) nu**((nu-1)/2) / (sqrt(pi) G(nu/2))`` is exact to rounding
+    ``K = G((nu+1)/2) nu**((nu-2)/2) / (sqrt(pi) G(nu/2))`` is exact to rounding
     (``y > 1e30``), and inverting it gives ``y = (K / p)**(1/nu)``.
     """
     q = np.asarray(special.stdtrit(nu, p), dtype=np.float64)
@@ -111,7 +111,7 @@ def _t_lower_quantile(nu: float, p: FloatArray) -> FloatArray:
     if np.any(bad):
         log_k = (
             special.gammaln((nu + 1.0) / 2.0)
-            + 0.5 * (nu - 1.0) * math.log(nu)
+            + 0.5 * (nu - 2.0) * math.log(nu)
             - 0.5 * math.log(math.pi)
             - special.gammaln(nu / 2.0)
         )
