@@ -14,6 +14,10 @@ Measures (medians of repeated wall-clock runs, ``time.perf_counter``):
     ``model.simulate`` (``burn=0``).
 (c) GBM simulation of 1000 paths x 10,000 steps vs the floor: the time numpy's default
     Generator needs to draw the 10^7 standard normals alone.
+(d) GJR-GARCH(1,1,1) with skewed-t innovations (issue 15), constant mean, on the shipped
+    AAPL, MSFT, IBM and GOOG returns: ``GARCH.fit(prices, dist="skewt", o=1)`` vs
+    ``arch_model(r, mean="Constant", vol="GARCH", p=1, o=1, q=1, dist="skewt").fit()``.
+    ``--only gjr`` runs this case alone (its JSON file is ``models-gjr-<date>.json``).
 
 Prints a markdown table and writes ``benchmarks/results/models-<date>.json`` with the
 numbers and the machine (cpu count, python, numpy, scipy, arch, BLAS thread env vars).
@@ -137,6 +141,38 @@ def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_gjr_skewt_fit(repeat: int) -> list[dict[str, Any]]:
+    """(d) GJR-GARCH(1,1,1) skewed-t fit, quoteflow vs arch, on the four shipped tickers."""
+    from arch import arch_model
+
+    rows = []
+    for label in ("AAPL", "MSFT", "IBM", "GOOG"):
+        prices = load(label)["adj_close"].to_numpy()
+        r = 100 * np.diff(np.log(prices))
+
+        def arch_fit(r: np.ndarray = r) -> Any:
+            am = arch_model(r, mean="Constant", vol="GARCH", p=1, o=1, q=1, dist="skewt")
+            return am.fit(disp="off")
+
+        def ours_fit(prices: np.ndarray = prices) -> Any:
+            return GARCH.fit(prices, dist="skewt", o=1)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, theirs = _paired(ours_fit, arch_fit, repeat)
+        rows.append(
+            {
+                "case": f"GJR-GARCH fit, skewt, {label} ({r.size} returns)",
+                "quoteflow_s": ours["median_s"],
+                "peer": "arch fit()",
+                "peer_s": theirs["median_s"],
+                "speedup": theirs["median_s"] / ours["median_s"],
+                "raw": {"quoteflow": ours, "peer": theirs},
+            }
+        )
+    return rows
+
+
 def bench_garch_simulate(repeat: int, n_steps: int = 1_000_000) -> dict[str, Any]:
     """(b) GARCH simulation of one long path, quoteflow vs arch."""
     from arch import arch_model
@@ -193,13 +229,17 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(repeat: int = 15, out_dir: Path | None = RESULTS) -> dict[str, Any]:
-    """Run all model benchmarks; write the JSON file unless ``out_dir`` is None."""
-    rows = [
-        *bench_garch_fit(repeat),
-        bench_garch_simulate(max(3, repeat // 3)),
-        bench_gbm_simulate(max(3, repeat // 3)),
-    ]
+def run(repeat: int = 15, out_dir: Path | None = RESULTS, only: str | None = None) -> dict[str, Any]:
+    """Run the model benchmarks (all, or ``only="gjr"``); write JSON unless ``out_dir`` is None."""
+    if only == "gjr":
+        rows = bench_gjr_skewt_fit(repeat)
+    else:
+        rows = [
+            *bench_garch_fit(repeat),
+            *bench_gjr_skewt_fit(repeat),
+            bench_garch_simulate(max(3, repeat // 3)),
+            bench_gbm_simulate(max(3, repeat // 3)),
+        ]
     report = {
         "benchmark": "models",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -209,7 +249,8 @@ def run(repeat: int = 15, out_dir: Path | None = RESULTS) -> dict[str, Any]:
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"models-{dt.date.today().isoformat()}.json"
+        tag = f"{only}-" if only else ""
+        path = out_dir / f"models-{tag}{dt.date.today().isoformat()}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         report["path"] = str(path)
     return report
@@ -220,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed runs per case (default 15)")
     parser.add_argument("--quick", action="store_true", help="3 repeats: a smoke run")
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON file")
+    parser.add_argument(
+        "--only", choices=("gjr",), default=None, help="run one case alone: gjr = (d)"
+    )
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else max(1, args.repeat)
-    report = run(repeat=repeat, out_dir=None if args.no_save else RESULTS)
+    report = run(repeat=repeat, out_dir=None if args.no_save else RESULTS, only=args.only)
     m = report["machine"]
     print(
         f"models benchmark, {report['date']}: {m['cpu_count']} CPUs, python {m['python']}, "
