@@ -229,7 +229,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(repeat: int = 15, out_dir: Path | None = RESULTS, only: str | None = None) -> dict[str, Any]:
+def run(
+    repeat: int = 15, out_dir: Path | None = RESULTS, only: str | None = None
+) -> dict[str, Any]:
     """Run the model benchmarks (all, or ``only="gjr"``); write JSON unless ``out_dir`` is None."""
     if only == "gjr":
         rows = bench_gjr_skewt_fit(repeat)

@@ -22,7 +22,9 @@ MEANREV_TICKER = "MSFT"
 
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """GARCH-only fit options; an error if given for another model."""
-    extra = {k: getattr(args, k) for k in ("dist", "mean", "o") if getattr(args, k, None) is not None}
+    extra = {
+        k: getattr(args, k) for k in ("dist", "mean", "o") if getattr(args, k, None) is not None
+    }
     if extra and args.model != "garch":
         opts = " and ".join(f"--{k}" for k in extra)
         verb = "applies" if len(extra) == 1 else "apply"
@@ -88,8 +90,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
         type=int,
         choices=(0, 1),
         default=None,
-        help="GARCH asymmetry order: 1 fits GJR-GARCH(1,1,1) with gamma (default: 0); "
-        "garch only",
+        help="GARCH asymmetry order: 1 fits GJR-GARCH(1,1,1) with gamma (default: 0); garch only",
     )
 
 

@@ -172,11 +172,11 @@ def variance_and_gradient(
     row = 0
     if with_mu:
         inputs[0, 0] = 0.0
-        slope = -2.0 * alpha
+        np.multiply(resids[:-1], -2.0 * alpha, out=inputs[0, 1:])
         if asym:
             assert gamma is not None
-            slope = np.where(resids[:-1] < 0.0, slope - 2.0 * gamma, slope)
-        np.multiply(resids[:-1], slope, out=inputs[0, 1:])
+            # + (-2 gamma e[t-1]) where e[t-1] < 0
+            inputs[0, 1:] -= 2.0 * gamma * np.minimum(resids[:-1], 0.0)
         row = 1
     e2_lag = inputs[row + 1]
     e2_lag[0] = backcast_value

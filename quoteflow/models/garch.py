@@ -638,9 +638,7 @@ class _Spec:
     def beta_index(self) -> int:
         return self.alpha_index + 1 + self.o
 
-    def unpack(
-        self, x: FloatArray
-    ) -> tuple[float, float, float, float, float, tuple[float, ...]]:
+    def unpack(self, x: FloatArray) -> tuple[float, float, float, float, float, tuple[float, ...]]:
         """``(mu, omega, alpha, gamma, beta, shape)`` from the parameter vector (gamma 0 if o=0)."""
         k = self.alpha_index - 1
         v = x.tolist()

@@ -384,6 +384,4 @@ def _skewt_negative_moment(eta: float, lam: float) -> float:
 
 
 #: Innovation laws by their ``dist`` name.
-INNOVATIONS: dict[str, Innovation] = {
-    part.name: part for part in (Normal(), StudentT(), SkewT())
-}
+INNOVATIONS: dict[str, Innovation] = {part.name: part for part in (Normal(), StudentT(), SkewT())}

@@ -57,7 +57,12 @@ def fits() -> Fits:
         am = arch.arch_model(r, mean=ARCH_MEAN[mean], vol="GARCH", p=1, o=o, q=1, dist=dist)
         ref = am.fit(disp="off")
         tight = am.fit(disp="off", options={"ftol": 1e-14, "maxiter": 1000})
-        out[(ticker, dist, o, mean)] = (GARCH.fit(prices, dist=dist, o=o, mean=mean), am, ref, tight)
+        out[(ticker, dist, o, mean)] = (
+            GARCH.fit(prices, dist=dist, o=o, mean=mean),
+            am,
+            ref,
+            tight,
+        )
     return out
 
 

@@ -5,6 +5,7 @@ parameter recovery in test_garch_recovery.py."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_skewt_has_zero_mean_unit_variance_and_integrates_to_one(
             return float(x**j * part.pdf(shape, np.array([x]))[0])
 
         # Split at 0 and at the branch point -a/b (a kink): quad is then exact to ~1e-10.
-        return sum(integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in _pieces(shape))
+        return float(sum(integrate.quad(f, lo, hi, limit=200)[0] for lo, hi in _pieces(shape)))
 
     assert moment(0) == pytest.approx(1.0, abs=1e-8)
     assert moment(1) == pytest.approx(0.0, abs=1e-8)
@@ -62,7 +63,7 @@ def _pieces(shape: tuple[float, float]) -> list[tuple[float, float]]:
     _, a, b = _skewt_constants(*shape)
     cuts = sorted({-a / b, 0.0})
     edges = [-np.inf, *cuts, np.inf]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 def test_skewt_partials_equal_finite_differences() -> None:
@@ -78,9 +79,13 @@ def test_skewt_partials_equal_finite_differences() -> None:
         dn[i] -= h
         fd = (part.loglikelihood(up, e, s2).ll - part.loglikelihood(dn, e, s2).ll) / (2 * h)
         np.testing.assert_allclose(t.dl_dshape[i], fd, rtol=1e-6, atol=1e-7)
-    fd = (part.loglikelihood(SHAPE, e + h, s2).ll - part.loglikelihood(SHAPE, e - h, s2).ll) / (2 * h)
+    fd = (part.loglikelihood(SHAPE, e + h, s2).ll - part.loglikelihood(SHAPE, e - h, s2).ll) / (
+        2 * h
+    )
     np.testing.assert_allclose(t.dl_de, fd, rtol=1e-6, atol=1e-7)
-    fd = (part.loglikelihood(SHAPE, e, s2 + h).ll - part.loglikelihood(SHAPE, e, s2 - h).ll) / (2 * h)
+    fd = (part.loglikelihood(SHAPE, e, s2 + h).ll - part.loglikelihood(SHAPE, e, s2 - h).ll) / (
+        2 * h
+    )
     np.testing.assert_allclose(t.dl_ds, fd, rtol=1e-6, atol=1e-7)
 
 
@@ -170,7 +175,7 @@ def test_gjr_params_and_persistence() -> None:
     assert GJR.persistence == pytest.approx(0.04 + GJR.kappa * 0.1 + 0.86, rel=1e-15)
     assert GJR.unconditional_variance == pytest.approx(0.03 / (1 - GJR.persistence))
     assert "gamma" not in GARCH().params()  # plain GARCH(1,1) keeps its parameter set
-    assert GJR.with_params(**{"lambda": 0.1}).lam == 0.1
+    assert GJR.with_params(**{"lambda": 0.1}).params()["lambda"] == 0.1
 
 
 @pytest.mark.parametrize(
@@ -219,7 +224,10 @@ def test_gjr_skewt_stepper_follows_the_recursion_with_copula_shocks() -> None:
         eps = SkewT().from_normal((GJR.eta, GJR.lam), z)
         r = GJR.mu + np.sqrt(v) * eps
         price = price * np.exp(r / GJR.scale)
-        v = GJR.omega + (np.where(eps < 0, GJR.alpha + GJR.gamma, GJR.alpha) * eps**2 + GJR.beta) * v
+        v = (
+            GJR.omega
+            + (np.where(eps < 0, GJR.alpha + GJR.gamma, GJR.alpha) * eps**2 + GJR.beta) * v
+        )
         np.testing.assert_allclose(st.step(z), price, rtol=1e-12)
         np.testing.assert_allclose(st.variance, v, rtol=1e-12)
 
