@@ -109,28 +109,31 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
-    """(a) GARCH normal fit, quoteflow vs arch, on real and simulated returns."""
+def _fit_vs_arch(
+    title: str,
+    series: dict[str, np.ndarray],
+    fit_kwargs: dict[str, Any],
+    arch_kwargs: dict[str, Any],
+    repeat: int,
+) -> list[dict[str, Any]]:
+    """``GARCH.fit(prices, **fit_kwargs)`` vs ``arch_model(r, **arch_kwargs).fit()`` per series."""
     from arch import arch_model
 
-    series: dict[str, np.ndarray] = {
-        "AAPL": load("AAPL")["adj_close"].to_numpy(),
-        "MSFT": load("MSFT")["adj_close"].to_numpy(),
-        "simulated": GARCH_TRUE.simulate(5000, seed=2026)[:, 0],
-    }
     rows = []
     for label, prices in series.items():
         r = 100 * np.diff(np.log(prices))
 
         def arch_fit(r: np.ndarray = r) -> Any:
-            return arch_model(r, mean="Constant", vol="GARCH", p=1, q=1).fit(disp="off")
+            return arch_model(r, mean="Constant", vol="GARCH", **arch_kwargs).fit(disp="off")
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # arch's DataScaleWarning etc. are not ours
-            ours, theirs = _paired(functools.partial(GARCH.fit, prices), arch_fit, repeat)
+            ours, theirs = _paired(
+                functools.partial(GARCH.fit, prices, **fit_kwargs), arch_fit, repeat
+            )
         rows.append(
             {
-                "case": f"GARCH fit, normal, {label} ({r.size} returns)",
+                "case": f"{title}, {label} ({r.size} returns)",
                 "quoteflow_s": ours["median_s"],
                 "peer": "arch fit()",
                 "peer_s": theirs["median_s"],
@@ -139,38 +142,28 @@ def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
+    """(a) GARCH normal fit, quoteflow vs arch, on real and simulated returns."""
+    series: dict[str, np.ndarray] = {
+        "AAPL": load("AAPL")["adj_close"].to_numpy(),
+        "MSFT": load("MSFT")["adj_close"].to_numpy(),
+        "simulated": GARCH_TRUE.simulate(5000, seed=2026)[:, 0],
+    }
+    return _fit_vs_arch("GARCH fit, normal", series, {}, {"p": 1, "q": 1}, repeat)
 
 
 def bench_gjr_skewt_fit(repeat: int) -> list[dict[str, Any]]:
     """(d) GJR-GARCH(1,1,1) skewed-t fit, quoteflow vs arch, on the four shipped tickers."""
-    from arch import arch_model
-
-    rows = []
-    for label in ("AAPL", "MSFT", "IBM", "GOOG"):
-        prices = load(label)["adj_close"].to_numpy()
-        r = 100 * np.diff(np.log(prices))
-
-        def arch_fit(r: np.ndarray = r) -> Any:
-            am = arch_model(r, mean="Constant", vol="GARCH", p=1, o=1, q=1, dist="skewt")
-            return am.fit(disp="off")
-
-        def ours_fit(prices: np.ndarray = prices) -> Any:
-            return GARCH.fit(prices, dist="skewt", o=1)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ours, theirs = _paired(ours_fit, arch_fit, repeat)
-        rows.append(
-            {
-                "case": f"GJR-GARCH fit, skewt, {label} ({r.size} returns)",
-                "quoteflow_s": ours["median_s"],
-                "peer": "arch fit()",
-                "peer_s": theirs["median_s"],
-                "speedup": theirs["median_s"] / ours["median_s"],
-                "raw": {"quoteflow": ours, "peer": theirs},
-            }
-        )
-    return rows
+    series = {t: load(t)["adj_close"].to_numpy() for t in ("AAPL", "MSFT", "IBM", "GOOG")}
+    return _fit_vs_arch(
+        "GJR-GARCH fit, skewt",
+        series,
+        {"dist": "skewt", "o": 1},
+        {"p": 1, "o": 1, "q": 1, "dist": "skewt"},
+        repeat,
+    )
 
 
 def bench_garch_simulate(repeat: int, n_steps: int = 1_000_000) -> dict[str, Any]:
