@@ -311,3 +311,18 @@ def test_regression_t_copula_gave_inf_at_the_capped_shock_for_small_dof() -> Non
     )
     tail = -math.exp((log_k - math.log(1e-200)) / 5.0)
     assert float(_t_lower_quantile(5.0, p)[0]) == pytest.approx(tail, rel=1e-12)
+
+
+def test_cli_fits_gjr_skewt_and_refuses_o_for_other_models(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from quoteflow.cli import main
+
+    assert main(["fit", "AAPL", "--model", "garch", "--dist", "skewt", "--o", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out["params"]) == ["mu", "omega", "alpha", "gamma", "beta", "eta", "lambda"]
+    assert out["tail_diagnostics"]["hill_k"] == math.isqrt(out["nobs"])
+    assert main(["fit", "AAPL", "--model", "gbm", "--o", "1"]) == 2
+    assert "--o only applies to --model garch" in capsys.readouterr().err
