@@ -14,6 +14,10 @@ Measures (medians of repeated wall-clock runs, ``time.perf_counter``):
     ``model.simulate`` (``burn=0``).
 (c) GBM simulation of 1000 paths x 10,000 steps vs the floor: the time numpy's default
     Generator needs to draw the 10^7 standard normals alone.
+(d) GJR-GARCH(1,1,1) with skewed-t innovations (issue 15), constant mean, on the shipped
+    AAPL, MSFT, IBM and GOOG returns: ``GARCH.fit(prices, dist="skewt", o=1)`` vs
+    ``arch_model(r, mean="Constant", vol="GARCH", p=1, o=1, q=1, dist="skewt").fit()``.
+    ``--only gjr`` runs this case alone (its JSON file is ``models-gjr-<date>.json``).
 
 Prints a markdown table and writes ``benchmarks/results/models-<date>.json`` with the
 numbers and the machine (cpu count, python, numpy, scipy, arch, BLAS thread env vars).
@@ -105,28 +109,31 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
-    """(a) GARCH normal fit, quoteflow vs arch, on real and simulated returns."""
+def _fit_vs_arch(
+    title: str,
+    series: dict[str, np.ndarray],
+    fit_kwargs: dict[str, Any],
+    arch_kwargs: dict[str, Any],
+    repeat: int,
+) -> list[dict[str, Any]]:
+    """``GARCH.fit(prices, **fit_kwargs)`` vs ``arch_model(r, **arch_kwargs).fit()`` per series."""
     from arch import arch_model
 
-    series: dict[str, np.ndarray] = {
-        "AAPL": load("AAPL")["adj_close"].to_numpy(),
-        "MSFT": load("MSFT")["adj_close"].to_numpy(),
-        "simulated": GARCH_TRUE.simulate(5000, seed=2026)[:, 0],
-    }
     rows = []
     for label, prices in series.items():
         r = 100 * np.diff(np.log(prices))
 
         def arch_fit(r: np.ndarray = r) -> Any:
-            return arch_model(r, mean="Constant", vol="GARCH", p=1, q=1).fit(disp="off")
+            return arch_model(r, mean="Constant", vol="GARCH", **arch_kwargs).fit(disp="off")
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # arch's DataScaleWarning etc. are not ours
-            ours, theirs = _paired(functools.partial(GARCH.fit, prices), arch_fit, repeat)
+            ours, theirs = _paired(
+                functools.partial(GARCH.fit, prices, **fit_kwargs), arch_fit, repeat
+            )
         rows.append(
             {
-                "case": f"GARCH fit, normal, {label} ({r.size} returns)",
+                "case": f"{title}, {label} ({r.size} returns)",
                 "quoteflow_s": ours["median_s"],
                 "peer": "arch fit()",
                 "peer_s": theirs["median_s"],
@@ -135,6 +142,28 @@ def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def bench_garch_fit(repeat: int) -> list[dict[str, Any]]:
+    """(a) GARCH normal fit, quoteflow vs arch, on real and simulated returns."""
+    series: dict[str, np.ndarray] = {
+        "AAPL": load("AAPL")["adj_close"].to_numpy(),
+        "MSFT": load("MSFT")["adj_close"].to_numpy(),
+        "simulated": GARCH_TRUE.simulate(5000, seed=2026)[:, 0],
+    }
+    return _fit_vs_arch("GARCH fit, normal", series, {}, {"p": 1, "q": 1}, repeat)
+
+
+def bench_gjr_skewt_fit(repeat: int) -> list[dict[str, Any]]:
+    """(d) GJR-GARCH(1,1,1) skewed-t fit, quoteflow vs arch, on the four shipped tickers."""
+    series = {t: load(t)["adj_close"].to_numpy() for t in ("AAPL", "MSFT", "IBM", "GOOG")}
+    return _fit_vs_arch(
+        "GJR-GARCH fit, skewt",
+        series,
+        {"dist": "skewt", "o": 1},
+        {"p": 1, "o": 1, "q": 1, "dist": "skewt"},
+        repeat,
+    )
 
 
 def bench_garch_simulate(repeat: int, n_steps: int = 1_000_000) -> dict[str, Any]:
@@ -193,13 +222,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(repeat: int = 15, out_dir: Path | None = RESULTS) -> dict[str, Any]:
-    """Run all model benchmarks; write the JSON file unless ``out_dir`` is None."""
-    rows = [
-        *bench_garch_fit(repeat),
-        bench_garch_simulate(max(3, repeat // 3)),
-        bench_gbm_simulate(max(3, repeat // 3)),
-    ]
+def run(
+    repeat: int = 15, out_dir: Path | None = RESULTS, only: str | None = None
+) -> dict[str, Any]:
+    """Run the model benchmarks (all, or ``only="gjr"``); write JSON unless ``out_dir`` is None."""
+    if only == "gjr":
+        rows = bench_gjr_skewt_fit(repeat)
+    else:
+        rows = [
+            *bench_garch_fit(repeat),
+            *bench_gjr_skewt_fit(repeat),
+            bench_garch_simulate(max(3, repeat // 3)),
+            bench_gbm_simulate(max(3, repeat // 3)),
+        ]
     report = {
         "benchmark": "models",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -209,7 +244,8 @@ def run(repeat: int = 15, out_dir: Path | None = RESULTS) -> dict[str, Any]:
     }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"models-{dt.date.today().isoformat()}.json"
+        tag = f"{only}-" if only else ""
+        path = out_dir / f"models-{tag}{dt.date.today().isoformat()}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
         report["path"] = str(path)
     return report
@@ -220,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed runs per case (default 15)")
     parser.add_argument("--quick", action="store_true", help="3 repeats: a smoke run")
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON file")
+    parser.add_argument(
+        "--only", choices=("gjr",), default=None, help="run one case alone: gjr = (d)"
+    )
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else max(1, args.repeat)
-    report = run(repeat=repeat, out_dir=None if args.no_save else RESULTS)
+    report = run(repeat=repeat, out_dir=None if args.no_save else RESULTS, only=args.only)
     m = report["machine"]
     print(
         f"models benchmark, {report['date']}: {m['cpu_count']} CPUs, python {m['python']}, "

@@ -22,7 +22,9 @@ MEANREV_TICKER = "MSFT"
 
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """GARCH-only fit options; an error if given for another model."""
-    extra = {k: getattr(args, k) for k in ("dist", "mean") if getattr(args, k, None) is not None}
+    extra = {
+        k: getattr(args, k) for k in ("dist", "mean", "o") if getattr(args, k, None) is not None
+    }
     if extra and args.model != "garch":
         opts = " and ".join(f"--{k}" for k in extra)
         verb = "applies" if len(extra) == 1 else "apply"
@@ -57,7 +59,7 @@ def fit_model(args: argparse.Namespace, source: str) -> tuple[Any, pd.Series]:
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
-    """``--column``, ``--dt``, ``--dist``, ``--mean`` (``fit`` and ``simulate --from-fit``)."""
+    """``--column``, ``--dt``, ``--dist``, ``--mean``, ``--o`` (``fit`` and ``simulate --from-fit``)."""
     p.add_argument(
         "--column",
         default=None,
@@ -82,6 +84,13 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
         choices=MEAN_NAMES,
         default=None,
         help="GARCH mean of the returns (default: constant); garch only",
+    )
+    p.add_argument(
+        "--o",
+        type=int,
+        choices=(0, 1),
+        default=None,
+        help="GARCH asymmetry order: 1 fits GJR-GARCH(1,1,1) with gamma (default: 0); garch only",
     )
 
 

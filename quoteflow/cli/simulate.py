@@ -85,9 +85,11 @@ def default_params(name: str) -> dict[str, Any]:
     from quoteflow.models.registry import model_parameters
 
     out = dict(DEFAULT_PARAMS.get(name, {}))
-    for f in model_parameters(MODELS[name]):
-        if f.name not in out and f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
+    cls = MODELS[name]
+    for f in model_parameters(cls):
+        public = cls.public_name(f.name)  # GARCH's field lam is the parameter lambda
+        if public not in out and f.default is not dataclasses.MISSING:
+            out[public] = f.default
     return out
 
 

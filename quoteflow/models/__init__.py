@@ -20,7 +20,7 @@ import pandas as pd
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
 from quoteflow.models.garch import GARCH, GARCHConvergenceWarning, GARCHFitResult
 from quoteflow.models.gbm import GBM
-from quoteflow.models.innovations import INNOVATIONS, Innovation, Normal, StudentT
+from quoteflow.models.innovations import INNOVATIONS, Innovation, Normal, SkewT, StudentT
 from quoteflow.models.meanrev import MeanReversion
 from quoteflow.models.means import ConstantMean, MeanPart, ZeroMean
 from quoteflow.models.registry import MODELS, build_model, model_from_spec
@@ -40,6 +40,7 @@ __all__ = [
     "MeanReversion",
     "Normal",
     "PriceModel",
+    "SkewT",
     "Stepper",
     "StudentT",
     "ZeroMean",

@@ -18,6 +18,11 @@ is sequential in ``t``. Two fast forms are used instead of a Python loop:
   blocks together; only positive numbers are multiplied and added, so there is no
   cancellation and the result agrees with the plain loop to rounding (~1e-15 relative).
 
+The GJR form (Glosten, Jagannathan & Runkle 1993) adds ``gamma * e[t-1]**2 * 1{e[t-1] < 0}``
+to the input; the pre-sample value of that term is ``backcast / 2`` (half the squared
+residuals are negative on average), as in ``arch``'s ``garch_recursion``. It stays a
+linear filter in ``beta``; ``gamma = 0`` is GARCH(1,1).
+
 The ``*_reference`` functions are the plain loops the tests compare against.
 """
 
@@ -59,21 +64,30 @@ def backcast(resids: FloatArray) -> float:
 
 
 def variance_reference(
-    omega: float, alpha: float, beta: float, resids: FloatArray, backcast_value: float
+    omega: float,
+    alpha: float,
+    beta: float,
+    resids: FloatArray,
+    backcast_value: float,
+    gamma: float = 0.0,
 ) -> FloatArray:
-    """Plain-loop GARCH(1,1) conditional variance (the definition; slow).
+    """Plain-loop GJR-GARCH(1,1,1) conditional variance (the definition; slow).
 
-    ``sigma2[0] = omega + (alpha + beta) * backcast`` because both the pre-sample squared
-    residual and the pre-sample variance are set to the backcast (as in ``arch``).
+    ``sigma2[0] = omega + (alpha + gamma / 2 + beta) * backcast`` because the pre-sample
+    squared residual and variance are set to the backcast, and the pre-sample negative
+    squared residual to half of it (as in ``arch``).
     """
     n = resids.shape[0]
     sigma2 = np.empty(n)
     prev_e2 = backcast_value
+    prev_neg = 0.5 * backcast_value
     prev_s2 = backcast_value
     for t in range(n):
-        s2 = omega + alpha * prev_e2 + beta * prev_s2
+        s2 = omega + alpha * prev_e2 + gamma * prev_neg + beta * prev_s2
         sigma2[t] = s2
-        prev_e2 = float(resids[t]) ** 2
+        e = float(resids[t])
+        prev_e2 = e * e
+        prev_neg = prev_e2 if e < 0.0 else 0.0
         prev_s2 = s2
     return sigma2
 
@@ -86,17 +100,31 @@ def _lagged(x: FloatArray, first: float) -> FloatArray:
     return out
 
 
+def _negative_squares(resids: FloatArray) -> FloatArray:
+    """``e**2 * 1{e < 0}``."""
+    out: FloatArray = np.where(resids < 0.0, resids * resids, 0.0)
+    return out
+
+
 def variance_filter(
-    omega: float, alpha: float, beta: float, resids: FloatArray, backcast_value: float
+    omega: float,
+    alpha: float,
+    beta: float,
+    resids: FloatArray,
+    backcast_value: float,
+    gamma: float = 0.0,
 ) -> FloatArray:
-    """GARCH(1,1) conditional variance via a constant-coefficient linear filter.
+    """GJR-GARCH(1,1,1) conditional variance via a constant-coefficient linear filter.
 
     Unrolling the recursion gives ``sigma2[t] = beta * sigma2[t-1] + u[t]`` with the
-    known input ``u[t] = omega + alpha * e[t-1]**2`` (Bollerslev 1986), i.e. an IIR
-    filter ``1 / (1 - beta L)`` whose initial state ``beta * backcast`` carries the
-    pre-sample variance. Same values as :func:`variance_reference`.
+    known input ``u[t] = omega + alpha * e[t-1]**2 + gamma * e[t-1]**2 1{e[t-1] < 0}``
+    (Bollerslev 1986; Glosten et al. 1993), i.e. an IIR filter ``1 / (1 - beta L)`` whose
+    initial state ``beta * backcast`` carries the pre-sample variance. Same values as
+    :func:`variance_reference`.
     """
     u = omega + alpha * _lagged(resids**2, backcast_value)
+    if gamma != 0.0:
+        u += gamma * _lagged(_negative_squares(resids), 0.5 * backcast_value)
     out: FloatArray = lfilter([1.0], [1.0, -beta], u, zi=[beta * backcast_value])[0]
     return out
 
@@ -108,6 +136,7 @@ def variance_and_gradient(
     resids: FloatArray,
     backcast_value: float,
     with_mu: bool,
+    gamma: float | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Conditional variance and its derivatives with respect to the parameters.
 
@@ -118,8 +147,11 @@ def variance_and_gradient(
     - ``d sigma2[t]/d omega = 1 + beta * d sigma2[t-1]/d omega``,
     - ``d sigma2[t]/d alpha = e[t-1]**2 + beta * d sigma2[t-1]/d alpha``,
     - ``d sigma2[t]/d beta  = sigma2[t-1] + beta * d sigma2[t-1]/d beta``,
-    - ``d sigma2[t]/d mu    = -2 alpha e[t-1] + beta * d sigma2[t-1]/d mu``
-      (residual ``e = r - mu``),
+    - ``d sigma2[t]/d gamma = e[t-1]**2 1{e[t-1] < 0} + beta * d sigma2[t-1]/d gamma``
+      (GJR only; pre-sample value ``backcast / 2``),
+    - ``d sigma2[t]/d mu    = -2 (alpha + gamma 1{e[t-1] < 0}) e[t-1]
+      + beta * d sigma2[t-1]/d mu`` (residual ``e = r - mu``; the indicator's derivative
+      is zero almost everywhere),
 
     all with zero pre-sample derivative: every one is the same ``1 / (1 - beta L)``
     filter, so one ``lfilter`` call over a 2-D input computes them together.
@@ -130,25 +162,37 @@ def variance_and_gradient(
         Shape ``(n,)``.
     grad
         Shape ``(k, n)`` (one contiguous row per parameter, so the filter runs along
-        contiguous memory): rows ``[mu,] omega, alpha, beta`` (``mu`` only when
-        ``with_mu``).
+        contiguous memory): rows ``[mu,] omega, alpha, [gamma,] beta`` (``mu`` only when
+        ``with_mu``, ``gamma`` only when ``gamma`` is given, i.e. for GJR).
     """
     n = resids.shape[0]
-    k = 4 if with_mu else 3
+    asym = gamma is not None
+    k = 3 + int(with_mu) + int(asym)
     inputs = np.empty((k, n))
     row = 0
     if with_mu:
         inputs[0, 0] = 0.0
         np.multiply(resids[:-1], -2.0 * alpha, out=inputs[0, 1:])
+        if asym:
+            assert gamma is not None
+            # + (-2 gamma e[t-1]) where e[t-1] < 0
+            inputs[0, 1:] -= 2.0 * gamma * np.minimum(resids[:-1], 0.0)
         row = 1
     e2_lag = inputs[row + 1]
     e2_lag[0] = backcast_value
     np.square(resids[:-1], out=e2_lag[1:])
     u = omega + alpha * e2_lag
+    if asym:
+        assert gamma is not None
+        neg_lag = inputs[row + 2]
+        neg_lag[0] = 0.5 * backcast_value
+        np.multiply(e2_lag[1:], resids[:-1] < 0.0, out=neg_lag[1:])
+        u += gamma * neg_lag
     sigma2: FloatArray = lfilter([1.0], [1.0, -beta], u, zi=[beta * backcast_value])[0]
     inputs[row] = 1.0
-    inputs[row + 2, 0] = backcast_value
-    inputs[row + 2, 1:] = sigma2[:-1]
+    ib = row + 2 + int(asym)
+    inputs[ib, 0] = backcast_value
+    inputs[ib, 1:] = sigma2[:-1]
     grad: FloatArray = lfilter([1.0], [1.0, -beta], inputs, axis=-1)
     return sigma2, grad
 

@@ -22,12 +22,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from quoteflow.errors import DataError
+from quoteflow.models.tails import MIN_TAIL_OBSERVATIONS, TailDiagnostics, tail_diagnostics
 
 __all__ = [
     "MIN_OBSERVATIONS",
@@ -211,6 +213,23 @@ class PriceModel(ABC):
     name: ClassVar[str]
     #: Parameter names in the order of ``FitResult.params``.
     param_names: ClassVar[tuple[str, ...]]
+    #: Public parameter names that are not valid Python identifiers, mapped to the field
+    #: holding them (GARCH's skew-t ``lambda`` is the field ``lam``). ``params()``,
+    #: :meth:`with_params` and the registry speak the public names.
+    param_aliases: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def field_name(cls, public: str) -> str:
+        """The dataclass field that holds the parameter called ``public``."""
+        return cls.param_aliases.get(public, public)
+
+    @classmethod
+    def public_name(cls, field_name: str) -> str:
+        """The parameter name of the dataclass field ``field_name`` (inverse of :meth:`field_name`)."""
+        for public, name in cls.param_aliases.items():
+            if name == field_name:
+                return public
+        return field_name
 
     @classmethod
     @abstractmethod
@@ -256,17 +275,21 @@ class PriceModel(ABC):
 
     def params(self) -> dict[str, float]:
         """Parameters as a plain dict (JSON-safe floats; strings for categorical ones)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {
+            self.public_name(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
 
     def with_params(self, **changes: Any) -> PriceModel:
         """A copy with some parameters changed (validated like a new model)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        known = [self.public_name(f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        unknown = set(changes) - set(known)
         if unknown:
             raise ValueError(
-                f"unknown parameter(s) {sorted(unknown)} for {self.name}; "
-                f"known: {[f.name for f in dataclasses.fields(self)]}"  # type: ignore[arg-type]
+                f"unknown parameter(s) {sorted(unknown)} for {self.name}; known: {known}"
             )
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        fields = {self.field_name(k): v for k, v in changes.items()}
+        return dataclasses.replace(self, **fields)  # type: ignore[type-var]
 
 
 def _fmt(x: float) -> str:
@@ -301,6 +324,10 @@ class FitResult:
         innovations the model implies, ``(r_t - E[r_t]) / sd(r_t)`` given the past, which
         are iid with mean 0 and variance 1 when the model is right (check them for
         autocorrelation, fat tails, ARCH effects).
+    tails
+        (property) :class:`~quoteflow.models.tails.TailDiagnostics` of ``std_resid``:
+        excess kurtosis, Jarque-Bera and the Hill tail index with ``k = floor(sqrt(n))``;
+        ``None`` with fewer than 16 finite residuals.
     """
 
     model: PriceModel
@@ -313,6 +340,17 @@ class FitResult:
     notes: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
     std_resid: FloatArray = field(default_factory=lambda: np.empty(0), compare=False, repr=False)
+
+    @cached_property
+    def tails(self) -> TailDiagnostics | None:
+        """Tail diagnostics of the standardised residuals (None where they do not apply)."""
+        z = np.asarray(self.std_resid, dtype=np.float64)
+        if np.count_nonzero(np.isfinite(z)) < MIN_TAIL_OBSERVATIONS:
+            return None
+        try:
+            return tail_diagnostics(z)
+        except DataError:  # constant residuals
+            return None
 
     @property
     def n_params(self) -> int:
@@ -360,6 +398,10 @@ class FitResult:
                 f"{k:<12}{_fmt(v):>14} {_fmt(se):>13} {_fmt(t):>13}  [{_fmt(lo)}, {_fmt(hi)}]"
             )
         lines.append("=" * 64)
+        if self.tails is not None:
+            lines.append("standardised residuals")
+            lines.extend(self.tails.lines())
+            lines.append("=" * 64)
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -372,6 +414,14 @@ class FitResult:
             for k, v in self.params.items()
         )
         notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in self.notes)
+        t = self.tails
+        if t is not None:
+            notes = (
+                f"<p>Standardised residuals: excess kurtosis {_fmt(t.excess_kurtosis)}, "
+                f"Jarque-Bera {_fmt(t.jarque_bera)} (p {_fmt(t.jarque_bera_pvalue)}), "
+                f"Hill tail index {_fmt(t.hill_tail_index)} ± {_fmt(t.hill_se)} "
+                f"(k = floor(sqrt(n)) = {t.hill_k})</p>"
+            ) + notes
         return (
             f"<div class='quoteflow-fit'><strong>{html.escape(type(self.model).__name__)} fit</strong> "
             f"({self.nobs} obs, log-lik {self.loglik:.4f}, AIC {self.aic:.4f}, BIC {self.bic:.4f}, "
@@ -401,6 +451,7 @@ class FitResult:
             "converged": self.converged,
             "dt": self.dt,
             "notes": list(self.notes),
+            "tail_diagnostics": None if self.tails is None else self.tails.to_dict(),
         }
         for k, v in self.extra.items():
             try:

@@ -94,7 +94,7 @@ def build_model(
     cls = model_class(name, where)
     key = cls.name
     fields = model_parameters(cls)
-    allowed = [f.name for f in fields]
+    allowed = [cls.public_name(f.name) for f in fields]
     unknown = [k for k in params if k not in allowed]
     if unknown:
         if where:
@@ -119,7 +119,7 @@ def build_model(
     modify = base is not None and type(base) is cls
     if not modify:
         required = [
-            f.name
+            cls.public_name(f.name)
             for f in fields
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
@@ -133,7 +133,7 @@ def build_model(
     try:
         if base is not None and modify:
             return base.with_params(**params)
-        return cls(**params)
+        return cls(**{cls.field_name(k): v for k, v in params.items()})
     except ParameterError as exc:
         if where:
             raise ParameterError(exc.param, f"{where}.params.{exc.param}: {exc}") from None

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.bench
 def test_quoteflow_bench_models_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "models", "--quick", "--no-save"]) == 0
     out = capsys.readouterr().out
-    for case in ("GARCH", "simulate", "GBM"):
+    for case in ("GARCH", "GJR-GARCH fit, skewt", "simulate", "GBM"):
         assert case in out
     assert "nan" not in out.lower()
 

@@ -53,8 +53,7 @@ def test_meanrev_gap_is_the_exact_ou_move_over_tau() -> None:
 
 def _garch_gap_variance_by_steps(st: GARCHStepper, h: int) -> np.ndarray:
     """Sum over the gap's h steps of E[v_{t+k}] = vbar + phi^k (v - vbar): the rule, by a loop."""
-    _, _, omega_h, alpha_h, beta_h = st._state
-    phi = alpha_h + beta_h
+    _, _, omega_h, _, _, _, phi = st._state
     vbar = omega_h / (1 - phi)
     total = np.zeros_like(st.variance)
     expected = st.variance.copy()
@@ -86,8 +85,7 @@ def test_garch_gap_variance_is_its_conditional_variance_over_the_gap(
     ratio = (r - mean) ** 2 / want
     assert abs(ratio.mean() - 1.0) < _rel_tol(kurtosis)
     # The variance state continues at its forecast for the end of the gap.
-    _, _, omega_h, alpha_h, beta_h = st._state
-    phi = alpha_h + beta_h
+    _, _, omega_h, _, _, _, phi = st._state
     vbar = omega_h / (1 - phi)
     np.testing.assert_allclose(st.variance, vbar + phi**h * (v_before - vbar), rtol=1e-12)
 

@@ -259,12 +259,12 @@ def test_t_simulation_has_unit_variance_innovations_and_fat_tails() -> None:
 
 
 def test_step_coefficients_are_the_fitted_ones_at_dt_fit() -> None:
-    assert TRUE.step_coefficients(DT) == (TRUE.mu, TRUE.omega, TRUE.alpha, TRUE.beta)
+    assert TRUE.step_coefficients(DT) == (TRUE.mu, TRUE.omega, TRUE.alpha, 0.0, TRUE.beta)
 
 
 @pytest.mark.parametrize("h", [1 / 23400, 0.25, 4.0])
 def test_step_coefficients_keep_calendar_time_moments(h: float) -> None:
-    mu_h, omega_h, alpha_h, beta_h = TRUE.step_coefficients(DT * h)
+    mu_h, omega_h, alpha_h, _, beta_h = TRUE.step_coefficients(DT * h)
     assert mu_h == pytest.approx(TRUE.mu * h)
     # Unconditional variance per unit time is kept ...
     assert omega_h / (1 - alpha_h - beta_h) == pytest.approx(h * TRUE.unconditional_variance)

@@ -74,6 +74,31 @@ def test_coverage_of_95pct_intervals_over_200_seeds(dist: str) -> None:
     assert np.all(np.abs(z.mean(axis=0)) < 0.25), z.mean(axis=0)
 
 
+GJR_RETURNS = 2000
+
+
+@pytest.mark.slow
+def test_gjr_skewt_coverage_of_95pct_intervals_over_200_seeds() -> None:
+    """GJR-GARCH(1,1,1) with skewed-t innovations (issue 15): 200 seeds of n = 2000.
+
+    Truth ``TRUTH["gjr-skewt"]`` of the study (mu 0.05, omega 0.05, alpha 0.08,
+    gamma 0.12, beta 0.8, eta 6, lambda -0.2). The band is the one argued in the module
+    docstring: coverage from 200 seeds has binomial sd 1.5 % around a true 95 %, and
+    [90 %, 99 %] is about -3.2 / +2.6 sd. At n = 2000 the interval is not yet exact: a
+    run of seeds 0-199 gave coverage 0.915-0.955 and mean z of alpha -0.23 (the known
+    downward small-sample bias of the QML ARCH coefficient, ~3 sd of a 200-seed mean);
+    the bias check allows |mean z| < 0.4 (0.4 SE of bias lowers a 95 % interval's
+    coverage to ~93.5 %, still inside the band), which a wrong score or Hessian breaks.
+    ~10 s on one core (200 fits of 7 parameters).
+    """
+    names, z = z_scores("gjr-skewt", range(200), n=GJR_RETURNS)
+    assert names == ["mu", "omega", "alpha", "gamma", "beta", "eta", "lambda"]
+    coverage = np.mean(np.abs(z) < 1.959964, axis=0)
+    for name, c in zip(names, coverage, strict=True):
+        assert 0.90 <= c <= 0.99, f"gjr-skewt {name}: coverage {c:.3f}"
+    assert np.all(np.abs(z.mean(axis=0)) < 0.4), z.mean(axis=0)
+
+
 if __name__ == "__main__":
     # Regenerate the golden file (only after an intended change; see the docstring).
     GOLDEN.parent.mkdir(exist_ok=True)

@@ -16,6 +16,7 @@ from quoteflow.models import (
     ConstantMean,
     MeanReversion,
     Normal,
+    SkewT,
     StudentT,
     ZeroMean,
 )
@@ -24,8 +25,8 @@ from quoteflow.models.garch import DISTS, MEANS
 
 def test_every_innovation_has_one_method_set_and_unit_variance() -> None:
     rng = np.random.default_rng(0)
-    assert DISTS == tuple(INNOVATIONS) == ("normal", "t")
-    for part, shape in ((Normal(), ()), (StudentT(), (6.0,))):
+    assert DISTS == tuple(INNOVATIONS) == ("normal", "t", "skewt")
+    for part, shape in ((Normal(), ()), (StudentT(), (6.0,)), (SkewT(), (6.0, -0.3))):
         assert len(part.parameter_names) == len(shape) == len(part.bounds())
         draws = part.simulate(shape, rng, (200_000, 1))
         assert float(draws.var()) == pytest.approx(1.0, rel=0.05)
