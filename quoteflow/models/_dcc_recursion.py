@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import lfilter
 
-__all__ = ["CorrelationTerms", "correlation_terms", "dcc_filter", "qbar_of"]
+__all__ = ["CorrelationTerms", "correlation_terms", "dcc_filter", "loglik_gradient_z", "qbar_of"]
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 
@@ -86,6 +86,22 @@ class CorrelationTerms:
     r: FloatArray
 
 
+def _normalise(q: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``(R, s)``: ``R = Q / (s s')``, ``s = sqrt(diag Q)``, batched over the first axis."""
+    s = np.sqrt(np.einsum("tii->ti", q))
+    return q / (s[:, :, None] * s[:, None, :]), s
+
+
+def _dl_dq(r: FloatArray, s: FloatArray, rinv: FloatArray, w: FloatArray) -> FloatArray:
+    """``dl_t/dQ_t`` (symmetric), by the chain rule through the normalisation (see below)."""
+    n = r.shape[1]
+    g = -0.5 * (rinv - w[:, :, None] * w[:, None, :])
+    k = g / (s[:, :, None] * s[:, None, :])
+    diag_term = np.einsum("tij,tij->ti", g, r) / (s * s)
+    k[:, np.arange(n), np.arange(n)] -= diag_term
+    return k
+
+
 def correlation_terms(
     a: float, b: float, z: FloatArray, qbar: FloatArray, *, scores: bool = False
 ) -> CorrelationTerms:
@@ -98,25 +114,62 @@ def correlation_terms(
     """
     t, n = z.shape
     q, dqa, dqb = dcc_filter(a, b, z, qbar, derivatives=scores)
-    s = np.sqrt(np.einsum("tii->ti", q))
-    r = q / (s[:, :, None] * s[:, None, :])
+    r, s = _normalise(q)
     try:
         chol = np.linalg.cholesky(r)
     except np.linalg.LinAlgError:
         return CorrelationTerms(np.full(t, -np.inf), None if not scores else np.zeros((t, 2)), r)
     logdet = 2.0 * np.log(np.einsum("tii->ti", chol)).sum(axis=1)
-    w = np.linalg.solve(r, z[:, :, None])[:, :, 0]
+    if scores:
+        rinv = np.linalg.inv(r)
+        w = np.einsum("tij,tj->ti", rinv, z)
+    else:
+        w = np.linalg.solve(r, z[:, :, None])[:, :, 0]
     quad = np.einsum("ti,ti->t", z, w)
     ll: FloatArray = -0.5 * (logdet + quad - np.einsum("ti,ti->t", z, z))
     if not scores:
         return CorrelationTerms(ll, None, r)
     assert dqa is not None and dqb is not None
-    rinv = np.linalg.inv(r)
-    g = -0.5 * (rinv - w[:, :, None] * w[:, None, :])
-    k = g / (s[:, :, None] * s[:, None, :])
-    diag_term = np.einsum("tij,tij->ti", g, r) / (s * s)
-    k[:, np.arange(n), np.arange(n)] -= diag_term
+    k = _dl_dq(r, s, rinv, w).reshape(t, n * n)
     out = np.empty((t, 2))
-    out[:, 0] = np.einsum("tij,tij->t", k, dqa)
-    out[:, 1] = np.einsum("tij,tij->t", k, dqb)
+    out[:, 0] = np.einsum("tk,tk->t", k, dqa.reshape(t, n * n))
+    out[:, 1] = np.einsum("tk,tk->t", k, dqb.reshape(t, n * n))
     return CorrelationTerms(ll, out, r)
+
+
+def loglik_gradient_z(a: float, b: float, z: FloatArray) -> FloatArray:
+    """Gradient of ``L_C = sum_t l_t`` in every ``z_ti``, with ``Qbar = qbar_of(z)``.
+
+    Reverse mode (the adjoint of the recursion), shape ``(T, N)``. Three paths:
+
+    - directly, ``dl_t/dz_t = z_t - R_t^-1 z_t``;
+    - through the future ``Q_t`` (``t > s``) that ``z_s z_s'`` enters with weight
+      ``a b^(t-1-s)``: ``2 a Lambda_s z_s``, ``Lambda_s = sum_{t>s} b^(t-1-s) K_t``
+      (``K_t = dl_t/dQ_t``), the same filter as ``F`` run backwards in time;
+    - through ``Qbar``, which enters ``Q_t`` with weight ``1 - a (1 - b^(t-1)) / (1 - b)``:
+      ``M = sum_t (that weight) K_t``, then through the normalisation ``Qbar = S / (d d')``
+      of ``S = z'z / T`` (the same chain rule as ``R`` from ``Q``) to ``dL/dS``, and
+      ``dL/dz_t = 2 (dL/dS) z_t / T``.
+
+    The two-step standard errors need the derivative of the ``(a, b)`` scores in the
+    first-step parameters; that is this gradient differentiated in ``a`` and ``b``
+    (``quoteflow.models.dcc``), so ``2 N k`` score evaluations become four of these.
+    """
+    t, n = z.shape
+    qbar = qbar_of(z)
+    q, _, _ = dcc_filter(a, b, z, qbar)
+    r, s = _normalise(q)
+    rinv = np.linalg.inv(r)
+    w = np.einsum("tij,tj->ti", rinv, z)
+    k = _dl_dq(r, s, rinv, w)
+    grad: FloatArray = z - w
+    lam = lfilter([0.0, 1.0], [1.0, -b], k.reshape(t, n * n)[::-1], axis=0)[::-1]
+    grad += 2.0 * a * np.einsum("tij,tj->ti", lam.reshape(t, n, n), z)
+    weight = 1.0 - a * (1.0 - b ** np.arange(t)) / (1.0 - b)
+    m = np.einsum("t,tij->ij", weight, k)
+    sm = z.T @ z / t
+    d = np.sqrt(np.diag(sm))
+    ds = m / np.outer(d, d)
+    ds[np.diag_indices(n)] -= np.einsum("ij,ij->i", m, qbar) / (d * d)
+    grad += 2.0 * (z @ ds) / t
+    return grad

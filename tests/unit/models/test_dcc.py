@@ -185,3 +185,32 @@ def test_95_percent_intervals_cover_the_true_a_and_b() -> None:
     lo_band, hi_band = stats.binom.ppf([0.0005, 0.9995], n_seeds, 0.95)
     for name, count in covered.items():
         assert 180 <= count <= 198, (name, count, (lo_band, hi_band))
+
+
+def test_adjoint_cross_derivative_equals_finite_differences_of_the_scores(shipped) -> None:  # type: ignore[no-untyped-def]
+    """H21 by the adjoint (four passes) vs re-filtering z for each first-step parameter."""
+    from quoteflow.models.dcc import _first_step, _mean_score, cross_derivative
+    from quoteflow.models.garch import _loglik_terms
+
+    fit = DCC.fit(shipped[["AAPL", "IBM", "MSFT"]], dist="t")
+    z, x = fit.std_resid, np.array([fit.params["a"], fit.params["b"]])
+    got = cross_derivative(fit.univariate, fit.symbols, z, x)
+    for i, name in enumerate(fit.symbols):
+        spec, theta = _first_step(fit.univariate[name])
+        want = np.empty((2, theta.size))
+        step = 1e-6 * np.maximum(np.abs(theta), 0.1)
+        for k in range(theta.size):
+            pair = []
+            for sign in (1.0, -1.0):
+                y = theta.copy()
+                y[k] += sign * step[k]
+                zk = z.copy()
+                zk[:, i] = (spec.returns - spec.unpack(y)[0]) / np.sqrt(
+                    _loglik_terms(spec, y).sigma2
+                )
+                pair.append(_mean_score(zk, qbar_of(zk), x))
+            want[:, k] = (pair[0] - pair[1]) / (2 * step[k])
+        # both are differences of smooth functions at steps ~1e-6: agreement to 1e-5 of
+        # the largest entry is what the truncation and rounding errors allow
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * scale)
