@@ -27,7 +27,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import lfilter
 
-__all__ = ["CorrelationTerms", "correlation_terms", "dcc_filter", "loglik_gradient_z", "qbar_of"]
+__all__ = [
+    "CorrelationTerms",
+    "correlation_terms",
+    "dcc_filter",
+    "loglik_gradient_z",
+    "outer_dev",
+    "qbar_of",
+]
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 
@@ -46,16 +53,26 @@ def qbar_of(z: FloatArray) -> FloatArray:
     return out
 
 
-def _outer_dev(z: FloatArray, qbar: FloatArray) -> FloatArray:
-    """``D_t = z_t z_t' - Qbar``, flattened to shape ``(T, N*N)``."""
+def outer_dev(z: FloatArray, qbar: FloatArray) -> FloatArray:
+    """``D_t = z_t z_t' - Qbar``, flattened to shape ``(T, N*N)``.
+
+    It does not depend on ``(a, b)``: an optimiser computes it once and passes it as
+    ``d=`` (for 50 symbols it is 40 MB, the largest array of an evaluation).
+    """
     t, n = z.shape
-    out: FloatArray = (z[:, :, None] * z[:, None, :]).reshape(t, n * n)
+    out: FloatArray = np.einsum("ti,tj->tij", z, z).reshape(t, n * n)
     out -= qbar.reshape(1, n * n)
     return out
 
 
 def dcc_filter(
-    a: float, b: float, z: FloatArray, qbar: FloatArray, *, derivatives: bool = False
+    a: float,
+    b: float,
+    z: FloatArray,
+    qbar: FloatArray,
+    *,
+    derivatives: bool = False,
+    d: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
     """``Q_t`` for ``t = 1..T`` (shape ``(T, N, N)``), and ``dQ/da``, ``dQ/db`` if asked.
 
@@ -63,9 +80,11 @@ def dcc_filter(
     ``D`` (``F_1 = 0``), ``dF/db`` the filter ``L / (1 - b L)^2`` of the lagged ``D``.
     """
     t, n = z.shape
-    d = _outer_dev(z, qbar)
+    if d is None:
+        d = outer_dev(z, qbar)
     f = lfilter([0.0, 1.0], [1.0, -b], d, axis=0)
-    q = qbar.reshape(1, n * n) + a * f
+    q = a * f
+    q += qbar.reshape(1, n * n)
     if not derivatives:
         return q.reshape(t, n, n), None, None
     df_db = lfilter([0.0, 0.0, 1.0], [1.0, -2.0 * b, b * b], d, axis=0)
@@ -89,31 +108,45 @@ class CorrelationTerms:
 def _normalise(q: FloatArray) -> tuple[FloatArray, FloatArray]:
     """``(R, s)``: ``R = Q / (s s')``, ``s = sqrt(diag Q)``, batched over the first axis."""
     s = np.sqrt(np.einsum("tii->ti", q))
-    return q / (s[:, :, None] * s[:, None, :]), s
+    inv = 1.0 / s
+    r = q * inv[:, :, None]
+    r *= inv[:, None, :]
+    return r, s
 
 
 def _dl_dq(r: FloatArray, s: FloatArray, rinv: FloatArray, w: FloatArray) -> FloatArray:
     """``dl_t/dQ_t`` (symmetric), by the chain rule through the normalisation (see below)."""
     n = r.shape[1]
-    g = -0.5 * (rinv - w[:, :, None] * w[:, None, :])
-    k = g / (s[:, :, None] * s[:, None, :])
+    g = np.einsum("ti,tj->tij", w, w)
+    g -= rinv
+    g *= 0.5  # G = -(R^-1 - w w') / 2
     diag_term = np.einsum("tij,tij->ti", g, r) / (s * s)
-    k[:, np.arange(n), np.arange(n)] -= diag_term
-    return k
+    inv = 1.0 / s
+    g *= inv[:, :, None]
+    g *= inv[:, None, :]
+    g[:, np.arange(n), np.arange(n)] -= diag_term
+    return g
 
 
 def correlation_terms(
-    a: float, b: float, z: FloatArray, qbar: FloatArray, *, scores: bool = False
+    a: float,
+    b: float,
+    z: FloatArray,
+    qbar: FloatArray,
+    *,
+    scores: bool = False,
+    d: FloatArray | None = None,
 ) -> CorrelationTerms:
     """Engle's (2002) correlation log-likelihood terms ``l_t`` at ``(a, b)``.
 
     Scores by the chain rule through ``R_t = Q_t / (s s')``, ``s = sqrt(diag Q_t)``:
     ``dl/dR = G = -(R^-1 - w w') / 2`` with ``w = R^-1 z`` (Magnus & Neudecker 1999,
     ch. 8), and ``dl/dQ = G / (s s') - diag(rowsum(G * R) / diag Q)``; then
-    ``dl_t/da = <dl/dQ_t, dQ_t/da>`` and the same for ``b``.
+    ``dl_t/da = <dl/dQ_t, dQ_t/da>`` and the same for ``b``. ``d`` is
+    :func:`outer_dev` of ``(z, qbar)`` if already computed.
     """
     t, n = z.shape
-    q, dqa, dqb = dcc_filter(a, b, z, qbar, derivatives=scores)
+    q, dqa, dqb = dcc_filter(a, b, z, qbar, derivatives=scores, d=d)
     r, s = _normalise(q)
     try:
         chol = np.linalg.cholesky(r)
@@ -122,7 +155,7 @@ def correlation_terms(
     logdet = 2.0 * np.log(np.einsum("tii->ti", chol)).sum(axis=1)
     if scores:
         rinv = np.linalg.inv(r)
-        w = np.einsum("tij,tj->ti", rinv, z)
+        w = (rinv @ z[:, :, None])[:, :, 0]
     else:
         w = np.linalg.solve(r, z[:, :, None])[:, :, 0]
     quad = np.einsum("ti,ti->t", z, w)
@@ -160,7 +193,7 @@ def loglik_gradient_z(a: float, b: float, z: FloatArray) -> FloatArray:
     q, _, _ = dcc_filter(a, b, z, qbar)
     r, s = _normalise(q)
     rinv = np.linalg.inv(r)
-    w = np.einsum("tij,tj->ti", rinv, z)
+    w = (rinv @ z[:, :, None])[:, :, 0]
     k = _dl_dq(r, s, rinv, w)
     grad: FloatArray = z - w
     lam = lfilter([0.0, 1.0], [1.0, -b], k.reshape(t, n * n)[::-1], axis=0)[::-1]

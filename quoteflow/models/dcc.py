@@ -56,6 +56,7 @@ from quoteflow.models._dcc_recursion import (
     CorrelationTerms,
     correlation_terms,
     loglik_gradient_z,
+    outer_dev,
     qbar_of,
 )
 from quoteflow.models._validation import check_dt
@@ -331,10 +332,10 @@ def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray]]:
     return names, columns
 
 
-def _objective(z: FloatArray, qbar: FloatArray) -> Any:
+def _objective(z: FloatArray, qbar: FloatArray, d: FloatArray) -> Any:
     def fun(x: FloatArray) -> tuple[float, FloatArray]:
         with np.errstate(all="ignore"):
-            terms = correlation_terms(float(x[0]), float(x[1]), z, qbar, scores=True)
+            terms = correlation_terms(float(x[0]), float(x[1]), z, qbar, scores=True, d=d)
             assert terms.scores is not None
             f = -float(terms.ll.mean())
             g = -terms.scores.mean(axis=0)
@@ -346,16 +347,17 @@ def _objective(z: FloatArray, qbar: FloatArray) -> Any:
 
 
 def _maximise(z: FloatArray, qbar: FloatArray, max_iter: int) -> tuple[FloatArray, Any]:
-    """SLSQP from the best point of a small grid, under ``a + b <= 1 - 1e-6``."""
+    """SLSQP from the best point of a 3 x 3 grid, under ``a + b <= 1 - 1e-6``."""
     best, best_ll = (0.02, 0.9), -math.inf
-    for a in (0.01, 0.03, 0.06, 0.1):
-        for pers in (0.5, 0.8, 0.9, 0.95, 0.98):
+    d = outer_dev(z, qbar)
+    for a in (0.01, 0.03, 0.08):
+        for pers in (0.7, 0.9, 0.97):
             with np.errstate(all="ignore"):
-                ll = float(correlation_terms(a, pers - a, z, qbar).ll.sum())
+                ll = float(correlation_terms(a, pers - a, z, qbar, d=d).ll.sum())
             if ll > best_ll:
                 best, best_ll = (a, pers - a), ll
     opt = optimize.minimize(
-        _objective(z, qbar),
+        _objective(z, qbar, d),
         np.asarray(best),
         jac=True,
         method="SLSQP",
