@@ -261,7 +261,7 @@ class DCC:
                 "univariate", f"dcc: univariate must be one of {', '.join(map(repr, UNIVARIATE))}, got {univariate!r}"
             )
         dt = check_dt(dt)
-        names, columns = _price_columns(prices)
+        names, columns, index = _price_columns(prices)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", GARCHConvergenceWarning)
             fits = {s: GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter) for s, p in zip(names, columns, strict=True)}
@@ -295,13 +295,14 @@ class DCC:
             std_resid=z,
             cov=cov,
             last_prices={s: float(p[-1]) for s, p in zip(names, columns, strict=True)},
+            index=index,
             notes=tuple(notes),
             extra={"std_err_naive": {"a": float(se_naive[0]), "b": float(se_naive[1])}, "iterations": int(opt.nit)},
         )
 
 
-def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray]]:
-    """Symbol names and validated price arrays of a DataFrame or ``{symbol: Series}``."""
+def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray], Any]:
+    """Symbol names, validated price arrays and the returns' index (dates, if any)."""
     if isinstance(prices, Mapping):
         items = list(prices.items())
         first = items[0][1] if items else None
@@ -329,7 +330,9 @@ def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray]]:
     if len(set(names)) != len(names):
         raise DataError(f"DCC.fit: symbol names must be distinct, got {names}")
     columns = [validate_prices(v, name=f"prices of {k!r}", min_obs=MIN_OBSERVATIONS) for k, v in items]
-    return names, columns
+    first_values = items[0][1]
+    index = list(first_values.index[1:]) if hasattr(first_values, "index") else None
+    return names, columns, index
 
 
 def _objective(z: FloatArray, qbar: FloatArray, d: FloatArray) -> Any:
@@ -518,6 +521,7 @@ class DCCFitResult:
     std_resid: FloatArray = field(default_factory=_empty, repr=False)
     cov: FloatArray = field(default_factory=_empty, repr=False)
     last_prices: Mapping[str, float] = field(default_factory=dict)
+    index: Any = field(default=None, repr=False)
     notes: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -532,11 +536,37 @@ class DCCFitResult:
         q = float(norm.ppf(0.5 + level / 2))
         return {k: (v - q * self.std_err[k], v + q * self.std_err[k]) for k, v in self.params.items()}
 
-    def correlation_frame(self, first: str, second: str) -> FloatArray:
-        """The fitted path of one pair's correlation, shape ``(nobs,)``."""
+    def pair_correlation(self, first: str, second: str) -> FloatArray:
+        """The fitted path of one pair's correlation ``R_t[first, second]``, shape ``(nobs,)``.
+
+        Raises
+        ------
+        DataError
+            If a symbol is not one of the fit's.
+        """
+        for sym in (first, second):
+            if sym not in self.model.symbols:
+                raise DataError(f"{sym!r} is not a symbol of this fit; symbols: {self.symbols}")
         i, j = (self.model.symbols.index(s) for s in (first, second))
         out: FloatArray = self.correlation[:, i, j]
         return out
+
+    def correlation_frame(self) -> Any:
+        """Every pair's fitted correlation path as a pandas DataFrame (for plotting).
+
+        Columns ``"A/B"`` for each pair ``A < B`` in symbol order; the index is the dates
+        of the returns (the prices' index without its first entry) when the prices had one.
+        """
+        import pandas as pd
+
+        syms = self.model.symbols
+        cols = {
+            f"{a}/{b}": self.correlation[:, i, j]
+            for i, a in enumerate(syms)
+            for j, b in enumerate(syms)
+            if i < j
+        }
+        return pd.DataFrame(cols, index=self.index)
 
     def summary(self) -> str:
         """Plain-text table of ``a``, ``b``, the univariate fits and ``Qbar``."""

@@ -120,6 +120,12 @@ def test_univariate_fits_are_the_garch_fits_with_dist_passed_on(shipped: pd.Data
     assert "a" in fit.summary() and fit.to_dict()["params"] == dict(fit.params)
     lo, hi = fit.conf_int()["b"]
     assert lo < fit.params["b"] < hi
+    frame = fit.correlation_frame()
+    assert list(frame.columns) == ["AAPL/MSFT"]
+    assert frame.index[0] == shipped.index[1] and len(frame) == fit.nobs
+    np.testing.assert_allclose(frame["AAPL/MSFT"], fit.pair_correlation("MSFT", "AAPL"), rtol=1e-15)
+    with pytest.raises(DataError, match="not a symbol"):
+        fit.pair_correlation("AAPL", "IBM")
 
 
 def test_two_step_errors_differ_from_the_naive_second_step_only(shipped_fit) -> None:  # type: ignore[no-untyped-def]
