@@ -67,9 +67,7 @@ def row(label: str, frame: pd.DataFrame, repeats: int) -> str:
     loglik = median_ms(lambda: correlation_terms(a, b, z, qbar, scores=True), repeats)
     terms = correlation_terms(a, b, z, qbar, scores=True)
     x = np.array([a, b])
-    cov = median_ms(
-        lambda: _two_step_covariance(fit.univariate, fit.symbols, z, x, terms), repeats
-    )
+    cov = median_ms(lambda: _two_step_covariance(fit.univariate, fit.symbols, z, x, terms), repeats)
     t, n = z.shape
     return (
         f"| {label} | {n} | {t} | {total:.0f} | {first:.0f} | {loglik:.1f} | {cov:.0f} "

@@ -312,21 +312,17 @@ class Market(Source):
     def _set_correlation(self, correlation: Any) -> None:
         """Validate and factor the shock correlation; keep only the correlated block."""
         names = self._names
-        #: DCC correlations (symbol indices, the recursion's state), or None.
-        self._dcc: tuple[IndexArray, DCCTracker] | None = None
-        if isinstance(correlation, DCC):
-            idx = np.asarray(
-                [self._symbol_index(s) for s in correlation.symbols], dtype=np.intp
-            )
-            self._dcc = (idx, correlation.tracker(self.dt))
-            self._corr = None
-            self._corr_block = None
-            return
-        resolved = resolve_correlation(correlation, names)
         self._corr: tuple[IndexArray, SquareMatrix] | None = None
         # Only the correlated block is kept: a dense n x n matrix of a 10,000-symbol
         # universe would take 800 MB for an identity.
         self._corr_block: tuple[IndexArray, SquareMatrix] | None = None
+        #: DCC correlations (symbol indices, the recursion's state), or None.
+        self._dcc: tuple[IndexArray, DCCTracker] | None = None
+        if isinstance(correlation, DCC):
+            idx = np.asarray([self._symbol_index(s) for s in correlation.symbols], dtype=np.intp)
+            self._dcc = (idx, correlation.tracker(self.dt))
+            return
+        resolved = resolve_correlation(correlation, names)
         if resolved is not None:
             idx, matrix = resolved
             factor = correlation_factor(matrix, [names[i] for i in idx])

@@ -125,7 +125,8 @@ def _dl_dq(r: FloatArray, s: FloatArray, rinv: FloatArray, w: FloatArray) -> Flo
     g *= inv[:, :, None]
     g *= inv[:, None, :]
     g[:, np.arange(n), np.arange(n)] -= diag_term
-    return g
+    out: FloatArray = g
+    return out
 
 
 def correlation_terms(
@@ -154,10 +155,10 @@ def correlation_terms(
         return CorrelationTerms(np.full(t, -np.inf), None if not scores else np.zeros((t, 2)), r)
     logdet = 2.0 * np.log(np.einsum("tii->ti", chol)).sum(axis=1)
     if scores:
-        rinv = np.linalg.inv(r)
-        w = (rinv @ z[:, :, None])[:, :, 0]
+        rinv: FloatArray = np.asarray(np.linalg.inv(r), dtype=np.float64)
+        w: FloatArray = (rinv @ z[:, :, None])[:, :, 0]
     else:
-        w = np.linalg.solve(r, z[:, :, None])[:, :, 0]
+        w = np.asarray(np.linalg.solve(r, z[:, :, None])[:, :, 0], dtype=np.float64)
     quad = np.einsum("ti,ti->t", z, w)
     ll: FloatArray = -0.5 * (logdet + quad - np.einsum("ti,ti->t", z, z))
     if not scores:
@@ -192,8 +193,8 @@ def loglik_gradient_z(a: float, b: float, z: FloatArray) -> FloatArray:
     qbar = qbar_of(z)
     q, _, _ = dcc_filter(a, b, z, qbar)
     r, s = _normalise(q)
-    rinv = np.linalg.inv(r)
-    w = (rinv @ z[:, :, None])[:, :, 0]
+    rinv: FloatArray = np.asarray(np.linalg.inv(r), dtype=np.float64)
+    w: FloatArray = (rinv @ z[:, :, None])[:, :, 0]
     k = _dl_dq(r, s, rinv, w)
     grad: FloatArray = z - w
     lam = lfilter([0.0, 1.0], [1.0, -b], k.reshape(t, n * n)[::-1], axis=0)[::-1]

@@ -71,7 +71,7 @@ from quoteflow.models.garch import (
 )
 from quoteflow.models.limits import finite_param
 
-__all__ = ["DCC", "DCCConvergenceWarning", "DCCFitResult", "DCCTracker", "UNIVARIATE"]
+__all__ = ["DCC", "UNIVARIATE", "DCCConvergenceWarning", "DCCFitResult", "DCCTracker"]
 
 #: First-step models by name (``univariate=``).
 UNIVARIATE: tuple[str, ...] = ("garch",)
@@ -90,13 +90,19 @@ def _check_qbar(qbar: Any, n: int | None) -> FloatArray:
     except (TypeError, ValueError):
         raise ParameterError("qbar", "dcc: qbar must be a square matrix of numbers") from None
     if q.ndim != 2 or q.shape[0] != q.shape[1] or q.shape[0] < 2:
-        raise ParameterError("qbar", f"dcc: qbar must be a square matrix, at least 2x2, got shape {q.shape}")
+        raise ParameterError(
+            "qbar", f"dcc: qbar must be a square matrix, at least 2x2, got shape {q.shape}"
+        )
     if n is not None and q.shape[0] != n:
-        raise ParameterError("qbar", f"dcc: qbar is {q.shape[0]}x{q.shape[0]} but there are {n} symbols")
+        raise ParameterError(
+            "qbar", f"dcc: qbar is {q.shape[0]}x{q.shape[0]} but there are {n} symbols"
+        )
     if not np.all(np.isfinite(q)):
         raise ParameterError("qbar", "dcc: qbar entries must be finite")
     if np.abs(q - q.T).max() > 1e-8 or np.abs(np.diag(q) - 1.0).max() > 1e-8:
-        raise ParameterError("qbar", "dcc: qbar must be a symmetric correlation matrix (unit diagonal)")
+        raise ParameterError(
+            "qbar", "dcc: qbar must be a symmetric correlation matrix (unit diagonal)"
+        )
     q = 0.5 * (q + q.T)
     if np.linalg.eigvalsh(q)[0] <= _PD_TOL:
         raise ParameterError("qbar", "dcc: qbar must be positive definite")
@@ -146,7 +152,9 @@ class DCC:
             raise ParameterError("b", f"dcc: a + b must be < 1, got a={a!r} + b={b!r}")
         syms = tuple(str(s) for s in self.symbols)
         if len(syms) < 2 or len(set(syms)) != len(syms):
-            raise ParameterError("symbols", f"dcc: needs at least 2 distinct symbols, got {list(syms)}")
+            raise ParameterError(
+                "symbols", f"dcc: needs at least 2 distinct symbols, got {list(syms)}"
+            )
         q = _check_qbar(self.qbar, len(syms))
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)
@@ -161,7 +169,12 @@ class DCC:
 
     def params(self) -> dict[str, Any]:
         """``{"a", "b", "qbar", "symbols"}``, JSON-safe."""
-        return {"a": self.a, "b": self.b, "qbar": [list(r) for r in self.qbar], "symbols": list(self.symbols)}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "qbar": [list(r) for r in self.qbar],
+            "symbols": list(self.symbols),
+        }
 
     def step_coefficients(self, dt: float) -> tuple[float, float]:
         """``(a_h, b_h)`` for steps of ``dt`` years, ``h = dt / dt_fit`` periods per step.
@@ -258,13 +271,17 @@ class DCC:
         """
         if univariate not in UNIVARIATE:
             raise ParameterError(
-                "univariate", f"dcc: univariate must be one of {', '.join(map(repr, UNIVARIATE))}, got {univariate!r}"
+                "univariate",
+                f"dcc: univariate must be one of {', '.join(map(repr, UNIVARIATE))}, got {univariate!r}",
             )
         dt = check_dt(dt)
         names, columns, index = _price_columns(prices)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", GARCHConvergenceWarning)
-            fits = {s: GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter) for s, p in zip(names, columns, strict=True)}
+            fits = {
+                s: GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter)
+                for s, p in zip(names, columns, strict=True)
+            }
         for w in caught:  # re-issue, naming the symbol through the fit's note
             warnings.warn(str(w.message), GARCHConvergenceWarning, stacklevel=2)
         z = np.column_stack([fits[s].std_resid for s in names])
@@ -297,7 +314,10 @@ class DCC:
             last_prices={s: float(p[-1]) for s, p in zip(names, columns, strict=True)},
             index=index,
             notes=tuple(notes),
-            extra={"std_err_naive": {"a": float(se_naive[0]), "b": float(se_naive[1])}, "iterations": int(opt.nit)},
+            extra={
+                "std_err_naive": {"a": float(se_naive[0]), "b": float(se_naive[1])},
+                "iterations": int(opt.nit),
+            },
         )
 
 
@@ -305,9 +325,13 @@ def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray], Any]:
     """Symbol names, validated price arrays and the returns' index (dates, if any)."""
     if isinstance(prices, Mapping):
         items = list(prices.items())
-        first = items[0][1] if items else None
+        first: Any = items[0][1] if items else None
         for name, series in items[1:]:
-            if hasattr(first, "index") and hasattr(series, "index") and not first.index.equals(series.index):
+            if (
+                hasattr(first, "index")
+                and hasattr(series, "index")
+                and not first.index.equals(series.index)
+            ):
                 raise DataError(
                     f"prices are misaligned: {name!r} has {len(series.index)} dates, "
                     f"{items[0][0]!r} {len(first.index)} (or other dates); join them on common "
@@ -325,11 +349,15 @@ def _price_columns(prices: Any) -> tuple[list[str], list[FloatArray], Any]:
             f"{{symbol: prices}}, got {type(prices).__name__}"
         )
     if len(items) < 2:
-        raise DataError(f"DCC.fit needs at least 2 symbols, got {len(items)}: {[str(k) for k, _ in items]}")
+        raise DataError(
+            f"DCC.fit needs at least 2 symbols, got {len(items)}: {[str(k) for k, _ in items]}"
+        )
     names = [str(k) for k, _ in items]
     if len(set(names)) != len(names):
         raise DataError(f"DCC.fit: symbol names must be distinct, got {names}")
-    columns = [validate_prices(v, name=f"prices of {k!r}", min_obs=MIN_OBSERVATIONS) for k, v in items]
+    columns = [
+        validate_prices(v, name=f"prices of {k!r}", min_obs=MIN_OBSERVATIONS) for k, v in items
+    ]
     first_values = items[0][1]
     index = list(first_values.index[1:]) if hasattr(first_values, "index") else None
     return names, columns, index
@@ -365,7 +393,13 @@ def _maximise(z: FloatArray, qbar: FloatArray, max_iter: int) -> tuple[FloatArra
         jac=True,
         method="SLSQP",
         bounds=[(0.0, 1.0), (0.0, 1.0)],
-        constraints=[{"type": "ineq", "fun": lambda x: _MAX_PERSISTENCE - x[0] - x[1], "jac": lambda x: np.array([-1.0, -1.0])}],
+        constraints=[
+            {
+                "type": "ineq",
+                "fun": lambda x: _MAX_PERSISTENCE - x[0] - x[1],
+                "jac": lambda x: np.array([-1.0, -1.0]),
+            }
+        ],
         options={"maxiter": max_iter, "ftol": 1e-12},
     )
     x = np.clip(np.asarray(opt.x, dtype=np.float64), 0.0, 1.0)
@@ -410,7 +444,9 @@ def _dz_dtheta(spec: _Spec, theta: FloatArray) -> FloatArray:
     return out
 
 
-def cross_derivative(fits: Mapping[str, GARCHFitResult], names: Sequence[str], z: FloatArray, x: FloatArray) -> list[FloatArray]:
+def cross_derivative(
+    fits: Mapping[str, GARCHFitResult], names: Sequence[str], z: FloatArray, x: FloatArray
+) -> list[FloatArray]:
     """``d(mean (a, b) score) / d theta_i`` per symbol, each ``(2, k_i)`` (``H21``).
 
     The score moves with ``theta_i`` only through ``z_i`` (and ``Qbar``, a function of
@@ -425,8 +461,8 @@ def cross_derivative(fits: Mapping[str, GARCHFitResult], names: Sequence[str], z
     for k in range(2):
         step = np.zeros(2)
         step[k] = h
-        up = loglik_gradient_z(*(x + step), z)
-        down = loglik_gradient_z(*(x - step), z)
+        up = loglik_gradient_z(float(x[0] + step[0]), float(x[1] + step[1]), z)
+        down = loglik_gradient_z(float(x[0] - step[0]), float(x[1] - step[1]), z)
         dscore[k] = (up - down) / (2.0 * h * t)
     out = []
     for i, name in enumerate(names):
@@ -436,7 +472,11 @@ def cross_derivative(fits: Mapping[str, GARCHFitResult], names: Sequence[str], z
 
 
 def _two_step_covariance(
-    fits: Mapping[str, GARCHFitResult], names: Sequence[str], z: FloatArray, x: FloatArray, terms: CorrelationTerms
+    fits: Mapping[str, GARCHFitResult],
+    names: Sequence[str],
+    z: FloatArray,
+    x: FloatArray,
+    terms: CorrelationTerms,
 ) -> tuple[FloatArray, FloatArray]:
     """Engle & Sheppard (2001) two-step covariance of ``(a, b)`` and the naive one (module doc)."""
     t = z.shape[0]
@@ -534,7 +574,9 @@ class DCCFitResult:
         from scipy.stats import norm
 
         q = float(norm.ppf(0.5 + level / 2))
-        return {k: (v - q * self.std_err[k], v + q * self.std_err[k]) for k, v in self.params.items()}
+        return {
+            k: (v - q * self.std_err[k], v + q * self.std_err[k]) for k, v in self.params.items()
+        }
 
     def pair_correlation(self, first: str, second: str) -> FloatArray:
         """The fitted path of one pair's correlation ``R_t[first, second]``, shape ``(nobs,)``.
@@ -580,7 +622,9 @@ class DCCFitResult:
         ]
         naive = self.extra.get("std_err_naive", {})
         for k, v in self.params.items():
-            lines.append(f"{k:<12}{v:>14.6g} {self.std_err[k]:>13.6g} {naive.get(k, math.nan):>13.6g}")
+            lines.append(
+                f"{k:<12}{v:>14.6g} {self.std_err[k]:>13.6g} {naive.get(k, math.nan):>13.6g}"
+            )
         lines.append("-" * 64)
         for s, f in self.univariate.items():
             p = ", ".join(f"{k}={v:.4g}" for k, v in f.params.items())

@@ -109,7 +109,11 @@ def test_same_seed_same_dcc_stream() -> None:
 
 def test_dcc_over_a_subset_and_unknown_symbols() -> None:
     model = DCC(0.05, 0.9, [[1.0, 0.5], [0.5, 1.0]], ("X", "Y"))
-    m = Market({"X": GBM(mu=0.0, sigma=0.2), "Y": GBM(mu=0.0, sigma=0.2), "Z": GBM(mu=0.0, sigma=0.2)}, correlation=model, seed=1)
+    m = Market(
+        {"X": GBM(mu=0.0, sigma=0.2), "Y": GBM(mu=0.0, sigma=0.2), "Z": GBM(mu=0.0, sigma=0.2)},
+        correlation=model,
+        seed=1,
+    )
     m.step()
     assert "correlation" not in m.describe()["Z"]
     assert m.correlation_matrix[2, 0] == 0.0
@@ -149,7 +153,7 @@ def test_toml_dcc_given_and_fitted(tmp_path: Path) -> None:
         Market.from_toml(bad)
     typo = tmp_path / "typo.toml"
     typo.write_text(bad.read_text().replace("a = 0.5", "alpha = 0.5"))
-    with pytest.raises(ConfigError, match="correlation.alpha: unknown key"):
+    with pytest.raises(ConfigError, match=r"correlation\.alpha: unknown key"):
         Market.from_toml(typo)
     nodata = tmp_path / "nodata.toml"
     nodata.write_text(
