@@ -162,3 +162,13 @@ def test_toml_dcc_given_and_fitted(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="neither a shipped ticker"):
         Market.from_toml(nodata)
+
+
+def test_the_shipped_dcc_example_streams_moving_correlations() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "dcc.toml"
+    m = Market.from_toml(path)
+    assert m.dcc is not None and m.dcc.symbols == ("AAPL", "MSFT", "IBM", "GOOG")
+    assert m.tick_interval * m.speed == pytest.approx(m.dcc.dt_fit, rel=1e-12)
+    before = m.correlation_matrix.copy()
+    m.step()
+    assert not np.allclose(m.correlation_matrix, before)
