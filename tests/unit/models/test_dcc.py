@@ -174,8 +174,10 @@ def test_95_percent_intervals_cover_the_true_a_and_b() -> None:
     With a correct interval, each of the 200 seeds covers with probability 0.95, so the
     number covering is Binomial(200, 0.95): mean 190, sd 3.1. The acceptance band 90-99 %
     (180-198 of 200) is about [-3.2, +2.6] sd: a correct estimator lands outside it with
-    probability ~0.1 % (central limit, plus the small finite-sample bias of QML at T=2000);
-    intervals that ignore the first step or misstate the Hessian fall well below 180.
+    probability 0.16 % (binomial cdf: 0.12 % below, 0.04 % above), plus whatever the
+    small finite-sample bias of QML at T=2000 adds. One simulation (fixed seed, so the
+    test is deterministic) of which both parameters must land in the band. Measured:
+    191 (a) and 189 (b); the naive second-step-only errors give 188 and 187.
     """
     n_seeds, n_steps = 200, 2000
     truth = DCC(0.05, 0.9, QBAR3, ("A", "B", "C"))
@@ -188,9 +190,10 @@ def test_95_percent_intervals_cover_the_true_a_and_b() -> None:
         for name, value in (("a", 0.05), ("b", 0.9)):
             lo, hi = fit.conf_int()[name]
             covered[name] += lo <= value <= hi
-    lo_band, hi_band = stats.binom.ppf([0.0005, 0.9995], n_seeds, 0.95)
+    outside = stats.binom.cdf(179, n_seeds, 0.95) + stats.binom.sf(198, n_seeds, 0.95)
+    assert outside < 0.002  # the band's false-alarm rate, as argued above
     for name, count in covered.items():
-        assert 180 <= count <= 198, (name, count, (lo_band, hi_band))
+        assert 180 <= count <= 198, (name, count)
 
 
 def test_adjoint_cross_derivative_equals_finite_differences_of_the_scores(shipped) -> None:  # type: ignore[no-untyped-def]
