@@ -63,7 +63,6 @@ from quoteflow.models._validation import check_dt
 from quoteflow.models.base import MIN_OBSERVATIONS, FloatArray, validate_prices
 from quoteflow.models.garch import (
     GARCH,
-    GARCHConvergenceWarning,
     GARCHFitResult,
     _hessian,
     _loglik_terms,
@@ -276,14 +275,13 @@ class DCC:
             )
         dt = check_dt(dt)
         names, columns, index = _price_columns(prices)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", GARCHConvergenceWarning)
-            fits = {
-                s: GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter)
-                for s, p in zip(names, columns, strict=True)
-            }
-        for w in caught:  # re-issue, naming the symbol through the fit's note
-            warnings.warn(str(w.message), GARCHConvergenceWarning, stacklevel=2)
+        fits: dict[str, GARCHFitResult] = {}
+        for sym, p in zip(names, columns, strict=True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fits[sym] = GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter)
+            for w in caught:  # re-issued with the symbol it is about
+                warnings.warn(f"{sym}: {w.message}", w.category, stacklevel=2)
         z = np.column_stack([fits[s].std_resid for s in names])
         qbar = qbar_of(z)
         x, opt = _maximise(z, qbar, max_iter)
@@ -293,6 +291,11 @@ class DCC:
             msg = f"DCC fit did not converge: {opt.message} after {opt.nit} iterations"
             warnings.warn(msg, DCCConvergenceWarning, stacklevel=2)
             notes.append(msg)
+        if x[0] < 1e-6 or x.sum() >= _MAX_PERSISTENCE - 1e-9:
+            notes.append(
+                "a or a + b is at the edge of the parameter space (no correlation dynamics, "
+                "or integrated ones): the standard errors are not reliable there"
+            )
         terms = correlation_terms(x[0], x[1], z, qbar, scores=True)
         cov, naive = _two_step_covariance(fits, names, z, x, terms)
         se = np.sqrt(np.clip(np.diag(cov), 0.0, None))

@@ -223,3 +223,16 @@ def test_adjoint_cross_derivative_equals_finite_differences_of_the_scores(shippe
         # the largest entry is what the truncation and rounding errors allow
         scale = np.abs(want).max()
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-5 * scale)
+
+
+def test_a_first_step_warning_names_its_symbol(shipped: pd.DataFrame) -> None:
+    import warnings
+
+    from quoteflow.models import GARCHConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DCC.fit(shipped[["AAPL", "MSFT"]], max_iter=1)
+    first_step = [str(w.message) for w in caught if w.category is GARCHConvergenceWarning]
+    assert [m.split(":")[0] for m in first_step] == ["AAPL", "MSFT"]
+    assert all("GARCH fit did not converge" in m for m in first_step)
