@@ -29,6 +29,7 @@ _HOMES: dict[str, str] = {
     "GBM": "quoteflow.models",
     "MeanReversion": "quoteflow.models",
     "GARCH": "quoteflow.models",
+    "DCC": "quoteflow.models",
     "FitResult": "quoteflow.models",
     "compare": "quoteflow.models",
     "model_from_spec": "quoteflow.models",
@@ -65,6 +66,7 @@ _HOMES: dict[str, str] = {
 
 # Kept literal (tools read it); test_public_api_is_reexported checks it against _HOMES.
 __all__ = [
+    "DCC",
     "GARCH",
     "GBM",
     "Broker",

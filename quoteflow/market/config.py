@@ -157,6 +157,54 @@ def _symbolmarket_from_config(
     return model, s0, spread
 
 
+_DCC_KEYS = ("model", "symbols", "a", "b", "qbar", "fit_options")
+
+
+def _dcc_from_config(
+    table: Mapping[str, Any], symbols: Mapping[str, Any], names: list[str], base: Path
+) -> Any:
+    """The ``[correlation] model = "dcc"`` table (or ``correlation = "dcc"``) as a DCC.
+
+    ``a``, ``b`` and ``qbar`` given are used as they are; whatever is missing comes from
+    a DCC fit (:meth:`quoteflow.models.DCC.fit`, ``fit_options`` passed on) on the price
+    history of the listed symbols: each symbol's own ``fit = "..."`` source, else the
+    shipped ticker of its name, joined on common dates.
+    """
+    import pandas as pd
+
+    from quoteflow.models import DCC
+
+    check_keys(table, _DCC_KEYS, "correlation")
+    syms = table.get("symbols", names)
+    if isinstance(syms, str) or not isinstance(syms, Sequence):
+        raise ConfigError("correlation.symbols: must be a list of symbol names")
+    for sym in syms:
+        if sym not in names:
+            raise ConfigError(
+                f"correlation.symbols: unknown symbol {sym!r}; known symbols: {short_list(names)}"
+            )
+    given = {k: table[k] for k in ("a", "b", "qbar") if k in table}
+    fit_options = dict(_table(table.get("fit_options", {}), "correlation.fit_options"))
+    if len(given) < 3:
+        frames = {}
+        for sym in syms:
+            entry = symbols[sym]
+            source = entry.get("fit", sym) if isinstance(entry, Mapping) else sym
+            column = entry.get("column") if isinstance(entry, Mapping) else None
+            frames[sym] = _fit_prices(str(source), column, f"correlation (prices of {sym})", base)
+        try:
+            with_fit = DCC.fit(pd.DataFrame(frames).dropna(), **fit_options).model
+        except TypeError as exc:
+            raise ConfigError(f"correlation.fit_options: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"correlation: cannot fit DCC: {exc}") from None
+        given = {"a": with_fit.a, "b": with_fit.b, "qbar": with_fit.qbar, **given}
+    try:
+        return DCC(symbols=tuple(syms), **given)
+    except ParameterError as exc:
+        raise ParameterError(exc.param, f"correlation.{exc.param}: {exc}") from None
+
+
 def market_from_config(
     cls: type[Market],
     config: Mapping[str, Any],
@@ -209,13 +257,22 @@ def market_from_config(
     if spreads:
         default_spread = kwargs.get("spread_bps", 10.0)
         kwargs["spread_bps"] = {s: spreads.get(s, default_spread) for s in models}
-    correlation = None
+    correlation: Any = None
     if "correlation" in config:
-        corr = _table(config["correlation"], "correlation")
-        check_keys(corr, ("symbols", "matrix"), "correlation")
-        if "matrix" not in corr:
-            raise ConfigError("correlation.matrix: missing (a list of rows, one per symbol)")
-        correlation = corr
+        spec = config["correlation"]
+        if spec == "dcc" or (isinstance(spec, Mapping) and spec.get("model") == "dcc"):
+            table = {} if isinstance(spec, str) else spec
+            correlation = _dcc_from_config(table, symbols, list(models), base)
+        else:
+            corr = _table(spec, "correlation")
+            check_keys(corr, ("symbols", "matrix", "model"), "correlation")
+            if corr.get("model", "constant") != "constant":
+                raise ConfigError(
+                    f"correlation.model: must be 'constant' or 'dcc', got {corr['model']!r}"
+                )
+            if "matrix" not in corr:
+                raise ConfigError("correlation.matrix: missing (a list of rows, one per symbol)")
+            correlation = {k: v for k, v in corr.items() if k != "model"}
     given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(given.get("trades"), Mapping) and isinstance(kwargs.get("trades"), Mapping):
         # --trade-rate changes the rate of the file's [trades] table, not its size law.

@@ -34,6 +34,8 @@ from quoteflow.market.defaults import default_calibration
 from quoteflow.market.sessions import SIM_SECONDS_PER_YEAR, SimClock, iso_from_ns
 from quoteflow.market.trades import TradeArrays, TradeSettings, draw_trades
 from quoteflow.models import GBM, MeanReversion, PriceModel, Stepper, build_model
+from quoteflow.models.base import FitResult
+from quoteflow.models.dcc import DCC, DCCFitResult, DCCTracker
 from quoteflow.models.limits import MAX_PRICE, MIN_PRICE
 from quoteflow.sources import (
     MarketEvent,
@@ -129,7 +131,10 @@ class Market(Source):
         Correlation of the shocks: ``None`` (independent); an ``(n, n)`` array-like in the
         order of ``symbols``; ``{"symbols": [...], "matrix": [[...]]}`` for a subset (the
         rest independent); or pairs ``{("AAPL", "MSFT"): 0.6}`` / ``{"AAPL/MSFT": 0.6}``
-        (unlisted pairs 0). Validated by :func:`correlation_factor`.
+        (unlisted pairs 0). Validated by :func:`correlation_factor`. Or a
+        :class:`~quoteflow.models.DCC` over some of the symbols: correlations that move
+        with the DCC(1,1) recursion (each tick's shocks are drawn with the current ``R_t``,
+        which then updates with those shocks).
     seed
         Seed of the shocks and lot sizes. The same seed and configuration give the same
         sequence of payloads (timestamps aside). ``None`` draws fresh entropy, readable
@@ -307,11 +312,17 @@ class Market(Source):
     def _set_correlation(self, correlation: Any) -> None:
         """Validate and factor the shock correlation; keep only the correlated block."""
         names = self._names
-        resolved = resolve_correlation(correlation, names)
         self._corr: tuple[IndexArray, SquareMatrix] | None = None
         # Only the correlated block is kept: a dense n x n matrix of a 10,000-symbol
         # universe would take 800 MB for an identity.
         self._corr_block: tuple[IndexArray, SquareMatrix] | None = None
+        #: DCC correlations (symbol indices, the recursion's state), or None.
+        self._dcc: tuple[IndexArray, DCCTracker] | None = None
+        if isinstance(correlation, DCC):
+            idx = np.asarray([self._symbol_index(s) for s in correlation.symbols], dtype=np.intp)
+            self._dcc = (idx, correlation.tracker(self.dt))
+            return
+        resolved = resolve_correlation(correlation, names)
         if resolved is not None:
             idx, matrix = resolved
             factor = correlation_factor(matrix, [names[i] for i in idx])
@@ -538,10 +549,23 @@ class Market(Source):
         """
         n = len(self._names)
         out: SquareMatrix = np.eye(n)
-        if self._corr_block is not None:
-            idx, block = self._corr_block
-            out[np.ix_(idx, idx)] = block
+        block = self._correlated_block()
+        if block is not None:
+            idx, matrix = block
+            out[np.ix_(idx, idx)] = matrix
         return out
+
+    def _correlated_block(self) -> tuple[IndexArray, SquareMatrix] | None:
+        """(symbol indices, current correlation among them): constant, or DCC's ``R_t``."""
+        if self._dcc is not None:
+            idx, tracker = self._dcc
+            return idx, tracker.correlation
+        return self._corr_block
+
+    @property
+    def dcc(self) -> DCC | None:
+        """The DCC model driving the correlations, or None (constant or no correlation)."""
+        return None if self._dcc is None else self._dcc[1].model
 
     def model(self, symbol: str) -> PriceModel:
         """The model currently driving ``symbol``."""
@@ -608,10 +632,16 @@ class Market(Source):
         return model.params()
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Per symbol ``{"model": name, "params": {...}, "price": last quoted price}``."""
+        """Per symbol ``{"model": name, "params": {...}, "price": last quoted price}``.
+
+        A correlated symbol also has ``"correlation"``: its row of the current correlation
+        matrix of the shocks, ``{other symbol: rho}`` over the correlated symbols (DCC's
+        ``R_t`` of the next tick, or the constant matrix), and ``"correlation_model"``
+        (``"dcc"`` or ``"constant"``).
+        """
         with self._lock:
             prices = self._last_price.tolist()
-            return {
+            out = {
                 name: {
                     "model": model.name,
                     "params": model.params(),
@@ -619,6 +649,15 @@ class Market(Source):
                 }
                 for name, model, price in zip(self._names, self._models, prices, strict=True)
             }
+            block = self._correlated_block()
+            if block is not None:
+                idx, matrix = block
+                kind = "constant" if self._dcc is None else "dcc"
+                members = [self._names[i] for i in idx.tolist()]
+                for row, name in zip(matrix.tolist(), members, strict=True):
+                    out[name]["correlation"] = dict(zip(members, row, strict=True))
+                    out[name]["correlation_model"] = kind
+            return out
 
     def _move(self, z: SymbolFloats, tau: float | None) -> None:
         """Advance every price with shocks ``z``: one step of ``dt``, or a gap of ``tau`` years."""
@@ -677,6 +716,12 @@ class Market(Source):
             if self._corr is not None:
                 idx, factor = self._corr
                 z[idx] = factor @ z[idx]
+            elif self._dcc is not None:
+                # Correlated by the current R_t; the recursion then takes the shocks drawn.
+                idx, tracker = self._dcc
+                drawn = tracker.factor() @ z[idx]
+                z[idx] = drawn
+                tracker.update(drawn)
             if self._shock_scale is not None:
                 z *= self._shock_scale
             self._move(z, at.gap_years)
@@ -910,6 +955,56 @@ class Market(Source):
         }
         start = dict(zip(names, s0.tolist(), strict=True))
         return cls(models, s0=start, seed=seed, tick_interval=tick_interval, **options)
+
+    @classmethod
+    def from_fit(
+        cls,
+        fit: FitResult | DCCFitResult,
+        *,
+        symbol: str = "FIT",
+        s0: float | Mapping[str, float] | None = None,
+        **options: Any,
+    ) -> Market:
+        """A market driven by a fit: its model, and for a DCC fit its moving correlations.
+
+        Parameters
+        ----------
+        fit
+            A univariate :class:`~quoteflow.models.FitResult` (one symbol, named
+            ``symbol``, driven by ``fit.model``), or a
+            :class:`~quoteflow.models.DCCFitResult`: one symbol per fitted series, each
+            driven by its univariate GARCH, the shocks correlated by the DCC recursion
+            (each tick's shocks drawn with the current ``R_t``, which then updates with
+            them; docs/market.md, "DCC correlations").
+        symbol
+            Name of the symbol of a univariate fit.
+        s0
+            Start price(s): a number for a univariate fit, ``{symbol: price}`` for a DCC
+            fit (default: 100, and the last fitted price of each series for DCC).
+        **options
+            As for :class:`Market` (``seed``, ``tick_interval``, ``speed``, ...).
+
+        Raises
+        ------
+        ConfigError
+            If ``fit`` is neither kind of fit, or for the :class:`Market` rules.
+        """
+        if isinstance(fit, DCCFitResult):
+            start = dict(fit.last_prices)
+            if s0 is not None:
+                if not isinstance(s0, Mapping):
+                    raise ConfigError("from_fit: s0 of a DCC fit is a mapping {symbol: price}")
+                start.update(s0)
+            models = {s: f.model for s, f in fit.univariate.items()}
+            return cls(models, s0=start, correlation=fit.model, **options)
+        if isinstance(fit, FitResult):
+            if isinstance(s0, Mapping):
+                raise ConfigError("from_fit: s0 of a univariate fit is one number")
+            start_one = {} if s0 is None else {symbol: s0}
+            return cls({symbol: fit.model}, s0=start_one, **options)
+        raise ConfigError(
+            f"from_fit: expected a FitResult or DCCFitResult, got {type(fit).__name__}"
+        )
 
     @classmethod
     def default(

@@ -1,4 +1,5 @@
-"""Price models and their calibration: GBM, mean reversion (exponential OU), GARCH(1,1).
+"""Price models and their calibration: GBM, mean reversion (exponential OU), GARCH(1,1);
+DCC(1,1) correlations of several series (:class:`DCC`).
 
 Every model scores the same data, the log returns ``r_i = log S_i - log S_{i-1}`` of the
 price series (conditionally on the previous price where the model needs it), so their
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from quoteflow.models.base import FitResult, PriceModel, Stepper, validate_prices
+from quoteflow.models.dcc import DCC, DCCConvergenceWarning, DCCFitResult, DCCTracker
 from quoteflow.models.garch import GARCH, GARCHConvergenceWarning, GARCHFitResult
 from quoteflow.models.gbm import GBM
 from quoteflow.models.innovations import INNOVATIONS, Innovation, Normal, SkewT, StudentT
@@ -26,12 +28,16 @@ from quoteflow.models.means import ConstantMean, MeanPart, ZeroMean
 from quoteflow.models.registry import MODELS, build_model, model_from_spec
 
 __all__ = [
+    "DCC",
     "GARCH",
     "GBM",
     "INNOVATIONS",
     "MODELS",
     "Comparison",
     "ConstantMean",
+    "DCCConvergenceWarning",
+    "DCCFitResult",
+    "DCCTracker",
     "FitResult",
     "GARCHConvergenceWarning",
     "GARCHFitResult",
