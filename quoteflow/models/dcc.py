@@ -237,6 +237,7 @@ class DCC:
         mean: str = "constant",
         dt: float = 1 / 252,
         *,
+        o: int = 0,
         max_iter: int = 200,
     ) -> DCCFitResult:
         """Two-step QML fit of DCC(1,1) on the log returns of several price series.
@@ -249,8 +250,8 @@ class DCC:
             indexes.
         univariate
             First-step model; ``"garch"`` (:meth:`GARCH.fit`).
-        dist, mean
-            Passed on to every univariate fit (see :meth:`GARCH.fit`).
+        dist, mean, o
+            Passed on to every univariate fit (see :meth:`GARCH.fit`; ``o=1``: GJR).
         dt
             Years between two prices.
         max_iter
@@ -279,7 +280,7 @@ class DCC:
         for sym, p in zip(names, columns, strict=True):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                fits[sym] = GARCH.fit(p, dt=dt, dist=dist, mean=mean, max_iter=max_iter)
+                fits[sym] = GARCH.fit(p, dt=dt, dist=dist, mean=mean, o=o, max_iter=max_iter)
             for w in caught:  # re-issued with the symbol it is about
                 warnings.warn(f"{sym}: {w.message}", w.category, stacklevel=2)
         z = np.column_stack([fits[s].std_resid for s in names])
@@ -425,8 +426,9 @@ def _first_step(fit: GARCHFitResult) -> tuple[_Spec, FloatArray]:
         backcast=fit.backcast,
         dist=str(fit.extra["dist"]),
         mean=str(fit.extra["mean"]),
+        o=int(fit.extra.get("o", 0)),
     )
-    return spec, np.asarray(list(fit.params.values()), dtype=np.float64)
+    return spec, np.asarray([fit.params[name] for name in spec.names], dtype=np.float64)
 
 
 def _dz_dtheta(spec: _Spec, theta: FloatArray) -> FloatArray:

@@ -196,12 +196,18 @@ def test_95_percent_intervals_cover_the_true_a_and_b() -> None:
         assert 180 <= count <= 198, (name, count)
 
 
-def test_adjoint_cross_derivative_equals_finite_differences_of_the_scores(shipped) -> None:  # type: ignore[no-untyped-def]
-    """H21 by the adjoint (four passes) vs re-filtering z for each first-step parameter."""
+@pytest.mark.parametrize(("dist", "o"), [("t", 0), ("skewt", 1)])
+def test_adjoint_cross_derivative_equals_finite_differences_of_the_scores(  # type: ignore[no-untyped-def]
+    shipped, dist: str, o: int
+) -> None:
+    """H21 by the adjoint (four passes) vs re-filtering z for each first-step parameter;
+    with GJR first steps too (``o=1`` is passed on, and ``gamma`` is a first-step
+    parameter of the sandwich)."""
     from quoteflow.models.dcc import _first_step, _mean_score, cross_derivative
     from quoteflow.models.garch import _loglik_terms
 
-    fit = DCC.fit(shipped[["AAPL", "IBM", "MSFT"]], dist="t")
+    fit = DCC.fit(shipped[["AAPL", "IBM", "MSFT"]], dist=dist, o=o)
+    assert all(("gamma" in f.params) == bool(o) for f in fit.univariate.values())
     z, x = fit.std_resid, np.array([fit.params["a"], fit.params["b"]])
     got = cross_derivative(fit.univariate, fit.symbols, z, x)
     for i, name in enumerate(fit.symbols):
