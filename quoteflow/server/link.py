@@ -183,7 +183,7 @@ class Link:
         self.send(("ask", n, what, *args))
         try:
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectionError(f"no answer to {what!r} within {timeout:g} s") from None
         finally:
             self._waiting.pop(n, None)

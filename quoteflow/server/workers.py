@@ -501,9 +501,10 @@ class Supervisor:
 
     async def _wait_ready(self, worker: _Worker) -> dict[str, Any]:
         assert worker.ready is not None and worker.process is not None
-        exited = asyncio.ensure_future(worker.process.wait())
+        exited: asyncio.Future[Any] = asyncio.ensure_future(worker.process.wait())
+        waiting: set[asyncio.Future[Any]] = {worker.ready, exited}
         done, _ = await asyncio.wait(
-            {worker.ready, exited}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            waiting, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if worker.ready in done:
             exited.cancel()
@@ -524,8 +525,6 @@ class Supervisor:
             assert process is not None
             code = await process.wait()
             self._forget(worker)
-            if self.stopping:
-                return
             lived = time.monotonic() - worker.started
             worker.failures = worker.failures + 1 if lived < 5.0 else 0
             delay = min(0.25 * 2 ** max(worker.failures - 1, 0), 10.0) if worker.failures else 0
@@ -558,7 +557,7 @@ class Supervisor:
                     proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("workers still running %g s after SIGTERM: killing them", timeout)
             for proc in procs:
                 if proc.returncode is None:
@@ -588,6 +587,7 @@ def run_workers(args: argparse.Namespace, workers: int) -> int:
         0 once every worker has drained and exited; 1 if one did not exit cleanly.
     """
     from quoteflow.cli import serve
+    from quoteflow.cli._source import build_source
     from quoteflow.server.runner import run_until_signal
 
     if getattr(args, "scenario", None):
@@ -608,11 +608,11 @@ def run_workers(args: argparse.Namespace, workers: int) -> int:
             raise ConfigError(
                 "--generate needs --broker redis://...: the memory broker always generates"
             )
-        built = serve.build_source(args)
+        built = build_source(args)
         source = built
         producer = Producer(built, args.buffer_size, args.buffer_age)
     elif getattr(args, "generate", False):
-        source = serve.build_source(args)
+        source = build_source(args)
     else:
         serve._check_serve_only(args)
     worker_args = copy.copy(args)
@@ -719,7 +719,7 @@ class LinkSource(Source):
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """The parent's description, with this worker's latest prices."""
-        out = copy.deepcopy(self._catalog.get("describe", {}))
+        out: dict[str, dict[str, Any]] = copy.deepcopy(self._catalog.get("describe", {}))
         latest = self._broker.snapshot()
         for symbol, entry in out.items():
             tick = latest.get(symbol)

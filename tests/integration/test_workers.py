@@ -8,6 +8,8 @@ reconnect until their cuts land on the workers they need.
 from __future__ import annotations
 
 import http.client
+import itertools
+import json
 import os
 import random
 import re
@@ -107,10 +109,11 @@ class Stream:
         assert self.resp.status == 200, self.resp.status
         self.instance = self.resp.getheader("X-Quoteflow-Instance") or ""
         self.parser = SSEParser()
-        self.events: list[tuple[int, str, str]] = []
+        #: (seq, id, type, data) per market event.
+        self.events: list[tuple[int, str, str, str]] = []
         self.ended = False
 
-    def read(self, n: int, timeout: float = 15.0) -> list[tuple[int, str, str]]:
+    def read(self, n: int, timeout: float = 15.0) -> list[tuple[int, str, str, str]]:
         """Read until ``n`` market events arrived (or the stream ended)."""
         deadline = time.monotonic() + timeout
         while len(self.events) < n and not self.ended:
@@ -124,7 +127,7 @@ class Stream:
                 break
             for ev in self.parser.feed(chunk):
                 assert ev.event != "reset", f"unexpected reset: {ev.data}"
-                self.events.append((int(ev.id), ev.event, ev.data))
+                self.events.append((json.loads(ev.data)["seq"], ev.id, ev.event, ev.data))
         return self.events
 
     def read_to_end(self, timeout: float = HANG_GUARD_S) -> None:
@@ -134,8 +137,24 @@ class Stream:
         self.conn.close()
 
 
+def reconnect(server: Server, last_id: str) -> Stream:
+    """Reconnect as an SSE client does: a reset connection is retried.
+
+    Connections still waiting in a killed worker's listen queue are reset by the kernel
+    when its socket closes, a moment after its streams broke; EventSource retries them.
+    """
+    for attempt in range(5):
+        try:
+            return Stream(server, last_id)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            if attempt == 4:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def _contiguous(ids: list[int]) -> None:
-    gaps = [(a, b) for a, b in zip(ids, ids[1:], strict=False) if b != a + 1]
+    gaps = [(a, b) for a, b in itertools.pairwise(ids) if b != a + 1]
     assert not gaps, f"ids not contiguous (gap or duplicate) at {gaps[:5]}"
 
 
@@ -157,6 +176,7 @@ def test_resume_across_workers_no_gap_no_duplicate() -> None:
             events = first.read(rng.randint(1, 60))
             cut = rng.randint(1, len(events))  # a random cut point within what arrived
             last_id = events[cut - 1][0]
+            assert all(e[1] == str(e[0]) for e in events)  # memory broker: id == seq
             first.close()
             time.sleep(rng.random() * 0.1)  # the feed moves on while the client is away
             second = Stream(server, str(last_id))
@@ -174,7 +194,7 @@ def test_resume_across_workers_no_gap_no_duplicate() -> None:
 
 def test_every_worker_hands_out_the_same_event_for_an_id() -> None:
     with serving("--workers", "2", "--universe", "3", "--tick-interval", "0.02") as server:
-        seen: dict[str, list[tuple[int, str, str]]] = {}
+        seen: dict[str, list[tuple[int, str, str, str]]] = {}
         start = Stream(server)
         anchor = start.read(5)[-1][0]
         start.close()
@@ -240,7 +260,7 @@ def test_sigkill_of_a_worker_restarts_it_and_its_clients_resume_elsewhere() -> N
         landed: set[str] = set()
         for s in by_worker[victim]:
             last = s.events[-1][0]
-            again = Stream(server, str(last))
+            again = reconnect(server, str(last))
             landed.add(again.instance)
             resumed = again.read(30)
             again.close()
@@ -253,7 +273,7 @@ def test_sigkill_of_a_worker_restarts_it_and_its_clients_resume_elsewhere() -> N
         anchor = by_worker[survivor][0].read(40)[-1][0]
         while newcomer is None:
             assert time.monotonic() < deadline, "the killed worker was not restarted"
-            probe = Stream(server, str(anchor))
+            probe = reconnect(server, str(anchor))
             if probe.instance not in (victim, survivor):
                 newcomer = probe.instance
                 resumed = probe.read(20)
@@ -316,3 +336,31 @@ def test_bad_worker_counts_are_one_line_errors(value: str, said: str) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--workers" in lines[0] and said in lines[0], proc.stderr
+
+
+@pytest.mark.redis
+def test_workers_on_redis_resume_across_workers(tmp_path: Path) -> None:
+    """``--broker redis:// --generate``: the parent produces into Redis, the workers
+    serve it; a resume on another worker continues the producer's sequence."""
+    from tests.redis_server import running_redis
+
+    with (
+        running_redis(tmp_path) as red,
+        serving(
+            "--workers", "2", "--broker", red.url, "--generate",
+            "--universe", "3", "--tick-interval", "0.02",
+        ) as server,
+    ):  # fmt: skip
+        cross = 0
+        for _ in range(MAX_TRIES):
+            if cross >= 2:
+                break
+            first = Stream(server)
+            events = first.read(random.randint(1, 30))
+            first.close()
+            second = Stream(server, events[-1][1])  # a Redis stream id
+            resumed = second.read(20)
+            second.close()
+            _contiguous([e[0] for e in events] + [e[0] for e in resumed])
+            cross += first.instance != second.instance
+        assert cross >= 2
