@@ -126,7 +126,7 @@ def consume(kind: str, address: str, total: int) -> dict[str, float]:
 
     from quoteflow.client import SSEParser
     from quoteflow.server.link import read_frame_blocking
-    from quoteflow.server.workers import batch_of
+    from quoteflow.cli.workers import batch_of
     from quoteflow.sources import MarketEvent
 
     started = time.process_time()

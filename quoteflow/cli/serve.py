@@ -283,7 +283,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _workers(text: str) -> int:
-    from quoteflow.server.workers import parse_workers
+    from quoteflow.cli.workers import parse_workers
 
     return parse_workers(text)
 
@@ -420,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)  # first: a bad secret fails before any work
     workers = getattr(args, "workers", 1)
     if workers > 1:
-        from quoteflow.server.workers import run_workers
+        from quoteflow.cli.workers import run_workers
 
         return run_workers(args, workers)
     settings = _cap_connections(settings)

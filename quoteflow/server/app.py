@@ -307,7 +307,7 @@ class ServerState:
         #: A scenario's transport faults (drop, stall, retry, refuse, restart).
         self.faults = StreamFaults(self)
         #: ``/metrics?aggregate=1`` of a worker of ``quoteflow serve --workers N``: every
-        #: worker's metrics summed (set by :mod:`quoteflow.server.workers`); None: this
+        #: worker's metrics summed (set by :mod:`quoteflow.cli.workers`); None: this
         #: server alone is the aggregate.
         self.metrics_aggregate: Callable[[], Awaitable[str]] | None = None
 

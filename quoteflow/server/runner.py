@@ -78,7 +78,7 @@ def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[sock
     """``tornado.netutil.bind_sockets`` with a clear error, and no leaked socket.
 
     ``reuse_port``: ``SO_REUSEPORT``, so several processes listen on one port
-    (``quoteflow serve --workers N``, :mod:`quoteflow.server.workers`).
+    (``quoteflow serve --workers N``, :mod:`quoteflow.cli.workers`).
     """
     try:
         return tornado.netutil.bind_sockets(

@@ -13,7 +13,7 @@ import pytest
 
 from quoteflow.broker.memory import MemoryBroker
 from quoteflow.server.link import Payload, encode_frame, read_frame_blocking
-from quoteflow.server.workers import (
+from quoteflow.cli.workers import (
     Producer,
     aggregate_metrics,
     batch_of,

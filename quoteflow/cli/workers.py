@@ -391,7 +391,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "quoteflow.server.workers",
+                "quoteflow.cli.workers",
                 str(child_end.fileno()),
                 pass_fds=(child_end.fileno(),),
                 # Its own process group: a Ctrl-C reaches the parent only, which then
@@ -815,7 +815,7 @@ def _worker_info(registry: Any, index: int, instance: str) -> None:
 
 
 def worker_main(argv: Sequence[str]) -> int:
-    """A worker process: ``python -m quoteflow.server.workers FD`` (started by the parent)."""
+    """A worker process: ``python -m quoteflow.cli.workers FD`` (started by the parent)."""
     from quoteflow.cli import serve
     from quoteflow.server.logs import configure_logging
     from quoteflow.server.runner import run_server
