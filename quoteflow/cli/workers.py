@@ -596,6 +596,11 @@ def run_workers(args: argparse.Namespace, workers: int) -> int:
             "server's streams"
         )
     settings = serve._cap_connections(serve._settings(args))
+    if settings.metrics_policy == "listener":
+        raise ConfigError(
+            "--metrics-access listener needs --workers 1: with several workers, scrape "
+            "/metrics?aggregate=1 on the main port (--metrics-access open or token)"
+        )
     args = copy.copy(args)
     args.max_connections = settings.max_connections
     memory = args.broker in (None, "", "memory")
@@ -739,7 +744,8 @@ class LinkSource(Source):
             value: dict[str, Any] = await self.link.ask("update", symbol, dict(params))
         except LinkReplyError as exc:
             raise ConfigError(str(exc)) from None
-        self.set_catalog({**self._catalog})
+        # The parent sent the new catalog before this reply, on the same socket: it is
+        # already applied here.
         return value
 
     async def batches(self) -> Any:

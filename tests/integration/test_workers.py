@@ -364,3 +364,41 @@ def test_workers_on_redis_resume_across_workers(tmp_path: Path) -> None:
             _contiguous([e[0] for e in events] + [e[0] for e in resumed])
             cross += first.instance != second.instance
         assert cross >= 2
+
+
+def test_a_metrics_listener_with_workers_is_a_one_line_error() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "quoteflow", "serve", "--workers", "2", "--universe", "2",
+            "--metrics-access", "listener", "--metrics-port", "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "aggregate=1" in lines[0], proc.stderr
+
+
+def test_symbols_changes_reach_every_worker_and_history_is_served() -> None:
+    with serving("--workers", "2", "--universe", "2", "--tick-interval", "0.05") as server:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("PUT", "/symbols/SYM0000", body=json.dumps({"sigma": 0.55}))
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        assert json.loads(resp.read())["params"]["sigma"] == 0.55
+        conn.close()
+        seen: dict[str, float] = {}
+        for _ in range(MAX_TRIES):
+            status, headers, body = server.get("/symbols")
+            assert status == 200
+            seen[headers["x-quoteflow-instance"]] = json.loads(body)["SYM0000"]["params"]["sigma"]
+            if len(seen) == 2:
+                break
+        assert list(seen.values()) == [0.55, 0.55], seen
+        status, _h, body = server.get("/history?symbol=SYM0000&events=tick")
+        assert status == 200, body
