@@ -324,8 +324,14 @@ def test_workers_1_is_the_single_process_server() -> None:
     ("value", "said"), [("0", "must be >= 1"), ("x", "give a number >= 1 or 'auto'")]
 )
 def test_bad_worker_counts_are_one_line_errors(value: str, said: str) -> None:
+    line = _usage_error("--workers", value)
+    assert "--workers" in line and said in line, line
+
+
+def _usage_error(*args: str) -> str:
+    """``quoteflow serve ARGS`` must fail with one line on stderr and status 2; the line."""
     proc = subprocess.run(
-        [sys.executable, "-m", "quoteflow", "serve", "--workers", value],
+        [sys.executable, "-m", "quoteflow", "serve", *args],
         capture_output=True,
         text=True,
         env=_env(),
@@ -333,9 +339,10 @@ def test_bad_worker_counts_are_one_line_errors(value: str, said: str) -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--workers" in lines[0] and said in lines[0], proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
 
 
 @pytest.mark.redis
@@ -367,21 +374,10 @@ def test_workers_on_redis_resume_across_workers(tmp_path: Path) -> None:
 
 
 def test_a_metrics_listener_with_workers_is_a_one_line_error() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "quoteflow", "serve", "--workers", "2", "--universe", "2",
-            "--metrics-access", "listener", "--metrics-port", "0",
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "aggregate=1" in lines[0], proc.stderr
+    line = _usage_error(
+        "--workers", "2", "--universe", "2", "--metrics-access", "listener", "--metrics-port", "0"
+    )
+    assert "aggregate=1" in line, line
 
 
 def test_symbols_changes_reach_every_worker_and_history_is_served() -> None:
