@@ -122,11 +122,12 @@ def consume(kind: str, address: str, total: int) -> dict[str, float]:
 
     CPU is counted from the connection on (imports excluded).
     """
-    import redis
+    if kind == "redis":
+        import redis
 
+    from quoteflow.cli.workers import batch_of
     from quoteflow.client import SSEParser
     from quoteflow.server.link import read_frame_blocking
-    from quoteflow.cli.workers import batch_of
     from quoteflow.sources import MarketEvent
 
     started = time.process_time()

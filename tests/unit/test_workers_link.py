@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from quoteflow.broker.memory import MemoryBroker
-from quoteflow.server.link import Payload, encode_frame, read_frame_blocking
 from quoteflow.cli.workers import (
     Producer,
     aggregate_metrics,
@@ -20,6 +19,7 @@ from quoteflow.cli.workers import (
     parse_workers,
     reserve_port,
 )
+from quoteflow.server.link import Payload, encode_frame, read_frame_blocking
 from quoteflow.sources import MarketEvent, Source
 from quoteflow.wire.payload import EncodedBatch
 
