@@ -178,6 +178,9 @@ def _redis_cpu(pid: int) -> float:
 
 def run_one(kind: str, symbols: int, n_batches: int) -> dict[str, Any] | None:
     """Move ``n_batches`` batches of ``symbols`` events with ``kind``; the numbers."""
+    import quoteflow.server.link
+    import quoteflow.wire.payload  # noqa: F401  (imported before the clocks start)
+
     batches = [make_batch(symbols, r) for r in range(n_batches)]
     total = symbols * n_batches
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
