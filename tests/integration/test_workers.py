@@ -398,3 +398,20 @@ def test_symbols_changes_reach_every_worker_and_history_is_served() -> None:
         assert list(seen.values()) == [0.55, 0.55], seen
         status, _h, body = server.get("/history?symbol=SYM0000&events=tick")
         assert status == 200, body
+
+
+def test_workers_whose_parent_is_killed_shut_themselves_down() -> None:
+    with serving("--workers", "2", "--universe", "2", "--tick-interval", "0.05") as server:
+        pids: set[int] = set()
+        for _ in range(MAX_TRIES):
+            pids.add(_pid(server.get("/healthz")[1]["x-quoteflow-instance"]))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        server.proc.kill()
+        server.proc.wait(HANG_GUARD_S)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while any(Path(f"/proc/{pid}").exists() for pid in pids):
+            # A worker is not our child: once it exits it is reaped by init, not left a zombie.
+            assert time.monotonic() < deadline, f"workers {pids} outlived their parent"
+            time.sleep(0.1)
