@@ -836,7 +836,9 @@ def worker_main(argv: Sequence[str]) -> int:
     configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     if getattr(args, "instance_id", None):
         args.instance_id = f"{args.instance_id}-w{index}"
-    settings = serve._settings(args)
+    # The parent already lowered --max-connections to what one process's open-file limit
+    # holds; this raises this process's own soft limit the same way (silently).
+    settings = serve._cap_connections(serve._settings(args))
     source: Catalog
     link_source: LinkSource | None = None
     if hello["mode"] == "memory":

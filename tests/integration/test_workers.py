@@ -415,3 +415,45 @@ def test_workers_whose_parent_is_killed_shut_themselves_down() -> None:
             # A worker is not our child: once it exits it is reaped by init, not left a zombie.
             assert time.monotonic() < deadline, f"workers {pids} outlived their parent"
             time.sleep(0.1)
+
+
+def test_the_open_file_limit_caps_each_worker_and_is_said_once() -> None:
+    """Each worker is one process under the per-process open-file limit: the parent
+    lowers ``--max-connections`` once, for all of them, and says so once."""
+    import resource
+
+    from quoteflow.server.overload import connection_cap
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    asked = 10_000_000
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "quoteflow", "serve", "--workers", "2", "--port", "0",
+            "--universe", "2", "--max-connections", str(asked), "--log-level", "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert "(2 workers)" in proc.stdout.readline()
+    for pid in map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        soft = int(re.search(r"Max open files\s+(\d+)", limits)[1])
+        ceiling = (
+            hard
+            if hard != resource.RLIM_INFINITY
+            else int(Path("/proc/sys/fs/nr_open").read_text())
+        )
+        assert soft == ceiling  # each worker's soft limit is raised to the hard one
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 0
+    lowered = [line for line in err.splitlines() if "--max-connections lowered" in line]
+    if hard != resource.RLIM_INFINITY and connection_cap(asked, hard) < asked:
+        assert len(lowered) == 1, err
+        assert f"to {connection_cap(asked, hard)}:" in lowered[0]
+    else:
+        assert lowered == []
