@@ -190,3 +190,32 @@ def test_reserving_a_port_in_use_says_which_address() -> None:
         port = busy.getsockname()[1]
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
             reserve_port("127.0.0.1", port)
+
+
+class _FakeLink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    @property
+    def buffered(self) -> int:
+        return sum(map(len, self.frames))
+
+
+def test_a_worker_that_does_not_read_its_feed_is_reported_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("quoteflow.cli.workers.MAX_LINK_BACKLOG", 1000)
+    stuck: list[int] = []
+    producer = Producer(_Source(), buffer_size=100, buffer_age=60.0, on_stuck=stuck.append)
+    reading, not_reading = _FakeLink(), _FakeLink()
+    producer.links = {0: reading, 1: not_reading}  # type: ignore[dict-item]
+    producer.publish([_tick("A", 1.0)])
+    assert stuck == []
+    reading.frames.clear()  # worker 0 takes its frames, worker 1 never does
+    for i in range(30):
+        producer.publish([_tick("A", float(i + 2))])
+        reading.frames.clear()
+    assert set(stuck) == {1}
