@@ -164,6 +164,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=port, default=8080, help="TCP port (default 8080; 0 picks a free port)"
     )
     net.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="serving processes sharing the port (SO_REUSEPORT), fed by one producer with "
+        "one id space, so a client resumes on any of them (default 1; auto: one per core; "
+        "limits such as --max-connections apply per worker; docs/server.md)",
+    )
+    net.add_argument(
         "--broker",
         default="memory",
         metavar="URL",
@@ -271,6 +280,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         )
     add_log_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def _workers(text: str) -> int:
+    from quoteflow.cli.workers import parse_workers
+
+    return parse_workers(text)
 
 
 def _cors_origins(values: list[str]) -> tuple[str, ...]:
@@ -403,6 +418,11 @@ def run(args: argparse.Namespace) -> int:
     """
     configure_logging(str(args.log_level), getattr(args, "log_format", "text"))
     settings = _settings(args)  # first: a bad secret fails before any work
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        from quoteflow.cli.workers import run_workers
+
+        return run_workers(args, workers)
     settings = _cap_connections(settings)
     # The scenario file is checked before any work (the default market calibrates).
     scenario = _scenario(getattr(args, "scenario", None))

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,6 +306,10 @@ class ServerState:
         self.refused_origins = RefusedOriginLog()
         #: A scenario's transport faults (drop, stall, retry, refuse, restart).
         self.faults = StreamFaults(self)
+        #: ``/metrics?aggregate=1`` of a worker of ``quoteflow serve --workers N``: every
+        #: worker's metrics summed (set by :mod:`quoteflow.cli.workers`); None: this
+        #: server alone is the aggregate.
+        self.metrics_aggregate: Callable[[], Awaitable[str]] | None = None
 
     # -- symbols -----------------------------------------------------------------------
 

@@ -393,16 +393,24 @@ class MetricsHandler(JSONHandler):
         """Note whether this is the metrics listener."""
         self.listener = listener
 
-    def get(self) -> None:
+    async def get(self) -> None:
         """Render this app's registry (401/403 without a fit token for ``token``; 404 on
-        the main port for ``listener``)."""
+        the main port for ``listener``). ``?aggregate=1``: every worker's metrics summed
+        (``quoteflow serve --workers N``; a single server is its own aggregate)."""
         policy = self.state.settings.metrics_policy
         if policy == "listener" and not self.listener:
             raise ApiError(404, "/metrics is served on the metrics listener only (--metrics-port)")
         if policy == "token":
             authorize(self, self.state, metrics=True)
+        text = self.state.metrics.render()
+        aggregate = self.state.metrics_aggregate
+        if aggregate is not None and self.get_query_argument("aggregate", "0") in ("1", "true"):
+            try:
+                text = (await aggregate()).encode()
+            except ConnectionError as exc:
+                raise ApiError(503, f"aggregate metrics unavailable: {exc}") from None
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.state.metrics.render())
+        self.finish(text)
 
 
 class HealthHandler(JSONHandler):

@@ -74,10 +74,16 @@ BODY_TIMEOUT = 10.0
 LISTEN_BACKLOG = max(socket.SOMAXCONN, 4096)
 
 
-def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    """``tornado.netutil.bind_sockets`` with a clear error, and no leaked socket."""
+def bind_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """``tornado.netutil.bind_sockets`` with a clear error, and no leaked socket.
+
+    ``reuse_port``: ``SO_REUSEPORT``, so several processes listen on one port
+    (``quoteflow serve --workers N``, :mod:`quoteflow.cli.workers`).
+    """
     try:
-        return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG)
+        return tornado.netutil.bind_sockets(
+            port, host, backlog=LISTEN_BACKLOG, reuse_port=reuse_port
+        )
     except OSError as exc:
         # bind_sockets does not close the socket whose bind() failed; close it here
         # rather than leave it to the garbage collector (a ResourceWarning).
@@ -139,6 +145,8 @@ class QuoteServer:
         override ``settings``).
     history : HistorySettings, optional
         Bounds (and, with Redis, the shared archive) of ``GET /history``.
+    reuse_port : bool
+        Bind with ``SO_REUSEPORT`` (the workers of ``quoteflow serve --workers N``).
     """
 
     def __init__(
@@ -161,6 +169,7 @@ class QuoteServer:
         max_symbols: int | None = None,
         auth_secret: str | None = None,
         history: HistorySettings | None = None,
+        reuse_port: bool = False,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -177,6 +186,8 @@ class QuoteServer:
         self.source = source
         self.host = host
         self.requested_port = port
+        #: Listen with ``SO_REUSEPORT`` (a worker of ``quoteflow serve --workers N``).
+        self.reuse_port = reuse_port
         self.broker: Broker = broker or broker_from_url(
             None,
             buffer_size=buffer_size,
@@ -232,7 +243,7 @@ class QuoteServer:
         """
         if self._http is not None:
             return
-        sockets = bind_sockets(self.host, self.requested_port)
+        sockets = bind_sockets(self.host, self.requested_port, reuse_port=self.reuse_port)
         # X-Real-IP / X-Forwarded-For become remote_ip (per-IP limit) only when told.
         http = self._http_server(self.app, xheaders=self.settings.trust_proxy)
         http.add_sockets(sockets)
