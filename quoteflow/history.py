@@ -87,6 +87,20 @@ class HistorySettings:
             raise ValueError(f"history max_symbol_bytes must be >= 1, got {self.max_symbol_bytes}")
 
 
+
+def _base_of(spacings: Sequence[int]) -> float | None:
+    """The base bar interval in ms from the spacings of consecutive base bars: their
+    median (a skipped tick only makes one spacing longer), to 10 ms (the pacing's jitter
+    is a few ms) when it is longer than that. A fast replay closes bars milliseconds
+    apart: then the median as it is (rounding made it 0, and every roll-up divided by
+    zero: a 500 for ``/history`` under ``--replay AAPL``). None when it is not positive.
+    """
+    median = float(statistics.median(spacings))
+    rounded = float(round(median, -1))
+    if rounded > 0:
+        return rounded
+    return median if median > 0 else None
+
 class _SymbolHistory:
     """One symbol's events as parallel deques of strings and ints, the payloads as the
     JSON text received (decoded when asked): no object per event, so nothing here is
@@ -286,7 +300,7 @@ class HistoryStore:
         if self._inferred_ms is None and len(self._spacings) >= _INFER_AFTER:
             # The median spacing of consecutive base bars (a skipped tick only makes one
             # spacing longer), to 10 ms: the pacing's jitter is a few ms.
-            self._inferred_ms = float(round(statistics.median(self._spacings), -1))
+            self._inferred_ms = _base_of(self._spacings)
         return self._inferred_ms
 
     def bars(
@@ -343,7 +357,7 @@ class HistoryStore:
         if base is None and len(pairs) > _INFER_AFTER:
             # An instance started later: infer from the archived bars.
             starts = [iso_ms(b.start) for b, _ in pairs[-_INFER_AFTER - 1 :]]
-            base = self._inferred_ms = float(round(statistics.median(_gaps(starts)), -1))
+            base = self._inferred_ms = _base_of(_gaps(starts))
         return self._select(pairs, truncated, base, interval, start_ms, end_ms, limit)
 
     def _select(

@@ -88,6 +88,8 @@ def interval_ms(name: str) -> int:
 
 def _ratio(ms: int, base_ms: float) -> int:
     """``ms / base_ms`` when it is a whole number >= 1 (to 0.1 % of one base bar), else 0."""
+    if not base_ms > 0:  # (also NaN) no interval is a multiple of it
+        return 0
     ratio = ms / base_ms
     k = round(ratio)
     return k if k >= 1 and abs(ratio - k) <= 1e-3 else 0
@@ -165,8 +167,10 @@ class BarBuilder:
     """
 
     def __init__(self, interval: str, base_ms: float) -> None:
+        if not base_ms > 0:
+            raise ValueError(f"the bar interval must be positive, got {base_ms} ms")
         ms = base_ms if interval == BASE else interval_ms(interval)
-        k = _ratio(int(ms), base_ms)
+        k = 1 if interval == BASE else _ratio(int(ms), base_ms)
         if not k:
             raise ValueError(
                 f"interval {interval!r} is not a multiple of the market's bar interval "

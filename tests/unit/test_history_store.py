@@ -60,3 +60,33 @@ def test_bars_are_bounded_by_bytes_and_mark_the_store_truncated() -> None:
     assert 4 <= held <= 8  # ~600 bytes a bar within 4 KiB
     bars, last_id = store.bars("BIG", "base", limit=1000)
     assert len(bars) == held and last_id == "100"
+
+
+def test_bars_closed_milliseconds_apart_infer_a_positive_base_not_zero() -> None:
+    """Defect: a fast replay (``--replay AAPL``) closes bars ~4 ms apart; the inferred
+    base was rounded to 10 ms, i.e. 0, and ``/history`` answered 500 (division by zero)."""
+    store = HistoryStore(None, HistorySettings())
+    for n in range(40):
+        ms = 4 * n
+        start = f"2026-12-02T10:00:00.{ms:03d}Z"
+        bar = {
+            "symbol": "AAPL", "open": 1, "high": 2, "low": 0.5, "close": 1.5, "volume": 10,
+            "start": start, "end": start,
+        }  # fmt: skip
+        store.feed(_sse(n + 1, "bar", bar))
+    assert store.base_ms == 4.0
+    bars, last_id = store.bars("AAPL", "base", limit=5)
+    assert len(bars) == 5 and last_id == "40"
+    one_second, _ = store.bars("AAPL", "1s")  # 250 base bars a bucket: none complete
+    assert one_second == []
+
+
+def test_a_bar_builder_refuses_a_base_interval_that_is_not_positive() -> None:
+    import pytest
+
+    from quoteflow.wire.bars import BarBuilder, valid_intervals
+
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="bar interval"):
+            BarBuilder("1s", bad)
+        assert valid_intervals(bad) == []
