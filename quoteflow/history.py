@@ -87,7 +87,6 @@ class HistorySettings:
             raise ValueError(f"history max_symbol_bytes must be >= 1, got {self.max_symbol_bytes}")
 
 
-
 def _base_of(spacings: Sequence[int]) -> float | None:
     """The base bar interval in ms from the spacings of consecutive base bars: their
     median (a skipped tick only makes one spacing longer), to 10 ms (the pacing's jitter
@@ -100,6 +99,7 @@ def _base_of(spacings: Sequence[int]) -> float | None:
     if rounded > 0:
         return rounded
     return median if median > 0 else None
+
 
 class _SymbolHistory:
     """One symbol's events as parallel deques of strings and ints, the payloads as the
