@@ -62,6 +62,9 @@ _CANDIDATES: dict[str, Callable[[Any, float], FitResult]] = {
     "meanrev": lambda p, dt: MeanReversion.fit(p, dt=dt),
     "garch-normal": lambda p, dt: GARCH.fit(p, dt=dt, dist="normal"),
     "garch-t": lambda p, dt: GARCH.fit(p, dt=dt, dist="t"),
+    "garch-skewt": lambda p, dt: GARCH.fit(p, dt=dt, dist="skewt"),
+    "gjr-t": lambda p, dt: GARCH.fit(p, dt=dt, dist="t", o=1),
+    "gjr-skewt": lambda p, dt: GARCH.fit(p, dt=dt, dist="skewt", o=1),
 }
 
 _COLUMNS = ["model", "loglik", "k", "aic", "bic", "delta_aic", "converged", "nobs", "error"]
@@ -118,8 +121,9 @@ class Comparison:
 def compare(prices: Any, dt: float = 1 / 252) -> Comparison:
     """Fit every model to ``prices`` and rank them by AIC.
 
-    Candidates: GBM, mean reversion, GARCH(1,1) with normal and with Student-t
-    innovations. All four log-likelihoods are of the same data, the log returns
+    Candidates: GBM, mean reversion, GARCH(1,1) with normal, Student-t and Hansen's
+    skewed-t innovations, and GJR-GARCH(1,1,1) (``o=1``) with t and skewed t. All
+    log-likelihoods are of the same data, the log returns
     (see docs/models.md), so AIC ``= -2 loglik + 2k`` (Akaike 1974) and BIC
     ``= -2 loglik + k log(nobs)`` (Schwarz 1978) are comparable across the table.
 

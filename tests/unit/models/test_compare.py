@@ -81,7 +81,9 @@ def test_compare_on_gbm_data_ranks_by_aic_and_lists_failures() -> None:
     cmp = compare(prices)
     assert isinstance(cmp, Comparison)
     table = cmp.table
-    assert set(table["model"]) == {"gbm", "meanrev", "garch-normal", "garch-t"}
+    assert set(table["model"]) == {
+        "gbm", "meanrev", "garch-normal", "garch-t", "garch-skewt", "gjr-t", "gjr-skewt",
+    }  # fmt: skip
     for col in ("model", "loglik", "k", "aic", "bic", "converged"):
         assert col in table.columns
     ok = table[table["error"].eq("") | table["aic"].notna()]
@@ -108,15 +110,23 @@ def test_compare_lists_a_failing_model_with_its_error() -> None:
     assert not row["converged"] and pd.isna(row["aic"])
     assert cmp.table.iloc[-1]["model"] == "meanrev"
     assert "meanrev" not in cmp.fits
-    # Heavy-tailed daily returns: the Student-t GARCH wins by a wide margin.
-    assert cmp.table.iloc[0]["model"] == "garch-t"
-    assert cmp.best is cmp.fits["garch-t"]
+    # Heavy-tailed, asymmetric daily returns: GJR with skewed t wins (delta AIC 1.5 to
+    # gjr-t, 3.3 to garch-t), and every fat-tailed GARCH beats the normal one by a wide
+    # margin.
+    assert cmp.table.iloc[0]["model"] == "gjr-skewt"
+    assert cmp.best is cmp.fits["gjr-skewt"]
+    ranked = list(cmp.table["model"])
+    assert ranked.index("garch-normal") > max(
+        ranked.index(m) for m in ("garch-t", "garch-skewt", "gjr-t", "gjr-skewt")
+    )
+    aic = cmp.table.set_index("model")["aic"]
+    assert aic["garch-normal"] - aic["garch-t"] > 100
     html = cmp._repr_html_()
-    assert "<table" in html and "garch-t" in html
+    assert "<table" in html and "gjr-skewt" in html
     assert "garch-normal" in str(cmp)
     d = cmp.to_dict()
     json.dumps(d, allow_nan=False)
-    assert next(r["model"] for r in d["ranking"]) == "garch-t"
+    assert next(r["model"] for r in d["ranking"]) == "gjr-skewt"
     assert d["ranking"][-1]["aic"] is None
 
 
