@@ -32,7 +32,7 @@ pytestmark = [
 CELL_HANG_GUARD_S = 300.0
 
 #: Static figures each notebook draws (at least): they must survive an HTML export.
-STATIC_FIGURES = {"02_calibrate.ipynb": 3, "04_transports.ipynb": 1, "05_scenarios.ipynb": 1}
+STATIC_FIGURES = {"02_calibrate.ipynb": 3, "04_transports.ipynb": 1, "05_scenarios.ipynb": 1, "06_risk.ipynb": 1}
 
 
 def test_there_are_notebooks() -> None:
@@ -43,6 +43,7 @@ def test_there_are_notebooks() -> None:
         "03_live_market.ipynb",
         "04_transports.ipynb",
         "05_scenarios.ipynb",
+        "06_risk.ipynb",
     } <= names
 
 
