@@ -298,7 +298,8 @@ class ServerState:
         self.refusals = refusal_logs()
         #: Makes the live streams' socket writers; owns their latency samples and
         #: framing cache.
-        self.writers = LiveWriters(self.metrics, self.metrics.delivery_latency.observe)
+        latency = self.metrics.delivery_latency
+        self.writers = LiveWriters(self.metrics, latency.observe, latency.observe_many)
         self.started = time.monotonic()
         self.closing = False
         self.source_error: str | None = None
