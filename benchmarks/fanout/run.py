@@ -1,11 +1,14 @@
-"""Fan-out benchmark driver: quoteflow's SSE server against three peers.
+"""Fan-out benchmark driver: quoteflow's SSE server against four peers.
 
-For every server (``seed-go``, ``tornado-naive``, ``sse-starlette``, ``quoteflow``)
-and every scenario, the driver starts the server as a subprocess on a free port,
+For every server (``floor-c``, ``seed-go``, ``tornado-naive``, ``sse-starlette``,
+``quoteflow``) and every scenario, the driver starts the server as a subprocess on a free port,
 waits until it accepts connections, samples its idle memory, runs the Go load
 generator (``loadgen/main.go``) against ``/stream``, samples the server's CPU time
 at the edges of the measurement window and its memory at the end, stops it and
-moves on. quoteflow is started exactly as a user would start it::
+moves on. ``floor-c`` (``peers/floor-c/floor.c``) is the floor, not a competitor: one
+epoll loop that sends the same pre-encoded chunk to every connection with one ``send()``
+each, in quoteflow's wire format; quoteflow's ratio to it is how far it is from what the
+machine allows. quoteflow is started exactly as a user would start it::
 
     quoteflow serve --universe S --tick-interval T/1000 --port P --max-connections 20000 \
         --max-connections-per-ip 20000
@@ -23,6 +26,7 @@ Usage::
 
     python -m benchmarks.fanout.run                       # everything, results in benchmarks/results/
     python -m benchmarks.fanout.run --scenarios S1,S2 --servers quoteflow,seed-go
+    python -m benchmarks.fanout.run --scenarios S3 --servers floor-c,quoteflow
     python -m benchmarks.fanout.run --quick               # smoke: every server runs, no loss
 
 ``--quick`` (C=20, S=10, T=100 ms, 3 s per server) checks only that every server
@@ -61,8 +65,9 @@ PEERS = BENCH / "peers"
 RESULTS = BENCH / "results"
 LOADGEN_DIR = HERE / "loadgen"
 SEED_GO_DIR = PEERS / "seed-go"
+FLOOR_C_DIR = PEERS / "floor-c"
 
-SERVERS = ("seed-go", "tornado-naive", "sse-starlette", "quoteflow")
+SERVERS = ("floor-c", "seed-go", "tornado-naive", "sse-starlette", "quoteflow")
 PEER_NAMES = SERVERS[:-1]
 SATURATION_INTERVALS_MS = (100, 71, 50, 35, 25, 18, 12, 9, 6, 4, 3, 2, 1)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -102,18 +107,21 @@ class BenchError(RuntimeError):
 # --- building the Go parts ---------------------------------------------------------
 
 
-def _stale(binary: Path, source_dir: Path) -> bool:
+def _stale(binary: Path, source_dir: Path, pattern: str) -> bool:
     if not binary.exists():
         return True
     built = binary.stat().st_mtime
-    return any(p.stat().st_mtime > built for p in source_dir.glob("*.go"))
+    return any(p.stat().st_mtime > built for p in source_dir.glob(pattern))
 
 
-def build_go(source_dir: Path, binary: Path) -> Path:
-    """Run ``build.sh`` in ``source_dir`` when ``binary`` is missing or older than the source."""
-    if _stale(binary, source_dir):
-        if shutil.which("go") is None:
-            raise BenchError("go not found: apt-get install golang-go")
+def build_go(source_dir: Path, binary: Path, *, tool: str = "go", pattern: str = "*.go") -> Path:
+    """Run ``build.sh`` in ``source_dir`` when ``binary`` is missing or older than the source
+    (files matching ``pattern``); ``tool`` is the compiler it needs (``gcc`` for floor-c)."""
+    if _stale(binary, source_dir, pattern):
+        if shutil.which(tool) is None:
+            raise BenchError(
+                f"{tool} not found: apt-get install {'golang-go' if tool == 'go' else tool}"
+            )
         proc = subprocess.run(
             ["bash", str(source_dir / "build.sh"), str(binary)],
             capture_output=True,
@@ -173,6 +181,8 @@ def server_command(
         "--interval-ms",
         f"{interval_ms:g}",
     ]
+    if name == "floor-c":
+        return [str(FLOOR_C_DIR / "floor-c"), *peer_args]
     if name == "seed-go":
         return [str(SEED_GO_DIR / "seed-go"), *peer_args]
     if name == "tornado-naive":
@@ -656,7 +666,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options of the driver."""
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.fanout.run",
-        description="SSE fan-out benchmark: quoteflow against seed-go, tornado-naive, sse-starlette.",
+        description=(
+            "SSE fan-out benchmark: quoteflow against floor-c (the floor), seed-go, "
+            "tornado-naive, sse-starlette."
+        ),
     )
     p.add_argument(
         "--scenarios", type=_csv, default=list(SCENARIOS), help="e.g. S1,S2 (default all)"
@@ -746,6 +759,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loadgen = build_go(LOADGEN_DIR, LOADGEN_DIR / "loadgen")
         if "seed-go" in args.servers:
             build_go(SEED_GO_DIR, SEED_GO_DIR / "seed-go")
+        if "floor-c" in args.servers:
+            build_go(FLOOR_C_DIR, FLOOR_C_DIR / "floor-c", tool="gcc", pattern="*.c")
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -100,7 +100,8 @@ class GcGovernor:
     has grown by a quarter since the last freeze, so full passes only walk what is newer.
     Frozen objects are still freed by reference counting when a stream closes; only
     reference cycles among them wait, until the stream count halves and
-    ``gc.unfreeze()`` hands them back to the collector.
+    ``gc.unfreeze()`` hands them back to the collector. Each freeze is preceded by a
+    collection of what is not frozen yet, so no dead cycle is frozen.
 
     Process-wide, so only the main-program server (``quoteflow serve``) uses it, never a
     server inside a notebook kernel.
@@ -119,6 +120,11 @@ class GcGovernor:
     def check(self, streams: int) -> None:
         """Freeze after growth, unfreeze after a large drop (called about once a second)."""
         if streams >= self.frozen_at + max(500, self.frozen_at // 4):
+            # Collect first, or the garbage of the latest requests is frozen with the
+            # live streams: a stream's handler, request and tornado's connection die in
+            # reference cycles once the stream goes live (StreamHandler detaches it), and
+            # frozen cycles are never freed. The pass walks only what is not frozen yet.
+            gc.collect()
             gc.freeze()
             self.frozen_at = streams
             self.freezes += 1
@@ -292,7 +298,8 @@ class ServerState:
         self.refusals = refusal_logs()
         #: Makes the live streams' socket writers; owns their latency samples and
         #: framing cache.
-        self.writers = LiveWriters(self.metrics, self.metrics.delivery_latency.observe)
+        latency = self.metrics.delivery_latency
+        self.writers = LiveWriters(self.metrics, latency.observe, latency.observe_many)
         self.started = time.monotonic()
         self.closing = False
         self.source_error: str | None = None

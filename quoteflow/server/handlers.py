@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import tornado.httputil
 import tornado.log
 import tornado.web
-from tornado.iostream import StreamClosedError
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream, StreamClosedError
 
 from quoteflow.broker.base import BackendLink, CloseReason
 from quoteflow.errors import ConfigError
-from quoteflow.server.logs import request_summary
+from quoteflow.server.logs import access_log, request_summary
 from quoteflow.server.metrics import CONTENT_TYPE
 from quoteflow.server.request import (
     ApiError,
@@ -34,6 +37,7 @@ from quoteflow.wire.sse import encode_retry
 
 if TYPE_CHECKING:
     from quoteflow.server.app import ServerState
+    from quoteflow.server.writer import SocketWriter
 
 __all__ = [
     "ApiError",
@@ -256,34 +260,85 @@ class StreamHandler(JSONHandler):
         # one is acknowledged (up to a delayed-ACK timeout, 40 ms).
         iostream.set_nodelay(True)
         # From here on the writer puts live data on the socket from the publish call
-        # itself (see SocketWriter), and its done callback finishes the response.
-        writer = state.writers.http(iostream, stream.sub, chunked=chunked)
-        # The one private attribute of tornado used here, and why: get() returns without
-        # finishing the response, which frees this coroutine, tornado's _execute
-        # coroutine and their tasks (about 1.5 KB per stream at 10,000 streams). tornado
-        # 6 has no public way to say "the response goes on after the method returns"
-        # (the old @asynchronous decorator set this same flag).
+        # itself (see SocketWriter), and the connection leaves tornado's HTTP layer:
+        # HTTP1Connection.detach (public, what WebSocket upgrades use) ends tornado's
+        # request loop, which frees its coroutine, tasks and futures, the connection
+        # object, and (no callback refers to it any more) this handler with its request
+        # and headers (benchmarks/README.md, "S3 at the machine's limit"). LiveResponse
+        # ends the response. get() returns without finishing it; tornado 6 has no
+        # public way to say so (the old @asynchronous decorator set this private flag).
         self._auto_finish = False
-        writer.done.add_done_callback(self._live_done)
+        conn = self.request.connection
+        if isinstance(conn, HTTP1Connection):
+            conn.detach()
+        writer = state.writers.http(iostream, stream.sub, chunked=chunked)
+        LiveResponse(stream, iostream, chunked, self.request).attach(writer)
         writer.start()
 
-    def _live_done(self, _: asyncio.Future[None]) -> None:
-        if self.stream is not None:
-            self.stream.close(CloseReason.CLIENT_GONE)
-        if not self._response_ended:
-            # On shutdown, broker close or token expiry this ends the chunked response
-            # cleanly: the client sees an end of stream (not a reset) and reconnects with
-            # Last-Event-ID. On a closed connection finish() writes nothing.
-            self.finish()
-
     def on_finish(self) -> None:
-        """Note that the response has ended (so the writer's callback does not end it again)."""
+        """Note that the response has ended (before the stream went live)."""
         self._response_ended = True
 
     def on_connection_close(self) -> None:
         """The client went away: stop the subscription (tornado chat demo's habit)."""
         if self.stream is not None:
             self.stream.close(CloseReason.CLIENT_GONE)
+
+
+class LiveResponse:
+    """The end of a live SSE response once its connection has left tornado's HTTP layer.
+
+    Watches the connection for the client going away (``IOStream.set_close_callback``)
+    and, when the writer is done (shutdown, broker close, token expiry, slow consumer,
+    client gone), ends the body: the last chunk ``0 CRLF CRLF`` on HTTP/1.1 (RFC 9112
+    §7.1), so the client sees a clean end of stream and reconnects with Last-Event-ID,
+    then the connection is closed (a server may close an idle persistent connection,
+    RFC 9112 §9.6); an HTTP/1.0 body simply ends at close. Writes the access-log line
+    tornado would have written at ``finish()``. Small on purpose: it is what a live
+    stream keeps besides its writer and subscription.
+    """
+
+    __slots__ = ("_chunked", "_iostream", "_log", "_stream")
+
+    def __init__(
+        self,
+        stream: OpenStream,
+        iostream: IOStream,
+        chunked: bool,
+        request: tornado.httputil.HTTPServerRequest,
+    ) -> None:
+        self._stream = stream
+        self._iostream = iostream
+        self._chunked = chunked
+        # (summary, start in time.time()) only if the access log would print the line.
+        self._log: tuple[str, float] | None = None
+        if access_log.isEnabledFor(logging.INFO):
+            self._log = (request_summary(request), time.time() - request.request_time())
+
+    def attach(self, writer: SocketWriter) -> None:
+        """End the response when ``writer`` is done; stop the stream if the client leaves."""
+        self._iostream.set_close_callback(self._client_gone)
+        writer.done.add_done_callback(self._done)
+
+    def _client_gone(self) -> None:
+        self._stream.close(CloseReason.CLIENT_GONE)
+
+    def _done(self, _: asyncio.Future[None]) -> None:
+        self._stream.close(CloseReason.CLIENT_GONE)
+        if self._log is not None:
+            summary, start = self._log
+            access_log.info("200 %s %.2fms", summary, 1000.0 * (time.time() - start))
+        iostream = self._iostream
+        if iostream.closed():
+            return
+        if not self._chunked:
+            iostream.close()
+            return
+        try:
+            ended = iostream.write(b"0\r\n\r\n")
+        except StreamClosedError:
+            return
+        ended.add_done_callback(lambda _: iostream.close())
 
 
 class SnapshotHandler(JSONHandler):

@@ -87,19 +87,20 @@ class FrameCache:
         The framing function, ``bytes -> bytes``.
     """
 
-    __slots__ = ("_frame", "_framed", "_last")
+    __slots__ = ("_frame", "framed", "last")
 
     def __init__(self, frame: Framer) -> None:
         self._frame = frame
-        self._last = b""
-        self._framed = frame(b"")
+        #: The last input and its framing (read inline by :meth:`SocketWriter.try_write`).
+        self.last = b""
+        self.framed = frame(b"")
 
     def __call__(self, data: bytes) -> bytes:
         """``frame(data)``, computed only when ``data`` is not the previous object."""
-        if data is not self._last:
-            self._framed = self._frame(data)
-            self._last = data
-        return self._framed
+        if data is not self.last:
+            self.framed = self._frame(data)
+            self.last = data
+        return self.framed
 
 
 class LatencySamples:
@@ -113,23 +114,36 @@ class LatencySamples:
     ----------
     observe : callable
         The histogram's ``observe`` (seconds).
+    observe_many : callable, optional
+        Takes the whole list at once instead
+        (:meth:`~quoteflow.server.metrics.LatencyHistogram.observe_many`).
     """
 
-    __slots__ = ("_observe", "_samples")
+    __slots__ = ("_observe", "_observe_many", "samples")
 
-    def __init__(self, observe: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        observe: Callable[[float], None],
+        observe_many: Callable[[list[float]], None] | None = None,
+    ) -> None:
         self._observe = observe
-        self._samples: list[float] = []
+        self._observe_many = observe_many
+        #: Samples not observed yet; non-empty means a flush is scheduled (a writer
+        #: appends to it directly when it is, see :meth:`SocketWriter.try_write`).
+        self.samples: list[float] = []
 
     def add(self, seconds: float) -> None:
         """Record one delivery latency, in seconds."""
-        if not self._samples:
+        if not self.samples:
             asyncio.get_running_loop().call_soon(self.flush)
-        self._samples.append(seconds)
+        self.samples.append(seconds)
 
     def flush(self) -> None:
         """Observe every recorded sample now."""
-        samples, self._samples = self._samples, []
+        samples, self.samples = self.samples, []
+        if self._observe_many is not None:
+            self._observe_many(samples)
+            return
         observe = self._observe
         for seconds in samples:
             observe(seconds)
@@ -175,6 +189,7 @@ class SocketWriter:
 
     __slots__ = (
         "_busy",
+        "_cache",
         "_frame",
         "_latency",
         "_metrics",
@@ -202,6 +217,7 @@ class SocketWriter:
         self._metrics = metrics
         self._latency = latency
         self._frame = frame
+        self._cache = frame if isinstance(frame, FrameCache) else None
         self._shared = shared
         self._busy = False
         self._pending_at: float | None = None
@@ -213,10 +229,39 @@ class SocketWriter:
         self.wake()
 
     def try_write(self, chunk: bytes, n_events: int, published_at: float) -> bool:
-        """Write ``chunk`` now unless a write is in flight (then False: queue it)."""
+        """Write ``chunk`` now unless a write is in flight (then False: queue it).
+
+        The fan-out's per-client step, so the common case (the framing cached for this
+        chunk, the kernel takes all of it, a latency flush already scheduled) is inlined
+        here: one Python call per client instead of four (profile in
+        benchmarks/README.md, "S3 at the machine's limit"); anything else goes through
+        :meth:`_write`.
+        """
         if self._busy or (self._shared and self._stream.writing()):
             return False
-        self._write(chunk, n_events, published_at)
+        cache = self._cache
+        if cache is None or chunk is not cache.last:
+            self._write(chunk, n_events, published_at)
+            return True
+        out = cache.framed
+        try:
+            sent = self._sock.send(out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._gone()
+            return True
+        if sent != len(out):
+            self._sent(chunk, out, sent, n_events, published_at)
+            return True
+        m = self._metrics
+        m.bytes_sent += len(chunk)
+        m.events_delivered += n_events
+        samples = self._latency.samples
+        if samples:
+            samples.append(time.monotonic() - published_at)
+        else:
+            self._latency.add(time.monotonic() - published_at)
         return True
 
     def wake(self) -> None:
@@ -251,10 +296,20 @@ class SocketWriter:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
-                # The peer is gone (EPIPE, ECONNRESET) or tornado closed the socket.
-                self._stream.close()
-                self._finish()
+                self._gone()
                 return
+        self._sent(data, out, sent, n_events, published_at)
+
+    def _gone(self) -> None:
+        # The peer is gone (EPIPE, ECONNRESET) or tornado closed the socket.
+        self._stream.close()
+        self._finish()
+
+    def _sent(
+        self, data: bytes, out: bytes, sent: int, n_events: int, published_at: float | None
+    ) -> None:
+        """Count a write of ``data`` (framed: ``out``) whose first ``sent`` bytes left;
+        hand the rest to tornado."""
         m = self._metrics
         m.bytes_sent += len(data)
         m.events_delivered += n_events
@@ -304,14 +359,21 @@ class LiveWriters:
         Where bytes and events delivered are counted.
     observe : callable
         The delivery-latency histogram's ``observe`` (seconds).
+    observe_many : callable, optional
+        Its bulk form, given the samples of a fan-out at once.
     """
 
     __slots__ = ("chunked", "latency", "metrics")
 
-    def __init__(self, metrics: DeliveryCounters, observe: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        metrics: DeliveryCounters,
+        observe: Callable[[float], None],
+        observe_many: Callable[[list[float]], None] | None = None,
+    ) -> None:
         self.metrics = metrics
         #: Delivery latencies of live writes, observed after each fan-out.
-        self.latency = LatencySamples(observe)
+        self.latency = LatencySamples(observe, observe_many)
         #: Chunked transfer coding, framed once per group and batch.
         self.chunked = FrameCache(frame_chunk)
 

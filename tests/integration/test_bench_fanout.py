@@ -1,6 +1,6 @@
 """Smoke run of the SSE fan-out benchmark (benchmarks/fanout): every server runs.
 
-``python -m benchmarks.fanout.run --quick`` starts seed-go, tornado-naive,
+``python -m benchmarks.fanout.run --quick`` starts floor-c, seed-go, tornado-naive,
 sse-starlette and ``quoteflow serve`` in turn, each with 20 clients on 10 symbols
 ticking every 100 ms for 3 s, and the Go load generator reports what arrived.
 This test checks correctness only (every client connected, events arrived, none
@@ -22,7 +22,7 @@ from tests.conftest import IN_CI, ROOT, require_executable
 
 pytestmark = [pytest.mark.bench, pytest.mark.integration]
 
-SERVERS = ("seed-go", "tornado-naive", "sse-starlette", "quoteflow")
+SERVERS = ("floor-c", "seed-go", "tornado-naive", "sse-starlette", "quoteflow")
 GIN = Path("/usr/share/gocode/src/github.com/gin-gonic/gin")
 LOADGEN = ROOT / "benchmarks" / "fanout" / "loadgen"
 
@@ -37,6 +37,7 @@ def _require(ok: bool, msg: str) -> None:
 
 def test_quick_fanout_every_server_delivers_without_loss(tmp_path: Path) -> None:
     require_executable("go", "golang-go")
+    require_executable("gcc", "gcc")
     _require(GIN.is_dir(), "Gin not found: apt-get install golang-github-gin-gonic-gin-dev")
     for module in ("sse_starlette", "uvicorn", "uvloop", "httptools"):
         _require(
