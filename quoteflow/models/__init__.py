@@ -25,6 +25,7 @@ from quoteflow.models.gbm import GBM
 from quoteflow.models.innovations import INNOVATIONS, Innovation, Normal, SkewT, StudentT
 from quoteflow.models.meanrev import MeanReversion
 from quoteflow.models.means import ConstantMean, MeanPart, ZeroMean
+from quoteflow.models.merton import MertonJump, MertonJumpConvergenceWarning
 from quoteflow.models.registry import MODELS, build_model, model_from_spec
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "Innovation",
     "MeanPart",
     "MeanReversion",
+    "MertonJump",
+    "MertonJumpConvergenceWarning",
     "Normal",
     "PriceModel",
     "SkewT",
@@ -65,6 +68,7 @@ _CANDIDATES: dict[str, Callable[[Any, float], FitResult]] = {
     "garch-skewt": lambda p, dt: GARCH.fit(p, dt=dt, dist="skewt"),
     "gjr-t": lambda p, dt: GARCH.fit(p, dt=dt, dist="t", o=1),
     "gjr-skewt": lambda p, dt: GARCH.fit(p, dt=dt, dist="skewt", o=1),
+    "merton": lambda p, dt: MertonJump.fit(p, dt=dt),
 }
 
 _COLUMNS = ["model", "loglik", "k", "aic", "bic", "delta_aic", "converged", "nobs", "error"]
@@ -122,7 +126,8 @@ def compare(prices: Any, dt: float = 1 / 252) -> Comparison:
     """Fit every model to ``prices`` and rank them by AIC.
 
     Candidates: GBM, mean reversion, GARCH(1,1) with normal, Student-t and Hansen's
-    skewed-t innovations, and GJR-GARCH(1,1,1) (``o=1``) with t and skewed t. All
+    skewed-t innovations, GJR-GARCH(1,1,1) (``o=1``) with t and skewed t, and the
+    MertonJump jump-diffusion. All
     log-likelihoods are of the same data, the log returns
     (see docs/models.md), so AIC ``= -2 loglik + 2k`` (Akaike 1974) and BIC
     ``= -2 loglik + k log(nobs)`` (Schwarz 1978) are comparable across the table.

@@ -30,12 +30,15 @@ from quoteflow.models.garch import GARCH
 from quoteflow.models.gbm import GBM
 from quoteflow.models.limits import short_repr
 from quoteflow.models.meanrev import MeanReversion
+from quoteflow.models.merton import MertonJump
 
 __all__ = ["MODELS", "build_model", "model_class", "model_from_spec", "model_parameters"]
 
 #: Model classes by their short name (command line, TOML config, JSON). A new model is
 #: one entry here; its parameters are its dataclass fields.
-MODELS: dict[str, type[PriceModel]] = {cls.name: cls for cls in (GBM, MeanReversion, GARCH)}
+MODELS: dict[str, type[PriceModel]] = {
+    cls.name: cls for cls in (GBM, MeanReversion, GARCH, MertonJump)
+}
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:

@@ -516,7 +516,7 @@ def test_toml_good_config(tmp_path: Path) -> None:
         ),
         (
             ('model = "garch"\n', ""),
-            "market.toml: symbols.AAPL: missing key 'model' (one of gbm, meanrev, garch)",
+            "market.toml: symbols.AAPL: missing key 'model' (one of gbm, meanrev, garch, merton)",
         ),
         (("s0 = 120.0", "s0 = -5"), "market.toml: symbols.AAPL.s0: must be > 0, got -5"),
         (

@@ -43,7 +43,9 @@ def test_all_is_complete_and_importable() -> None:
 
 
 def test_registry_names_match_classes() -> None:
-    assert {"gbm": GBM, "meanrev": MeanReversion, "garch": GARCH} == MODELS
+    from quoteflow.models import MertonJump
+
+    assert {"gbm": GBM, "meanrev": MeanReversion, "garch": GARCH, "merton": MertonJump} == MODELS
     for name, cls in MODELS.items():
         assert cls.name == name
         assert issubclass(cls, PriceModel)
@@ -61,7 +63,7 @@ def test_model_from_spec_builds_validated_models() -> None:
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("heston", {}, r"unknown model 'heston'; known models: gbm, meanrev, garch"),
+        ("heston", {}, r"unknown model 'heston'.*; known models: gbm, meanrev, garch, merton"),
         ("gbm", {"mu": 0.1, "sigma": 0.2, "vol": 1}, r"unknown parameter\(s\) vol .*: mu, sigma"),
         ("gbm", {"mu": 0.1}, r"missing parameter\(s\) sigma for model 'gbm'"),
         ("gbm", {"mu": 0.1, "sigma": -0.2}, r"bad parameter for model 'gbm': .*sigma must be > 0"),
@@ -83,6 +85,7 @@ def test_compare_on_gbm_data_ranks_by_aic_and_lists_failures() -> None:
     table = cmp.table
     assert set(table["model"]) == {
         "gbm", "meanrev", "garch-normal", "garch-t", "garch-skewt", "gjr-t", "gjr-skewt",
+        "merton",
     }  # fmt: skip
     for col in ("model", "loglik", "k", "aic", "bic", "converged"):
         assert col in table.columns
