@@ -52,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -325,6 +325,55 @@ class Settings:
     logs: Path
 
 
+def run_loadgen(port: int, connections: int, cfg: Settings, sample: Callable[[str], None]) -> str:
+    """Run the load generator against 127.0.0.1:``port``/stream; its JSON report.
+
+    ``sample("measure")`` and ``sample("done")`` are called at the edges of the
+    measurement window (when the load generator says so on stderr).
+    """
+    lg_cmd = [
+        *(["taskset", "-c", cfg.loadgen_cpus] if cfg.loadgen_cpus else []),
+        str(cfg.loadgen),
+        "-addr",
+        f"127.0.0.1:{port}",
+        "-path",
+        "/stream",
+        "-c",
+        str(connections),
+        "-duration",
+        f"{cfg.duration:g}",
+        "-warmup",
+        f"{cfg.warmup:g}",
+        "-ramp-rate",
+        f"{cfg.ramp_rate:g}",
+        "-connect-timeout",
+        f"{cfg.connect_timeout:g}",
+    ]
+    sampled: set[str] = set()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(lg_cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        # A watchdog, so that a wedged run cannot hang the whole benchmark.
+        limit = cfg.connect_timeout + cfg.warmup + cfg.duration + 120.0
+        watchdog = threading.Timer(limit, proc.kill)
+        watchdog.start()
+        errors: list[str] = []
+        for line in proc.stderr:
+            for phase in ("measure", "done"):
+                if line.startswith(f"loadgen: phase={phase}"):
+                    sample(phase)
+                    sampled.add(phase)
+            if not line.startswith("loadgen: "):
+                errors.append(line.rstrip())
+        status = proc.wait()
+        watchdog.cancel()
+        out.seek(0)
+        raw = out.read().decode()
+    if status != 0 or "done" not in sampled:
+        raise BenchError(f"loadgen failed (status {status}): {' '.join(errors)[-2000:]}")
+    return raw
+
+
 def measure(server: str, scenario: Scenario, interval_ms: float, cfg: Settings) -> Result:
     """Run the load generator once against a fresh ``server``; loadgen JSON plus server samples."""
     port = free_port()
@@ -349,53 +398,22 @@ def measure(server: str, scenario: Scenario, interval_ms: float, cfg: Settings) 
         pid = server_proc.pid
         time.sleep(1.0)  # let start-up allocation settle before the idle sample
         rss_idle, _ = memory_kib(pid)
-        lg_cmd = [
-            *(["taskset", "-c", cfg.loadgen_cpus] if cfg.loadgen_cpus else []),
-            str(cfg.loadgen),
-            "-addr",
-            f"127.0.0.1:{port}",
-            "-path",
-            "/stream",
-            "-c",
-            str(scenario.connections),
-            "-duration",
-            f"{cfg.duration:g}",
-            "-warmup",
-            f"{cfg.warmup:g}",
-            "-ramp-rate",
-            f"{cfg.ramp_rate:g}",
-            "-connect-timeout",
-            f"{cfg.connect_timeout:g}",
-        ]
         samples: dict[str, float] = {}
-        with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(lg_cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-            assert proc.stderr is not None
-            # A watchdog, so that a wedged run cannot hang the whole benchmark.
-            limit = cfg.connect_timeout + cfg.warmup + cfg.duration + 120.0
-            watchdog = threading.Timer(limit, proc.kill)
-            watchdog.start()
-            errors: list[str] = []
-            for line in proc.stderr:
-                # Sample the server exactly at the edges of the measurement window.
-                if line.startswith("loadgen: phase=measure"):
-                    samples["cpu0"], samples["t0"] = cpu_seconds(pid), time.monotonic()
-                elif line.startswith("loadgen: phase=done"):
-                    samples["cpu1"], samples["t1"] = cpu_seconds(pid), time.monotonic()
-                    samples["rss"], samples["hwm"] = memory_kib(pid)
-                elif not line.startswith("loadgen: "):
-                    errors.append(line.rstrip())
-            status = proc.wait()
-            watchdog.cancel()
-            out.seek(0)
-            raw = out.read().decode()
+
+        def sample(phase: str) -> None:
+            # Sample the server exactly at the edges of the measurement window.
+            if phase == "measure":
+                samples["cpu0"], samples["t0"] = cpu_seconds(pid), time.monotonic()
+            else:
+                samples["cpu1"], samples["t1"] = cpu_seconds(pid), time.monotonic()
+                samples["rss"], samples["hwm"] = memory_kib(pid)
+
+        raw = run_loadgen(port, scenario.connections, cfg, sample)
         if server_proc.poll() is not None:
             raise BenchError(
                 f"{server} exited with status {server_proc.returncode} during the run:\n"
                 + _tail(log)
             )
-        if status != 0 or "t1" not in samples:
-            raise BenchError(f"loadgen failed (status {status}): {' '.join(errors)[-2000:]}")
         result.update(json.loads(raw))
     window = samples["t1"] - samples["t0"]
     server_cpu = samples["cpu1"] - samples["cpu0"]
@@ -548,7 +566,7 @@ def markdown(report: dict[str, Any]) -> str:
         "loadgen CPU % |"
     )
     for name, runs in report["scenarios"].items():
-        if name == "S4":
+        if name in ("S4", "G"):  # saturation below; G (--broker redis): redis_run.py
             continue
         lines += [f"## {name}: {runs['title']}", "", header, "|" + "---|" * 13]
         for r in runs["results"]:
@@ -723,6 +741,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: C=20, S=10, T=100 ms, 3 s, all servers"
     )
     p.add_argument(
+        "--broker",
+        choices=("memory", "redis"),
+        default="memory",
+        help="redis: quoteflow only, on the scale-out path (redis-server, quoteflow generate, "
+        "2 x quoteflow serve --broker, nginx), S1 and S2 next to the memory broker "
+        "(benchmarks/fanout/redis_run.py)",
+    )
+    p.add_argument(
         "--output-dir",
         type=Path,
         default=None,
@@ -749,6 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     fd_limit = raise_fd_limit()
     started = dt.datetime.now(dt.UTC)
+    if args.broker == "redis" and not args.quick and args.scenarios == list(SCENARIOS):
+        args.scenarios = ["S1", "S2"]
     scenarios = [QUICK] if args.quick else [SCENARIOS[s] for s in args.scenarios]
     need = max(s.connections for s in scenarios) + 64
     if need > fd_limit:
@@ -757,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         loadgen = build_go(LOADGEN_DIR, LOADGEN_DIR / "loadgen")
-        if "seed-go" in args.servers:
+        if "seed-go" in args.servers and args.broker == "memory":
             build_go(SEED_GO_DIR, SEED_GO_DIR / "seed-go")
         if "floor-c" in args.servers:
             build_go(FLOOR_C_DIR, FLOOR_C_DIR / "floor-c", tool="gcc", pattern="*.c")
@@ -797,7 +825,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scenarios": {},
         }
         failures: list[str] = []
-        for sc in scenarios:
+        if args.broker == "redis":
+            from benchmarks.fanout import redis_run
+
+            report["scenarios"], failures = redis_run.run_scenarios(scenarios, cfg, args.quick)
+            report["nginx"] = redis_run.nginx_binary() is not None
+        for sc in scenarios if args.broker == "memory" else ():
             print(f"{sc.name}: {sc.title}")
             results: list[Result] = []
             for server in args.servers:
@@ -819,6 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_dir is not None:
             report["logs"] = str(logs)
         text = markdown(report)
+        if args.broker == "redis":
+            from benchmarks.fanout import redis_run
+
+            text += "\n" + redis_run.markdown_redis(report)
         print()
         print(text)
         if out_dir is not None:

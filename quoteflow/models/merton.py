@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import optimize, special, stats
 
+from quoteflow.errors import ParameterError
 from quoteflow.models._stepper import PathStepper
 from quoteflow.models._validation import (
     check_dt,
@@ -55,7 +56,6 @@ from quoteflow.models.base import (
 from quoteflow.models.limits import (
     MAX_STEP_DRIFT,
     MAX_STEP_VOL,
-    ParameterError,
     finite_param,
     param_in_range,
     positive_param,
