@@ -28,6 +28,8 @@ __all__ = ["DEFAULT_PARAMS", "add_parser", "default_params", "run"]
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "gbm": {"mu": 0.05, "sigma": 0.2},
     "meanrev": {"kappa": 2.0, "sigma": 0.2},
+    # About 10 jumps a year of -2 % +- 4 %: large-cap crash-ish jumps.
+    "merton": {"mu": 0.05, "sigma": 0.2, "lambda": 10.0, "jump_mean": -0.02, "jump_sd": 0.04},
 }
 
 
@@ -39,7 +41,8 @@ def add_parser(subparsers: SubParsers) -> None:
         description="Simulate price paths and write them as CSV: a 'step' column and one "
         "column per path (path_0 ... path_{M-1}), first row the start price. Parameters "
         "come from --param, from a fit (--from-fit), or default to: gbm mu=0.05 sigma=0.2; "
-        "meanrev kappa=2 theta=<s0> sigma=0.2; garch: the GARCH class defaults.",
+        "meanrev kappa=2 theta=<s0> sigma=0.2; merton mu=0.05 sigma=0.2 lambda=10 "
+        "jump_mean=-0.02 jump_sd=0.04; garch: the GARCH class defaults.",
     )
     p.add_argument("--model", choices=MODEL_NAMES, required=True, help="model to simulate")
     p.add_argument(

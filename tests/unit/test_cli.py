@@ -477,3 +477,17 @@ def test_serve_session_options_errors_are_one_line(
     argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _one_line_error(*run(["serve", "--port", "0", *argv], capsys), fragment)
+
+
+def test_simulate_merton_has_defaults_and_takes_lambda(capsys: pytest.CaptureFixture[str]) -> None:
+    from quoteflow.models import MertonJump
+
+    code, out, _ = run(["simulate", "--model", "merton", "--steps", "4", "--seed", "2"], capsys)
+    assert code == 0
+    got = [float(x.split(",")[1]) for x in out.strip().splitlines()[1:]]
+    want = MertonJump(0.05, 0.2, 10.0, -0.02, 0.04).simulate(4, seed=2)[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+    code, _, err = run(
+        ["simulate", "--model", "merton", "--steps", "2", "--param", "lambda=-1"], capsys
+    )
+    assert code == 2 and "lambda" in err
