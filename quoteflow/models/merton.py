@@ -107,14 +107,21 @@ def _components(
     return logw, drift + k * jm, sigma * sigma * dt + k * js * js
 
 
-def _loglik_terms(r: FloatArray, theta: FloatArray, dt: float) -> FloatArray:
-    """Per-observation log densities at natural parameters ``(mu, sigma, lam, jm, js)``."""
+def _mixture(
+    r: FloatArray, theta: FloatArray, dt: float
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """``(log c_tk, log f_t, r_t - m_k, v_k)``: the log mixture terms of every observation
+    and component, their log sum, and the deviations and variances they were made of."""
     mu, sigma, lam, jm, js = (float(v) for v in theta)
     logw, mean, var = _components(mu, sigma, lam, jm, js, dt)
     dev = r[:, None] - mean[None, :]
     comp = logw[None, :] - 0.5 * (_LOG_2PI + np.log(var)[None, :] + dev * dev / var[None, :])
-    out: FloatArray = special.logsumexp(comp, axis=1)
-    return out
+    return comp, special.logsumexp(comp, axis=1), dev, var
+
+
+def _loglik_terms(r: FloatArray, theta: FloatArray, dt: float) -> FloatArray:
+    """Per-observation log densities at natural parameters ``(mu, sigma, lam, jm, js)``."""
+    return _mixture(r, theta, dt)[1]
 
 
 def _loglik_and_gradient(r: FloatArray, theta: FloatArray, dt: float) -> tuple[float, FloatArray]:
@@ -125,12 +132,9 @@ def _loglik_and_gradient(r: FloatArray, theta: FloatArray, dt: float) -> tuple[f
     ``dl/dv_k = (d^2 / v_k - 1) / (2 v_k)``, chained through
     ``m_k = (mu - sigma^2/2 - lam kappa) dt + k jm`` and ``log w_k = -lam dt + k log(lam dt) - log k!``.
     """
-    mu, sigma, lam, jm, js = (float(v) for v in theta)
-    logw, mean, var = _components(mu, sigma, lam, jm, js, dt)
-    k = np.arange(mean.size, dtype=np.float64)
-    dev = r[:, None] - mean[None, :]
-    comp = logw[None, :] - 0.5 * (_LOG_2PI + np.log(var)[None, :] + dev * dev / var[None, :])
-    ll_t = special.logsumexp(comp, axis=1)
+    _, sigma, lam, jm, js = (float(v) for v in theta)
+    comp, ll_t, dev, var = _mixture(r, theta, dt)
+    k = np.arange(var.size, dtype=np.float64)
     post = np.exp(comp - ll_t[:, None])
     g_m = post * (dev / var[None, :])
     g_v = post * (0.5 * (dev * dev / var[None, :] - 1.0) / var[None, :])
